@@ -1,0 +1,103 @@
+"""Where graphs run: a Dask client from a spec string.
+
+``local`` (embedded LocalCluster with worker processes), ``local-cuda`` (dask-cuda, one worker per
+GPU; falls back to ``local`` with a warning when CUDA or dask-cuda is missing), ``tcp://host:port``
+(a running scheduler), or the path of a scheduler file (``dask scheduler --scheduler-file``).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import dask
+from distributed import Client, LocalCluster
+
+log = logging.getLogger(__name__)
+
+
+class ClusterSpecError(ValueError):
+    """The cluster spec names nothing we can connect to."""
+
+
+@contextmanager
+def connect(
+    spec: str = "local",
+    n_workers: int | None = None,
+    threads_per_worker: int | None = None,
+    memory_limit: str = "auto",
+) -> Iterator[Client]:
+    """Yield a connected :class:`distributed.Client`; embedded clusters are closed on exit."""
+    with ExitStack() as stack:
+        if spec in ("local", "local-cuda"):
+            cluster = stack.enter_context(_local_cluster(spec, n_workers, threads_per_worker, memory_limit))
+            client = stack.enter_context(Client(cluster))
+        elif spec.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
+            client = stack.enter_context(Client(spec, timeout="20s"))
+        elif Path(spec).is_file():
+            client = stack.enter_context(Client(scheduler_file=spec, timeout="20s"))
+        else:
+            raise ClusterSpecError(
+                f"cluster spec {spec!r} is not 'local', 'local-cuda', a scheduler address "
+                "(tcp://host:8786) or an existing scheduler file; fix --cluster"
+            )
+        yield client
+
+
+def _local_cluster(spec: str, n_workers: int | None, threads: int | None, memory_limit: str) -> Any:
+    if spec == "local-cuda":
+        try:
+            from dask_cuda import LocalCUDACluster  # type: ignore[import-not-found]
+
+            return LocalCUDACluster(memory_limit=memory_limit, dashboard_address=":0")
+        except Exception as exc:  # no dask-cuda, no CUDA driver, no GPU
+            warnings.warn(f"local-cuda unavailable ({exc}); using a CPU LocalCluster", stacklevel=3)
+    return LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=threads or 1,
+        processes=True,
+        memory_limit=memory_limit,
+        dashboard_address=":0",
+    )
+
+
+_progress = {"enabled": False}
+
+
+def show_progress(enabled: bool = True) -> None:
+    """Turn progress bars on or off for :func:`compute` and :func:`persist` (the CLI turns them on)."""
+    _progress["enabled"] = enabled
+
+
+def compute(*collections: Any, client: Client | None = None) -> tuple[Any, ...]:
+    """``dask.compute`` on the injected client, or on dask's current scheduler when None."""
+    if client is None:
+        if _progress["enabled"]:
+            from dask.diagnostics import ProgressBar
+
+            with ProgressBar(minimum=2.0):
+                return dask.compute(*collections)
+        return dask.compute(*collections)
+    if _progress["enabled"]:
+        from distributed import progress
+
+        futures = client.compute(list(collections))
+        progress(futures, notebook=False)
+        return tuple(client.gather(futures))
+    return dask.compute(*collections, scheduler=client)
+
+
+def persist(collection: Any, client: Client | None = None) -> Any:
+    """Keep a collection's partitions in (distributed) memory for several passes over it."""
+    if client is None:
+        return collection.persist()
+    persisted = client.persist(collection)
+    if _progress["enabled"]:
+        from distributed import progress
+
+        progress(persisted, notebook=False)
+    return persisted

@@ -1,0 +1,308 @@
+"""``agnsurvey <stage>``: parse arguments, build one validated config, call one stage function.
+
+Errors of the package (:class:`AgnSurveyError`) are printed without a traceback (``--debug``
+shows it) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from pipeline import config as cfg
+from pipeline.errors import AgnSurveyError, ConfigError
+
+EPILOG = """\
+stages, in order (each writes into the workspace WS and a JSON manifest in WS/manifests/):
+  sky make   write an offline NSA-like catalog (FITS in the NSA v0_1_2 layout + Parquet)
+  ingest     catalog files -> WS/catalog/ Parquet shards, canonical schema, in sky order
+  label      WS/catalog/ -> WS/labels/ (BPT class, label, split, cube_index) + WS/reports/bpt_*.png
+  run        the main job: offline sky (or --catalog FILES) -> ingest -> label
+
+examples:
+  agnsurvey run --workspace ws
+  agnsurvey ingest nsa_v0_1_2.fits --workspace ws
+  agnsurvey ingest NSA_ECO.csv --workspace eco --column objid=resname --column ra=radeg \\
+      --column dec=dedeg --column ha_flux=h_alpha_flux --column nii_flux=nii_6584_flux ...
+  agnsurvey label --workspace ws --scheme three-class --min-snr 3
+  agnsurvey --cluster tcp://scheduler:8786 ingest 'nsa/*.fits' --workspace /shared/ws
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agnsurvey",
+        description="Tell AGN hosts from star-forming galaxies by their images, at survey scale, on Dask.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config", type=Path, help="TOML config file (tables [cluster], [ingest], [label], ...)"
+    )
+    parser.add_argument(
+        "--cluster",
+        help="where to run: local (default, embedded LocalCluster), local-cuda, tcp://host:8786, or a "
+        "scheduler file",
+    )
+    parser.add_argument("--workers", type=int, dest="n_workers", help="worker processes of a local cluster")
+    parser.add_argument("--threads", type=int, dest="threads_per_worker", help="threads per local worker")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+
+    sky = stages.add_parser("sky", help="the offline sky (demo, tests, benchmarks)")
+    sky_cmds = sky.add_subparsers(dest="sky_command", required=True, metavar="COMMAND")
+    make = sky_cmds.add_parser(
+        "make", help="write an NSA-like catalog as FITS (NSA v0_1_2 layout) and Parquet"
+    )
+    make.add_argument("--n", type=int, help="number of galaxies (default 20000)")
+    make.add_argument("--seed", type=int, help="random seed; same seed, same catalog (default 0)")
+    make.add_argument("--out", type=Path, required=True, help="output directory")
+    make.add_argument("--partition-rows", type=int, help="rows generated per task (default 250000)")
+    make.set_defaults(handler=_sky_make)
+
+    ingest = stages.add_parser(
+        "ingest",
+        help="catalog files -> WS/catalog/ Parquet shards in sky order",
+        description="Read NSA FITS (memory-mapped), Parquet or CSV catalogs into the canonical schema, "
+        "drop rows with bad coordinates or duplicate ids, and write sky-ordered Parquet shards.",
+    )
+    ingest.add_argument("catalogs", nargs="+", metavar="CATALOG", help="files, globs or Parquet directories")
+    _workspace_arg(ingest)
+    ingest.add_argument(
+        "--column",
+        action="append",
+        default=[],
+        metavar="CANONICAL=SOURCE",
+        help="map a source column to a canonical one (repeatable), e.g. --column ha_flux=h_alpha_flux; "
+        f"canonical names: {', '.join(cfg.CANONICAL_COLUMNS)}",
+    )
+    ingest.add_argument(
+        "--radius-column",
+        help="galaxy radius in arcsec for the cutout scale "
+        "(default PETROTH90: 3 radii frame the whole galaxy)",
+    )
+    ingest.add_argument("--shard-rows", type=int, help="target rows per output shard (default 50000)")
+    ingest.add_argument("--chunk-rows", type=int, help="rows per read task (default 500000)")
+    ingest.add_argument(
+        "--format", choices=["auto", "fits", "parquet", "csv"], help="input format (default auto)"
+    )
+    ingest.set_defaults(handler=_ingest)
+
+    label = stages.add_parser(
+        "label",
+        help="WS/catalog/ -> WS/labels/ with BPT classes, labels and splits",
+        description="Classify every galaxy on the [NII] BPT diagram. Labels: 0 star-forming, 1 AGN "
+        "(the positive class), -1 composite (three-class scheme only).",
+    )
+    _workspace_arg(label)
+    _label_args(label)
+    label.set_defaults(handler=_label)
+
+    run = stages.add_parser(
+        "run",
+        help="the main job: offline sky (or --catalog) -> ingest -> label",
+        description="Run every stage on the embedded default: without --catalog, an offline NSA-like sky "
+        "of --n galaxies is generated into WS/sky/ first.",
+    )
+    _workspace_arg(run)
+    run.add_argument(
+        "--catalog", nargs="+", metavar="CATALOG", help="catalog files instead of the offline sky"
+    )
+    run.add_argument("--n", type=int, default=20_000, help="galaxies in the offline sky (default 20000)")
+    run.add_argument("--seed", type=int, default=0, help="offline sky seed (default 0)")
+    _label_args(run)
+    run.set_defaults(handler=_run)
+    return parser
+
+
+def _workspace_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workspace", "-w", type=Path, help="the run's directory (or set workspace in --config)"
+    )
+
+
+def _label_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scheme",
+        choices=cfg.SCHEMES,
+        help="paper (default): SF iff below Kauffmann 2003 and x < -0.1; kewley2001: the maximum-starburst "
+        "line; three-class: SF / composite / AGN",
+    )
+    parser.add_argument("--min-snr", type=float, help="require flux/err >= X in all four lines")
+    parser.add_argument("--split", type=_fractions, help="train,val,test fractions (default 0.75,0.15,0.10)")
+    parser.add_argument("--no-plots", dest="plots", action="store_false", default=None, help="skip BPT plots")
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give three numbers like 0.75,0.15,0.10") from None
+
+
+def parse_columns(pairs: Sequence[str]) -> dict[str, str]:
+    """``["ha_flux=H_ALPHA", ...]`` → ``{"ha_flux": "H_ALPHA"}``, with errors naming the bad pair."""
+    out = {}
+    for pair in pairs:
+        canonical, sep, source = pair.partition("=")
+        if not sep or not canonical.strip() or not source.strip():
+            raise ConfigError(
+                f"--column {pair!r}: write CANONICAL=SOURCE, e.g. --column ha_flux=h_alpha_flux"
+            )
+        out[canonical.strip()] = source.strip()
+    return out
+
+
+# --- handlers: build the stage's arguments, call the stage, print its summary --------------------
+
+
+def _sky_make(ns: argparse.Namespace, raw: dict, client: Any) -> None:
+    from pipeline.synthetic.catalog import make_sky
+
+    args = cfg.build(
+        cfg.SkyArgs, raw, "sky", out=ns.out, n=ns.n, seed=ns.seed, partition_rows=ns.partition_rows
+    )
+    manifest = make_sky(args, client=client)
+    _print_summary("sky make", manifest.to_dict())
+
+
+def _ingest_args(ns: argparse.Namespace, raw: dict, inputs: Sequence[str]) -> cfg.IngestArgs:
+    return cfg.build(
+        cfg.IngestArgs,
+        raw,
+        "ingest",
+        workspace=ns.workspace,
+        inputs=tuple(inputs),
+        columns=parse_columns(getattr(ns, "column", [])) or None,
+        radius_column=getattr(ns, "radius_column", None),
+        shard_rows=getattr(ns, "shard_rows", None),
+        chunk_rows=getattr(ns, "chunk_rows", None),
+        format=getattr(ns, "format", None),
+    )
+
+
+def _label_args_from(ns: argparse.Namespace, raw: dict) -> cfg.LabelArgs:
+    return cfg.build(
+        cfg.LabelArgs,
+        raw,
+        "label",
+        workspace=ns.workspace,
+        scheme=ns.scheme,
+        min_snr=ns.min_snr,
+        split=ns.split,
+        plots=ns.plots,
+    )
+
+
+def _ingest(ns: argparse.Namespace, raw: dict, client: Any) -> None:
+    from pipeline.ingest import ingest
+
+    manifest = ingest(_ingest_args(ns, raw, ns.catalogs), client=client)
+    _print_summary("ingest", manifest.to_dict())
+
+
+def _label(ns: argparse.Namespace, raw: dict, client: Any) -> None:
+    from pipeline.label import label
+
+    manifest = label(_label_args_from(ns, raw), client=client)
+    _print_summary("label", manifest.to_dict())
+
+
+def _run(ns: argparse.Namespace, raw: dict, client: Any) -> None:
+    from pipeline.ingest import ingest
+    from pipeline.label import label
+    from pipeline.synthetic.catalog import SKY_FITS, make_sky
+
+    label_args = _label_args_from(ns, raw)  # validates the workspace and label options first
+    inputs = ns.catalog
+    if not inputs:
+        sky_dir = label_args.workspace.root / "sky"
+        sky = make_sky(cfg.SkyArgs(out=sky_dir, n=ns.n, seed=ns.seed), client=client)
+        _print_summary("sky make", sky.to_dict())
+        inputs = [str(sky_dir / SKY_FITS)]
+    _print_summary("ingest", ingest(_ingest_args(ns, raw, inputs), client=client).to_dict())
+    _print_summary("label", label(label_args, client=client).to_dict())
+
+
+def _print_summary(stage: str, m: dict) -> None:
+    """A short table: rows in/out, drops by reason, classes, outputs, time."""
+    rows: list[tuple[str, str]] = [
+        ("rows in", f"{m.get('rows_in', 0):,}"),
+        ("rows out", f"{m.get('rows_out', 0):,}"),
+    ]
+    extra = m.get("extra", {})
+    for name, n in extra.get("classes", {}).items():
+        rows.append((f"  class {name}", f"{n:,}"))
+    by_line = extra.get("problems_by_line")
+    dropped = m.get("dropped", {})
+    if dropped:
+        rows.append(("dropped", f"{sum(dropped.values()):,}"))
+        if by_line:
+            rows.extend((f"  {reason} (rows may repeat)", f"{n:,}") for reason, n in by_line.items())
+        else:
+            rows.extend((f"  {reason}", f"{n:,}") for reason, n in dropped.items())
+    seconds = m.get("seconds", 0.0)
+    if seconds and m.get("rows_in"):
+        rows.append(("time", f"{seconds:.1f} s ({m['rows_in'] / seconds:,.0f} rows/s)"))
+    for key, value in m.get("outputs", {}).items():
+        if isinstance(value, str | int):
+            rows.append((key, str(value)))
+        elif isinstance(value, list) and value and isinstance(value[0], str):
+            rows.append((key, ", ".join(Path(v).name for v in value)))
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{stage}")
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
+
+
+def _configure_logging(debug: bool) -> None:
+    """Our warnings and errors on stderr; Dask's INFO chatter only with --debug."""
+    level = logging.DEBUG if debug else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not debug:
+        import distributed  # noqa: F401  (configures its loggers on import; we quiet them after)
+
+        warnings.filterwarnings("ignore", module="dask.*")
+        for name in ("distributed", "tornado", "bokeh"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    _configure_logging(ns.debug)
+    handler: Callable[..., None] = ns.handler
+    try:
+        raw = cfg.load_config(ns.config)
+        cluster = cfg.build(
+            cfg.ClusterConfig, raw, "cluster", spec=ns.cluster, n_workers=ns.n_workers,
+            threads_per_worker=ns.threads_per_worker,
+        )  # fmt: skip
+        with ExitStack() as stack:
+            from cluster.client import ClusterSpecError, connect, show_progress
+
+            show_progress(not ns.quiet and sys.stderr.isatty())
+            try:
+                client = stack.enter_context(
+                    connect(cluster.spec, cluster.n_workers, cluster.threads_per_worker, cluster.memory_limit)
+                )
+            except (ClusterSpecError, OSError, TimeoutError) as exc:
+                raise ConfigError(f"cannot connect to cluster {cluster.spec!r}: {exc}") from None
+            handler(ns, raw, client)
+    except AgnSurveyError as exc:
+        if ns.debug:
+            raise
+        print(f"agnsurvey: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

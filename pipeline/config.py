@@ -1,0 +1,255 @@
+"""One typed configuration: a TOML file plus command-line overrides, validated at load.
+
+Every stage takes one frozen dataclass of arguments (``IngestArgs``, ``LabelArgs``, ...). The TOML
+file has one table per stage with the same field names::
+
+    workspace = "ws"
+
+    [cluster]
+    spec = "local"            # local | local-cuda | tcp://host:8786 | path/to/scheduler.json
+    n_workers = 2
+
+    [ingest]
+    radius_column = "PETROTH90"
+    shard_rows = 50000
+    [ingest.columns]          # canonical name = source column
+    ha_flux = "h_alpha_flux"
+
+    [label]
+    scheme = "paper"          # paper | kewley2001 | three-class
+    min_snr = 3.0
+    split = [0.75, 0.15, 0.10]
+
+Errors name the key (``label.min_snr``) and say how to fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from pipeline.errors import ConfigError
+from storage.workspace import Workspace
+
+Scheme = Literal["paper", "kewley2001", "three-class"]
+SCHEMES: tuple[str, ...] = get_args(Scheme)
+
+CANONICAL_COLUMNS: tuple[str, ...] = (
+    "objid", "ra", "dec", "z", "radius_arcsec",
+    "ha_flux", "nii_flux", "hb_flux", "oiii_flux",
+    "ha_flux_err", "nii_flux_err", "hb_flux_err", "oiii_flux_err",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Where the Dask graphs run. ``spec``: local, local-cuda, tcp://host:port or a scheduler file."""
+
+    spec: str = "local"
+    n_workers: int | None = None
+    threads_per_worker: int | None = None
+    memory_limit: str = "auto"
+
+    def __post_init__(self) -> None:
+        _positive("cluster.n_workers", self.n_workers, optional=True)
+        _positive("cluster.threads_per_worker", self.threads_per_worker, optional=True)
+
+
+@dataclass(frozen=True)
+class SkyArgs:
+    """The offline NSA-like catalog: ``n`` galaxies from ``seed``, written to ``out``."""
+
+    out: Path
+    n: int = 20_000
+    seed: int = 0
+    partition_rows: int = 250_000
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out", Path(self.out))
+        _positive("sky.n", self.n)
+        _positive("sky.partition_rows", self.partition_rows)
+        if self.seed < 0:
+            raise ConfigError(f"sky.seed must be >= 0 (got {self.seed})")
+
+
+@dataclass(frozen=True)
+class IngestArgs:
+    """Catalog files → ``WS/catalog/`` Parquet shards in the canonical schema, in sky order.
+
+    ``columns`` maps canonical names to source columns (overrides the NSA defaults);
+    ``radius_column`` is the radius in arcsec used for the cutout scale (PETROTH90: three radii
+    then frame the whole galaxy); ``shard_rows`` is the target rows per output shard;
+    ``chunk_rows`` the rows one read task takes from a FITS or Parquet input.
+    """
+
+    workspace: Workspace
+    inputs: tuple[str, ...]
+    columns: Mapping[str, str] = field(default_factory=dict)
+    radius_column: str = "PETROTH90"
+    shard_rows: int = 50_000
+    chunk_rows: int = 500_000
+    format: Literal["auto", "fits", "parquet", "csv"] = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "workspace", Workspace(self.workspace))
+        object.__setattr__(self, "inputs", tuple(str(p) for p in self.inputs))
+        object.__setattr__(self, "columns", dict(self.columns))
+        if not self.inputs:
+            raise ConfigError("ingest needs at least one catalog file (agnsurvey ingest CATALOG ...)")
+        _positive("ingest.shard_rows", self.shard_rows)
+        _positive("ingest.chunk_rows", self.chunk_rows)
+        for key in self.columns:
+            if key not in CANONICAL_COLUMNS:
+                raise ConfigError(
+                    f"ingest.columns: unknown canonical column {key!r}; "
+                    f"use one of {', '.join(CANONICAL_COLUMNS)} (e.g. --column ha_flux=h_alpha_flux)"
+                )
+        if self.format not in ("auto", "fits", "parquet", "csv"):
+            raise ConfigError(f"ingest.format must be auto, fits, parquet or csv (got {self.format!r})")
+
+
+@dataclass(frozen=True)
+class LabelArgs:
+    """Ingested catalog → ``WS/labels/``: BPT ratios, class, label, split and cube index.
+
+    ``min_snr``: every one of the four lines needs flux/err >= min_snr (None: no S/N cut).
+    ``split``: train / val / test fractions, assigned by a hash of ``objid``.
+    """
+
+    workspace: Workspace
+    scheme: Scheme = "paper"
+    min_snr: float | None = None
+    split: tuple[float, float, float] = (0.75, 0.15, 0.10)
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "workspace", Workspace(self.workspace))
+        object.__setattr__(self, "split", tuple(float(s) for s in self.split))
+        if self.scheme not in SCHEMES:
+            raise ConfigError(f"label.scheme must be one of {', '.join(SCHEMES)} (got {self.scheme!r})")
+        if self.min_snr is not None and not (math.isfinite(self.min_snr) and self.min_snr > 0):
+            raise ConfigError(f"label.min_snr must be > 0 (got {self.min_snr}); omit it for no S/N cut")
+        if len(self.split) != 3 or any(s < 0 for s in self.split) or not math.isclose(sum(self.split), 1.0):
+            raise ConfigError(
+                f"label.split must be three fractions >= 0 (train, val, test) summing to 1 "
+                f"(got {list(self.split)}); e.g. --split 0.75,0.15,0.10"
+            )
+
+
+def _positive(key: str, value: int | None, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{key} must be a positive integer (got {value!r})")
+
+
+SECTIONS: dict[str, type] = {
+    "cluster": ClusterConfig,
+    "sky": SkyArgs,
+    "ingest": IngestArgs,
+    "label": LabelArgs,
+}
+TOP_LEVEL_KEYS = {"workspace"}
+
+
+def load_config(path: Path | str | None) -> dict[str, Any]:
+    """Read and check a TOML config file: known tables and keys, right types. None → empty."""
+    if path is None:
+        return {}
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; pass an existing file to --config") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    for key, value in raw.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: [{key}] must be a table")
+            hints = typing.get_type_hints(SECTIONS[key])
+            for sub, subvalue in value.items():
+                if sub not in hints or sub in ("workspace", "inputs", "out"):
+                    allowed = sorted(set(hints) - {"workspace", "inputs", "out"})
+                    raise ConfigError(
+                        f"{path}: unknown key {key}.{sub}; known keys of [{key}]: {', '.join(allowed)}"
+                    )
+                _check_type(f"{key}.{sub}", subvalue, hints[sub], path)
+        elif key not in TOP_LEVEL_KEYS:
+            known = ", ".join(sorted(TOP_LEVEL_KEYS | set(SECTIONS)))
+            raise ConfigError(f"{path}: unknown key {key!r}; known top-level keys and tables: {known}")
+    return raw
+
+
+def _check_type(key: str, value: Any, hint: Any, path: Path) -> None:
+    if _matches(value, hint):
+        return
+    raise ConfigError(f"{path}: {key} = {value!r} has the wrong type; expected {_describe(hint)}")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in get_args(hint))
+    if origin is Literal:
+        return value in get_args(hint)
+    if origin in (tuple,):
+        return isinstance(value, list | tuple) and all(_matches(v, get_args(hint)[0]) for v in value)
+    if origin in (Mapping, dict):
+        return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is type(None):
+        return value is None
+    if hint is Path:
+        return isinstance(value, str)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _describe(hint: Any) -> str:
+    origin = get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(h) for h in get_args(hint) if h is not type(None))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(hint))
+    if origin is tuple:
+        return "a list of numbers"
+    if origin in (Mapping, dict):
+        return "a table of strings"
+    return getattr(hint, "__name__", str(hint))
+
+
+def build(cls: type, raw: Mapping[str, Any], section: str, **overrides: Any) -> Any:
+    """Construct a stage's argument dataclass from the config's ``[section]`` table plus CLI values.
+
+    Command-line values that are None (flag not given) leave the file's or the default value.
+    """
+    values = dict(raw.get(section, {}))
+    if "workspace" in {f.name for f in dataclasses.fields(cls)} and "workspace" in raw:
+        values.setdefault("workspace", raw["workspace"])
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key == "columns" and values.get("columns"):
+            value = {**values["columns"], **value}
+        values[key] = value
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in values and _required(f)]
+    if missing:
+        raise ConfigError(
+            f"missing {', '.join(missing)}: give --{missing[0].replace('_', '-')} "
+            "or set it in the config file"
+        )
+    return cls(**values)
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING

@@ -1,0 +1,211 @@
+"""Stage ``label``: ingested catalog → ``WS/labels/`` with BPT ratios, class, label, split, cube index.
+
+A row is labelled iff its four line fluxes are finite and > 0 (and, with ``min_snr``, every line
+has flux/err >= min_snr). Every dropped row is counted once, under the set of problems it has
+("non-positive: hb_flux, oiii_flux"), so the counts add up to the rows dropped; the manifest also
+holds the per-line totals. ``cube_index`` numbers labelled rows 0..N-1 in sky order: row i of the
+image cube is the galaxy with ``cube_index`` i.
+"""
+
+from __future__ import annotations
+
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+from dask import delayed
+from distributed import Client
+
+from cluster.client import compute, persist
+from pipeline import bpt, plots
+from pipeline.catalog import ERROR_COLUMNS, LINE_COLUMNS, nsa_v1_message
+from pipeline.config import LabelArgs
+from pipeline.dataset import assign_split
+from pipeline.errors import CatalogError, WorkspaceError
+from storage.manifest import Manifest
+from storage.workspace import atomic_directory
+
+PROBLEMS: tuple[str, ...] = ("non-finite", "non-positive", "low S/N")  # most severe first
+LABEL_COLUMNS = ("log_nii_ha", "log_oiii_hb", "bpt_class", "label", "split", "cube_index")
+SHARD_NAME = "part-{:05d}.parquet"
+
+
+def flux_problems(frame: pd.DataFrame, min_snr: float | None) -> np.ndarray:
+    """Bitmask per row (uint16): bit 3*line + k for problem k of line (Hα, [NII], Hβ, [OIII])."""
+    mask = np.zeros(len(frame), dtype=np.uint16)
+    for i, (flux_col, err_col) in enumerate(zip(LINE_COLUMNS, ERROR_COLUMNS, strict=True)):
+        flux = frame[flux_col].to_numpy(dtype=np.float64)
+        finite = np.isfinite(flux)
+        with np.errstate(invalid="ignore"):
+            positive = flux > 0
+            bits = np.where(~finite, 1, np.where(~positive, 2, 0)).astype(np.uint16)
+            if min_snr is not None:
+                err = frame[err_col].to_numpy(dtype=np.float64)
+                snr_ok = np.isfinite(err) & (err > 0) & (flux >= min_snr * err)
+                bits = np.where((bits == 0) & ~snr_ok, 4, bits).astype(np.uint16)
+        mask |= bits << np.uint16(3 * i)
+    return mask
+
+
+def describe_problems(mask: int) -> str:
+    """Human name of a problem bitmask: the worst problem and the lines that have it."""
+    for k, name in enumerate(PROBLEMS):
+        lines = [LINE_COLUMNS[i] for i in range(4) if (mask >> (3 * i)) & (1 << k)]
+        if lines:
+            return f"{name}: {', '.join(lines)}"
+    return "ok"
+
+
+def worst_problems(mask: np.ndarray) -> np.ndarray:
+    """Keep, per row, only the bits of its most severe problem kind (so each row counts once)."""
+    out = np.zeros_like(mask)
+    undecided = np.ones(len(mask), dtype=bool)
+    for k in range(len(PROBLEMS)):
+        kind_bits = np.uint16(sum(1 << (3 * i + k) for i in range(4)))
+        hit = undecided & ((mask & kind_bits) != 0)
+        out[hit] = mask[hit] & kind_bits
+        undecided &= ~hit
+    return out
+
+
+def label_partition(
+    frame: pd.DataFrame, scheme: bpt.Scheme, min_snr: float | None, split: tuple
+) -> pd.DataFrame:
+    """Kernel over one catalog shard: all rows, with ``_problems`` (0 = labelled) and the BPT columns."""
+    problems = worst_problems(flux_problems(frame, min_snr))
+    ok = problems == 0
+    x, y = bpt.log_ratios(frame["nii_flux"], frame["ha_flux"], frame["oiii_flux"], frame["hb_flux"])
+    classes = np.full(len(frame), bpt.AGN, dtype=np.int8)
+    classes[ok] = bpt.bpt_class(x[ok], y[ok], scheme)
+    out = frame.copy()
+    out["log_nii_ha"] = np.where(ok, x, np.nan).astype(np.float32)
+    out["log_oiii_hb"] = np.where(ok, y, np.nan).astype(np.float32)
+    out["bpt_class"] = pd.Categorical.from_codes(classes, categories=list(bpt.CLASS_NAMES.values()))
+    out["label"] = bpt.training_label(classes)
+    out["split"] = pd.array(assign_split(frame["objid"].to_numpy(), split), dtype="string")
+    out["_problems"] = problems
+    return out
+
+
+def _number_rows(
+    frame: pd.DataFrame, offsets: np.ndarray, partition_info: dict | None = None
+) -> pd.DataFrame:
+    keep = frame.loc[frame["_problems"].to_numpy() == 0].drop(columns="_problems")
+    start = int(offsets[partition_info["number"]]) if partition_info else 0
+    keep["cube_index"] = np.arange(start, start + len(keep), dtype=np.int64)
+    keep["bpt_class"] = keep["bpt_class"].astype(str).astype("string")
+    return keep.reset_index(drop=True)
+
+
+def _tally(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, np.ndarray], int]:
+    """Per-shard tallies summed on the client: (problem mask, class) counts, BPT histograms, rows kept."""
+    summary = (
+        pd.DataFrame(
+            {"_problems": frame["_problems"].to_numpy(), "bpt_class": frame["bpt_class"].astype(str)}
+        )
+        .value_counts()
+        .rename("n")
+        .reset_index()
+    )
+    ok = frame["_problems"].to_numpy() == 0
+    counts = plots.bpt_hist_counts(
+        frame["log_nii_ha"].to_numpy()[ok], frame["log_oiii_hb"].to_numpy()[ok], frame["label"].to_numpy()[ok]
+    )
+    return summary, counts, int(ok.sum())
+
+
+def check_catalog(args: LabelArgs) -> dict:
+    """The ingest manifest, after checking the workspace has a catalog with line fluxes."""
+    ws = args.workspace
+    manifest = ws.read_manifest("ingest")
+    if manifest is None or not ws.catalog.exists():
+        raise WorkspaceError(
+            f"{ws.root} has no ingested catalog; run `agnsurvey ingest CATALOG --workspace {ws.root}` first"
+        )
+    without = [i["path"] for i in manifest["inputs"] if not i["has_lines"]]
+    if len(without) == len(manifest["inputs"]):
+        if any(i["nsa_v1"] for i in manifest["inputs"]):
+            raise CatalogError(nsa_v1_message(without))
+        raise CatalogError(
+            f"{', '.join(without)}: no emission-line columns were found at ingest; re-ingest with "
+            "--column ha_flux=NAME --column nii_flux=NAME --column hb_flux=NAME --column oiii_flux=NAME"
+        )
+    if args.min_snr is not None:
+        no_err = [i["path"] for i in manifest["inputs"] if not all(e in i["columns"] for e in ERROR_COLUMNS)]
+        if no_err:
+            raise CatalogError(
+                f"--min-snr needs flux errors, but {', '.join(no_err)} has no *_err columns; drop "
+                "--min-snr, or re-ingest mapping them with --column ha_flux_err=NAME ..."
+            )
+    return manifest
+
+
+def label(args: LabelArgs, client: Client | None = None) -> Manifest:
+    """Label every ingested galaxy; writes ``WS/labels/`` and BPT plots, returns the manifest."""
+    ingest_manifest = check_catalog(args)
+    ws = args.workspace
+    manifest = Manifest(stage="label", parameters=_parameters(args))
+    manifest.inputs = [{"path": str(ws.catalog), "rows": ingest_manifest["rows_out"]}]
+    without = [i["path"] for i in ingest_manifest["inputs"] if not i["has_lines"]]
+    if without:
+        manifest.extra["inputs_without_lines"] = without
+
+    catalog = dd.read_parquet(str(ws.catalog))
+    meta = label_partition(catalog._meta, args.scheme, args.min_snr, args.split)
+    labelled = persist(
+        catalog.map_partitions(label_partition, args.scheme, args.min_snr, args.split, meta=meta), client
+    )
+    tallies = compute(*[delayed(_tally)(part) for part in labelled.to_delayed()], client=client)
+    summary = pd.concat([t[0] for t in tallies], ignore_index=True)
+    hist = plots.sum_counts([t[1] for t in tallies])
+    kept_per_part = [int(t[2]) for t in tallies]
+    offsets = np.concatenate([[0], np.cumsum(kept_per_part)])
+    out_meta = _number_rows(meta, offsets)
+    numbered = labelled.map_partitions(_number_rows, offsets, meta=out_meta)
+    with atomic_directory(ws.labels) as tmp:
+        writer = numbered.to_parquet(
+            str(tmp),
+            write_index=False,
+            name_function=SHARD_NAME.format,
+            compute=False,
+            write_metadata_file=False,
+        )
+        compute(writer, client=client)
+    if client is not None:
+        client.cancel(labelled)
+
+    totals = summary.groupby(["_problems", "bpt_class"])["n"].sum().reset_index()
+    dropped = totals[totals["_problems"] != 0].groupby("_problems")["n"].sum()
+    kept = totals[totals["_problems"] == 0].groupby("bpt_class")["n"].sum()
+    manifest.rows_in = int(totals["n"].sum())
+    manifest.rows_out = int(kept.sum())
+    manifest.dropped = {
+        describe_problems(int(m)): int(n) for m, n in dropped.sort_values(ascending=False).items()
+    }
+    manifest.extra["classes"] = {name: int(kept.get(name, 0)) for name in bpt.CLASS_NAMES.values()}
+    manifest.extra["problems_by_line"] = _by_line(dropped)
+    manifest.outputs = {"labels": str(ws.labels), "shards": len(list(ws.labels.glob("part-*.parquet")))}
+    if args.plots and manifest.rows_out:
+        manifest.outputs["plots"] = [str(p) for p in plots.bpt_histograms(hist, ws.reports, args.scheme)]
+    manifest.finish()
+    ws.write_manifest("label", manifest.to_dict())
+    return manifest
+
+
+def _by_line(dropped: pd.Series) -> dict[str, int]:
+    """Non-exclusive totals per (problem, line): a row with two bad lines counts under both."""
+    out: dict[str, int] = {}
+    for mask, n in dropped.items():
+        for i, line in enumerate(LINE_COLUMNS):
+            for k, name in enumerate(PROBLEMS):
+                if (int(mask) >> (3 * i)) & (1 << k):
+                    out[f"{line} {name}"] = out.get(f"{line} {name}", 0) + int(n)
+    return dict(sorted(out.items()))
+
+
+def _parameters(args: LabelArgs) -> dict:
+    return {"scheme": args.scheme, "min_snr": args.min_snr, "split": list(args.split)}
+
+
+def read_labels(workspace) -> pd.DataFrame:
+    """All labels as one pandas DataFrame, in cube_index order."""
+    return pd.read_parquet(workspace.labels).sort_values("cube_index").reset_index(drop=True)

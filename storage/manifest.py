@@ -1,0 +1,68 @@
+"""Stage manifests: one JSON file per stage in ``WS/manifests/``, written atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+
+def software_version() -> str:
+    try:
+        return metadata.version("agnsurvey")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass
+class Manifest:
+    """What a stage read, wrote, kept and dropped (row counts by reason), and how long it took."""
+
+    stage: str
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    rows_in: int = 0
+    rows_out: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    software: dict[str, str] = field(
+        default_factory=lambda: {"agnsurvey": software_version(), "python": platform.python_version()}
+    )
+    started_at: float = field(default_factory=time.time)
+    seconds: float = 0.0
+
+    def finish(self) -> Manifest:
+        self.seconds = round(time.time() - self.started_at, 3)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> Path:
+    """Write JSON to ``path`` via a temporary file and a rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+def file_checksum(path: Path, algorithm: str = "sha256", block: int = 1 << 22) -> str:
+    """Hex digest of a file, read in 4 MiB blocks (never the whole file in memory)."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            digest.update(chunk)
+    return f"{algorithm}:{digest.hexdigest()}"

@@ -1,0 +1,93 @@
+"""The run layout: one workspace directory per run, every stage's output at a fixed place.
+
+```
+WS/ catalog/  labels/  cube.zarr  cube_failures.parquet  models/  reports/  scores/  manifests/
+```
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from storage.manifest import read_manifest, write_json_atomic
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A run's directory (local path). Paths are properties so nothing else spells them."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).expanduser().absolute())
+
+    @property
+    def catalog(self) -> Path:
+        return self.root / "catalog"
+
+    @property
+    def labels(self) -> Path:
+        return self.root / "labels"
+
+    @property
+    def cube(self) -> Path:
+        return self.root / "cube.zarr"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def scores(self) -> Path:
+        return self.root / "scores"
+
+    @property
+    def manifests(self) -> Path:
+        return self.root / "manifests"
+
+    def manifest_path(self, stage: str) -> Path:
+        return self.manifests / f"{stage}.json"
+
+    def write_manifest(self, stage: str, payload: dict[str, Any]) -> Path:
+        return write_json_atomic(self.manifest_path(stage), payload)
+
+    def read_manifest(self, stage: str) -> dict[str, Any] | None:
+        path = self.manifest_path(stage)
+        return read_manifest(path) if path.exists() else None
+
+
+@contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success it replaces ``final`` in one rename.
+
+    A run killed half-way leaves ``final`` as it was (the old complete output, or nothing) plus a
+    hidden ``.final.tmp-*`` directory that the next run removes.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -267,9 +267,7 @@ def _csv_schema(path: str) -> tuple[dict[str, ColumnKind], int | None, int]:
     return kinds, None, 0
 
 
-def resolve_columns(
-    path: str, available: Sequence[str], user: Mapping[str, str], radius_column: str
-) -> dict[str, str]:
+def resolve_columns(path: str, available: Sequence[str], user: Mapping[str, str], radius_column: str) -> dict[str, str]:
     """Canonical → source column for one file; raises when a required or user-named column is absent."""
     by_upper = {name.upper(): name for name in available}
     mapping: dict[str, str] = {}
@@ -296,9 +294,7 @@ def resolve_columns(
     return mapping
 
 
-def _missing_message(
-    path: str, canonical: str, source: str, available: Sequence[str], user_given: bool
-) -> str:
+def _missing_message(path: str, canonical: str, source: str, available: Sequence[str], user_given: bool) -> str:
     close = difflib.get_close_matches(source, list(available), n=3, cutoff=0.5)
     hint = f" Similar columns: {', '.join(close)}." if close else ""
     flag = "--radius-column NAME" if canonical == "radius_arcsec" else f"--column {canonical}=NAME"
@@ -355,10 +351,7 @@ def plan_chunks(source: CatalogSource, chunk_rows: int) -> list[Chunk]:
             chunks.append(Chunk(source, len(chunks), 0, rows, tuple(group)))
         return chunks
     size = source.n_bytes
-    return [
-        Chunk(source, i, a, min(a + CSV_CHUNK_BYTES, size))
-        for i, a in enumerate(range(0, size, CSV_CHUNK_BYTES))
-    ]
+    return [Chunk(source, i, a, min(a + CSV_CHUNK_BYTES, size)) for i, a in enumerate(range(0, size, CSV_CHUNK_BYTES))]
 
 
 def read_chunk(chunk: Chunk) -> pd.DataFrame:

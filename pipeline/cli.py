@@ -42,13 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--config", type=Path, help="TOML config file (tables [cluster], [ingest], [label], ...)"
-    )
+    parser.add_argument("--config", type=Path, help="TOML config file (tables [cluster], [ingest], [label], ...)")
     parser.add_argument(
         "--cluster",
-        help="where to run: local (default, embedded LocalCluster), local-cuda, tcp://host:8786, or a "
-        "scheduler file",
+        help="where to run: local (default, embedded LocalCluster), local-cuda, tcp://host:8786, or a scheduler file",
     )
     parser.add_argument("--workers", type=int, dest="n_workers", help="worker processes of a local cluster")
     parser.add_argument("--threads", type=int, dest="threads_per_worker", help="threads per local worker")
@@ -58,9 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sky = stages.add_parser("sky", help="the offline sky (demo, tests, benchmarks)")
     sky_cmds = sky.add_subparsers(dest="sky_command", required=True, metavar="COMMAND")
-    make = sky_cmds.add_parser(
-        "make", help="write an NSA-like catalog as FITS (NSA v0_1_2 layout) and Parquet"
-    )
+    make = sky_cmds.add_parser("make", help="write an NSA-like catalog as FITS (NSA v0_1_2 layout) and Parquet")
     make.add_argument("--n", type=int, help="number of galaxies (default 20000)")
     make.add_argument("--seed", type=int, help="random seed; same seed, same catalog (default 0)")
     make.add_argument("--out", type=Path, required=True, help="output directory")
@@ -85,14 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.add_argument(
         "--radius-column",
-        help="galaxy radius in arcsec for the cutout scale "
-        "(default PETROTH90: 3 radii frame the whole galaxy)",
+        help="galaxy radius in arcsec for the cutout scale (default PETROTH90: 3 radii frame the whole galaxy)",
     )
     ingest.add_argument("--shard-rows", type=int, help="target rows per output shard (default 50000)")
     ingest.add_argument("--chunk-rows", type=int, help="rows per read task (default 500000)")
-    ingest.add_argument(
-        "--format", choices=["auto", "fits", "parquet", "csv"], help="input format (default auto)"
-    )
+    ingest.add_argument("--format", choices=["auto", "fits", "parquet", "csv"], help="input format (default auto)")
     ingest.set_defaults(handler=_ingest)
 
     label = stages.add_parser(
@@ -112,9 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         "of --n galaxies is generated into WS/sky/ first.",
     )
     _workspace_arg(run)
-    run.add_argument(
-        "--catalog", nargs="+", metavar="CATALOG", help="catalog files instead of the offline sky"
-    )
+    run.add_argument("--catalog", nargs="+", metavar="CATALOG", help="catalog files instead of the offline sky")
     run.add_argument("--n", type=int, default=20_000, help="galaxies in the offline sky (default 20000)")
     run.add_argument("--seed", type=int, default=0, help="offline sky seed (default 0)")
     _label_args(run)
@@ -123,9 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _workspace_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--workspace", "-w", type=Path, help="the run's directory (or set workspace in --config)"
-    )
+    parser.add_argument("--workspace", "-w", type=Path, help="the run's directory (or set workspace in --config)")
 
 
 def _label_args(parser: argparse.ArgumentParser) -> None:
@@ -153,9 +141,7 @@ def parse_columns(pairs: Sequence[str]) -> dict[str, str]:
     for pair in pairs:
         canonical, sep, source = pair.partition("=")
         if not sep or not canonical.strip() or not source.strip():
-            raise ConfigError(
-                f"--column {pair!r}: write CANONICAL=SOURCE, e.g. --column ha_flux=h_alpha_flux"
-            )
+            raise ConfigError(f"--column {pair!r}: write CANONICAL=SOURCE, e.g. --column ha_flux=h_alpha_flux")
         out[canonical.strip()] = source.strip()
     return out
 
@@ -166,9 +152,7 @@ def parse_columns(pairs: Sequence[str]) -> dict[str, str]:
 def _sky_make(ns: argparse.Namespace, raw: dict, client: Any) -> None:
     from pipeline.synthetic.catalog import make_sky
 
-    args = cfg.build(
-        cfg.SkyArgs, raw, "sky", out=ns.out, n=ns.n, seed=ns.seed, partition_rows=ns.partition_rows
-    )
+    args = cfg.build(cfg.SkyArgs, raw, "sky", out=ns.out, n=ns.n, seed=ns.seed, partition_rows=ns.partition_rows)
     manifest = make_sky(args, client=client)
     _print_summary("sky make", manifest.to_dict())
 
@@ -232,26 +216,26 @@ def _run(ns: argparse.Namespace, raw: dict, client: Any) -> None:
 
 
 def _print_summary(stage: str, m: dict) -> None:
-    """A short table: rows in/out, drops by reason, classes, outputs, time."""
-    rows: list[tuple[str, str]] = [
-        ("rows in", f"{m.get('rows_in', 0):,}"),
-        ("rows out", f"{m.get('rows_out', 0):,}"),
-    ]
+    """A short table: rows in/out, classes, drops by reason, speed, outputs."""
     extra = m.get("extra", {})
-    for name, n in extra.get("classes", {}).items():
+    rows: list[tuple[str, str]] = [("rows in", f"{m['rows_in']:,}")] if m.get("rows_in") else []
+    rows.append(("rows out", f"{m.get('rows_out', 0):,}"))
+    for name, n in (extra.get("classes") or extra.get("class_counts") or {}).items():
         rows.append((f"  class {name}", f"{n:,}"))
-    by_line = extra.get("problems_by_line")
     dropped = m.get("dropped", {})
-    if dropped:
+    if m.get("rows_in"):
         rows.append(("dropped", f"{sum(dropped.values()):,}"))
+        by_line = extra.get("problems_by_line")
         if by_line:
             rows.extend((f"  {reason} (rows may repeat)", f"{n:,}") for reason, n in by_line.items())
         else:
             rows.extend((f"  {reason}", f"{n:,}") for reason, n in dropped.items())
-    seconds = m.get("seconds", 0.0)
-    if seconds and m.get("rows_in"):
-        rows.append(("time", f"{seconds:.1f} s ({m['rows_in'] / seconds:,.0f} rows/s)"))
+    seconds, done = m.get("seconds", 0.0), m.get("rows_in") or m.get("rows_out")
+    if seconds and done:
+        rows.append(("time", f"{seconds:.1f} s ({done / seconds:,.0f} rows/s)"))
     for key, value in m.get("outputs", {}).items():
+        if isinstance(value, dict) and "path" in value:
+            value = value["path"]
         if isinstance(value, str | int):
             rows.append((key, str(value)))
         elif isinstance(value, list) and value and isinstance(value[0], str):

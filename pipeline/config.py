@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from pipeline.errors import ConfigError
-from storage.workspace import Workspace
+from storage.workspace import Workspace, as_workspace
 
 Scheme = Literal["paper", "kewley2001", "three-class"]
 SCHEMES: tuple[str, ...] = get_args(Scheme)
@@ -98,7 +98,7 @@ class IngestArgs:
     format: Literal["auto", "fits", "parquet", "csv"] = "auto"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "workspace", Workspace(self.workspace))
+        object.__setattr__(self, "workspace", as_workspace(self.workspace))
         object.__setattr__(self, "inputs", tuple(str(p) for p in self.inputs))
         object.__setattr__(self, "columns", dict(self.columns))
         if not self.inputs:
@@ -130,7 +130,7 @@ class LabelArgs:
     plots: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "workspace", Workspace(self.workspace))
+        object.__setattr__(self, "workspace", as_workspace(self.workspace))
         object.__setattr__(self, "split", tuple(float(s) for s in self.split))
         if self.scheme not in SCHEMES:
             raise ConfigError(f"label.scheme must be one of {', '.join(SCHEMES)} (got {self.scheme!r})")
@@ -178,9 +178,7 @@ def load_config(path: Path | str | None) -> dict[str, Any]:
             for sub, subvalue in value.items():
                 if sub not in hints or sub in ("workspace", "inputs", "out"):
                     allowed = sorted(set(hints) - {"workspace", "inputs", "out"})
-                    raise ConfigError(
-                        f"{path}: unknown key {key}.{sub}; known keys of [{key}]: {', '.join(allowed)}"
-                    )
+                    raise ConfigError(f"{path}: unknown key {key}.{sub}; known keys of [{key}]: {', '.join(allowed)}")
                 _check_type(f"{key}.{sub}", subvalue, hints[sub], path)
         elif key not in TOP_LEVEL_KEYS:
             known = ", ".join(sorted(TOP_LEVEL_KEYS | set(SECTIONS)))
@@ -245,8 +243,7 @@ def build(cls: type, raw: Mapping[str, Any], section: str, **overrides: Any) -> 
     missing = [f.name for f in dataclasses.fields(cls) if f.name not in values and _required(f)]
     if missing:
         raise ConfigError(
-            f"missing {', '.join(missing)}: give --{missing[0].replace('_', '-')} "
-            "or set it in the config file"
+            f"missing {', '.join(missing)}: give --{missing[0].replace('_', '-')} or set it in the config file"
         )
     return cls(**values)
 

@@ -25,7 +25,7 @@ from pipeline.config import IngestArgs
 from pipeline.errors import CatalogError
 from pipeline.healpix import HEALPIX_ORDER, healpix29
 from storage.manifest import Manifest, file_checksum
-from storage.workspace import atomic_directory
+from storage.workspace import Workspace, as_workspace, atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,6 @@ def _parameters(args: IngestArgs) -> dict:
     }
 
 
-def read_catalog(workspace) -> pd.DataFrame:
+def read_catalog(workspace: Workspace | str | Path) -> pd.DataFrame:
     """The whole ingested catalog as one pandas DataFrame (small catalogs, notebooks, tests)."""
-    return pd.read_parquet(workspace.catalog)
+    return pd.read_parquet(as_workspace(workspace).catalog)

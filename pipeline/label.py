@@ -9,6 +9,8 @@ image cube is the galaxy with ``cube_index`` i.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
@@ -22,7 +24,7 @@ from pipeline.config import LabelArgs
 from pipeline.dataset import assign_split
 from pipeline.errors import CatalogError, WorkspaceError
 from storage.manifest import Manifest
-from storage.workspace import atomic_directory
+from storage.workspace import Workspace, as_workspace, atomic_directory
 
 PROBLEMS: tuple[str, ...] = ("non-finite", "non-positive", "low S/N")  # most severe first
 LABEL_COLUMNS = ("log_nii_ha", "log_oiii_hb", "bpt_class", "label", "split", "cube_index")
@@ -67,9 +69,7 @@ def worst_problems(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def label_partition(
-    frame: pd.DataFrame, scheme: bpt.Scheme, min_snr: float | None, split: tuple
-) -> pd.DataFrame:
+def label_partition(frame: pd.DataFrame, scheme: bpt.Scheme, min_snr: float | None, split: tuple) -> pd.DataFrame:
     """Kernel over one catalog shard: all rows, with ``_problems`` (0 = labelled) and the BPT columns."""
     problems = worst_problems(flux_problems(frame, min_snr))
     ok = problems == 0
@@ -86,9 +86,7 @@ def label_partition(
     return out
 
 
-def _number_rows(
-    frame: pd.DataFrame, offsets: np.ndarray, partition_info: dict | None = None
-) -> pd.DataFrame:
+def _number_rows(frame: pd.DataFrame, offsets: np.ndarray, partition_info: dict | None = None) -> pd.DataFrame:
     keep = frame.loc[frame["_problems"].to_numpy() == 0].drop(columns="_problems")
     start = int(offsets[partition_info["number"]]) if partition_info else 0
     keep["cube_index"] = np.arange(start, start + len(keep), dtype=np.int64)
@@ -99,9 +97,7 @@ def _number_rows(
 def _tally(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, np.ndarray], int]:
     """Per-shard tallies summed on the client: (problem mask, class) counts, BPT histograms, rows kept."""
     summary = (
-        pd.DataFrame(
-            {"_problems": frame["_problems"].to_numpy(), "bpt_class": frame["bpt_class"].astype(str)}
-        )
+        pd.DataFrame({"_problems": frame["_problems"].to_numpy(), "bpt_class": frame["bpt_class"].astype(str)})
         .value_counts()
         .rename("n")
         .reset_index()
@@ -178,9 +174,7 @@ def label(args: LabelArgs, client: Client | None = None) -> Manifest:
     kept = totals[totals["_problems"] == 0].groupby("bpt_class")["n"].sum()
     manifest.rows_in = int(totals["n"].sum())
     manifest.rows_out = int(kept.sum())
-    manifest.dropped = {
-        describe_problems(int(m)): int(n) for m, n in dropped.sort_values(ascending=False).items()
-    }
+    manifest.dropped = {describe_problems(int(m)): int(n) for m, n in dropped.sort_values(ascending=False).items()}
     manifest.extra["classes"] = {name: int(kept.get(name, 0)) for name in bpt.CLASS_NAMES.values()}
     manifest.extra["problems_by_line"] = _by_line(dropped)
     manifest.outputs = {"labels": str(ws.labels), "shards": len(list(ws.labels.glob("part-*.parquet")))}
@@ -206,6 +200,6 @@ def _parameters(args: LabelArgs) -> dict:
     return {"scheme": args.scheme, "min_snr": args.min_snr, "split": list(args.split)}
 
 
-def read_labels(workspace) -> pd.DataFrame:
+def read_labels(workspace: Workspace | str | Path) -> pd.DataFrame:
     """All labels as one pandas DataFrame, in cube_index order."""
-    return pd.read_parquet(workspace.labels).sort_values("cube_index").reset_index(drop=True)
+    return pd.read_parquet(as_workspace(workspace).labels).sort_values("cube_index").reset_index(drop=True)

@@ -67,6 +67,11 @@ class Workspace:
         return read_manifest(path) if path.exists() else None
 
 
+def as_workspace(value: Workspace | str | Path) -> Workspace:
+    """A :class:`Workspace` from itself or from a path."""
+    return value if isinstance(value, Workspace) else Workspace(Path(value))
+
+
 @contextmanager
 def atomic_directory(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces ``final`` in one rename.

@@ -1,0 +1,94 @@
+"""Shared fixtures: a real 2-process LocalCluster and small hand-made catalogs in the NSA layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask
+import numpy as np
+import pandas as pd
+import pytest
+from astropy.io import fits
+from distributed import Client, LocalCluster
+
+NSA_FORMATS = {
+    "NSAID": "J",
+    "IAUNAME": "19A",
+    "RA": "D",
+    "DEC": "D",
+    "Z": "E",
+    "HAFLUX": "E",
+    "HAFLUXERR": "E",
+    "N2FLUX": "E",
+    "N2FLUXERR": "E",
+    "HBFLUX": "E",
+    "HBFLUXERR": "E",
+    "O3FLUX": "E",
+    "O3FLUXERR": "E",
+    "PETROTH50": "E",
+    "PETROTH90": "E",
+    "NMGY": "7E",
+}
+
+
+@pytest.fixture(scope="session")
+def cluster_client():
+    """A real distributed cluster: 2 worker processes, 1 thread each."""
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+@pytest.fixture
+def synchronous():
+    """Run dask collections in this process, one task at a time (the 'single-threaded run')."""
+    with dask.config.set(scheduler="synchronous"):
+        yield
+
+
+def nsa_rows(n: int, seed: int = 1) -> dict[str, np.ndarray]:
+    """n NSA-like rows with valid positions and positive fluxes (tests then spoil some)."""
+    rng = np.random.default_rng(seed)
+    ha = rng.uniform(50, 500, n)
+    hb = ha / rng.uniform(3.0, 5.0, n)
+    x = rng.uniform(-1.2, 0.4, n)
+    y = rng.uniform(-1.0, 1.0, n)
+    return {
+        "NSAID": np.arange(1000, 1000 + n, dtype=np.int32),
+        "IAUNAME": np.array([f"J{i:06d}+000000.0" for i in range(n)]),
+        "RA": rng.uniform(120, 240, n),
+        "DEC": rng.uniform(0, 60, n),
+        "Z": rng.uniform(0.01, 0.05, n).astype(np.float32),
+        "HAFLUX": ha.astype(np.float32),
+        "HAFLUXERR": np.full(n, 5.0, np.float32),
+        "N2FLUX": (ha * 10**x).astype(np.float32),
+        "N2FLUXERR": np.full(n, 5.0, np.float32),
+        "HBFLUX": hb.astype(np.float32),
+        "HBFLUXERR": np.full(n, 5.0, np.float32),
+        "O3FLUX": (hb * 10**y).astype(np.float32),
+        "O3FLUXERR": np.full(n, 5.0, np.float32),
+        "PETROTH50": rng.uniform(2, 6, n).astype(np.float32),
+        "PETROTH90": rng.uniform(6, 15, n).astype(np.float32),
+        "NMGY": rng.uniform(0, 100, (n, 7)).astype(np.float32),
+    }
+
+
+def write_nsa_fits(path: Path, rows: dict[str, np.ndarray], formats: dict[str, str] | None = None) -> Path:
+    """A FITS file laid out like NSA v0_1_2: empty primary HDU, BINTABLE in HDU 1."""
+    formats = {**NSA_FORMATS, **(formats or {})}
+    columns = [fits.Column(name=k, format=formats.get(k, "E"), array=v) for k, v in rows.items()]
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(columns)]).writeto(path)
+    return path
+
+
+def rows_frame(rows: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Scalar columns of ``rows`` as a DataFrame (for Parquet / CSV copies of a test catalog)."""
+    return pd.DataFrame({k: v for k, v in rows.items() if np.ndim(v) == 1})
+
+
+@pytest.fixture
+def nsa_fits(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    rows = nsa_rows(600)
+    return write_nsa_fits(tmp_path / "nsa.fits", rows), rows

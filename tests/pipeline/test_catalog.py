@@ -1,0 +1,181 @@
+"""Readers: FITS / Parquet / CSV to the canonical schema, and errors that name file, column and fix."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from astropy.io import fits
+from conftest import nsa_rows, rows_frame, write_nsa_fits
+
+from pipeline import catalog
+from pipeline.catalog import inspect_all, plan_chunks, read_chunk, stable_id_hash
+from pipeline.errors import CatalogError
+
+
+def read_all(path: str, **kw) -> pd.DataFrame:
+    (source,) = inspect_all([path], **kw)
+    return pd.concat([read_chunk(c) for c in plan_chunks(source, 128)], ignore_index=True)
+
+
+def test_fits_chunks_equal_the_file(nsa_fits):
+    path, rows = nsa_fits
+    frame = read_all(str(path))
+    assert len(frame) == 600
+    np.testing.assert_array_equal(frame["objid"], rows["NSAID"].astype(np.int64))
+    np.testing.assert_array_equal(frame["ra"], rows["RA"])
+    np.testing.assert_array_equal(frame["oiii_flux"], rows["O3FLUX"])
+    np.testing.assert_array_equal(frame["radius_arcsec"], rows["PETROTH90"])
+    assert frame["ra"].dtype == np.float64 and frame["ha_flux"].dtype == np.float32
+    assert frame["_ord"].is_monotonic_increasing and frame["_ord"].is_unique
+
+
+def test_radius_column_option(nsa_fits):
+    path, rows = nsa_fits
+    frame = read_all(str(path), radius_column="petroth50")  # case-insensitive
+    np.testing.assert_array_equal(frame["radius_arcsec"], rows["PETROTH50"])
+
+
+def test_parquet_and_csv_read_like_fits(tmp_path, nsa_fits):
+    path, rows = nsa_fits
+    table = rows_frame(rows)
+    table.to_parquet(tmp_path / "cat.parquet", row_group_size=100)
+    table.to_csv(tmp_path / "cat.csv", index=False)
+    want = read_all(str(path)).drop(columns="_ord")
+    for other in ("cat.parquet", "cat.csv"):
+        got = read_all(str(tmp_path / other)).drop(columns="_ord")
+        pd.testing.assert_frame_equal(got, want, check_exact=other.endswith("parquet"), rtol=1e-6)
+
+
+def test_csv_byte_ranges_cover_every_row_once(tmp_path, monkeypatch):
+    rows = nsa_rows(3000)
+    rows_frame(rows).to_csv(tmp_path / "cat.csv", index=False)
+    monkeypatch.setattr(catalog, "CSV_CHUNK_BYTES", 4096)  # many chunks, cut mid-line
+    (source,) = inspect_all([str(tmp_path / "cat.csv")])
+    chunks = plan_chunks(source, 1000)
+    assert len(chunks) > 20
+    frame = pd.concat([read_chunk(c) for c in chunks], ignore_index=True)
+    np.testing.assert_array_equal(frame["objid"], rows["NSAID"])
+
+
+def test_string_ids_hash_stably(tmp_path):
+    rows = rows_frame(nsa_rows(50)).drop(columns="NSAID")
+    rows["name"] = [f"ECO{i:05d}" for i in range(50)]
+    rows.to_csv(tmp_path / "eco.csv", index=False)
+    frame = read_all(str(tmp_path / "eco.csv"), columns={"objid": "name"})
+    assert list(frame["source_id"]) == list(rows["name"])
+    import hashlib
+
+    first = int.from_bytes(hashlib.blake2b(b"ECO00000", digest_size=8).digest(), "little") & (2**63 - 1)
+    assert frame["objid"].iloc[0] == first
+    np.testing.assert_array_equal(stable_id_hash(np.array(["ECO00000"])), [first])
+    assert frame["objid"].is_unique and (frame["objid"] >= 0).all()
+
+
+def test_glob_and_directory_inputs(tmp_path):
+    rows = rows_frame(nsa_rows(20))
+    (tmp_path / "ds").mkdir()
+    rows.iloc[:10].to_parquet(tmp_path / "ds" / "a.parquet")
+    rows.iloc[10:].to_parquet(tmp_path / "ds" / "b.parquet")
+    assert [Path(s.path).name for s in inspect_all([str(tmp_path / "ds")])] == ["a.parquet", "b.parquet"]
+    assert len(inspect_all([str(tmp_path / "ds" / "*.parquet")])) == 2
+    with pytest.raises(CatalogError, match=r"no file matches"):
+        inspect_all([str(tmp_path / "nothing*.fits")])
+
+
+def test_format_sniffed_without_extension(tmp_path, nsa_fits):
+    path, _ = nsa_fits
+    (tmp_path / "noext").write_bytes(path.read_bytes())
+    rows_frame(nsa_rows(5)).to_csv(tmp_path / "table_noext", index=False)
+    assert inspect_all([str(tmp_path / "noext")])[0].format == "fits"
+    assert inspect_all([str(tmp_path / "table_noext")])[0].format == "csv"
+
+
+# --- bad input: each error names the file, the column and the fix -----------------------------
+
+
+def test_missing_required_column(tmp_path):
+    rows = nsa_rows(5)
+    del rows["RA"]
+    path = write_nsa_fits(tmp_path / "nora.fits", rows)
+    with pytest.raises(CatalogError) as err:
+        inspect_all([str(path)])
+    message = str(err.value)
+    assert "nora.fits" in message and "'RA'" in message and "--column ra=NAME" in message
+
+
+def test_missing_user_column_suggests_similar(tmp_path, nsa_fits):
+    path, _ = nsa_fits
+    with pytest.raises(CatalogError, match=r"no column 'HAFLUKS'.*Similar columns: HAFLUX"):
+        inspect_all([str(path)], columns={"ha_flux": "HAFLUKS"})
+
+
+def test_wrong_type_column(tmp_path):
+    rows = nsa_rows(5)
+    rows["HAFLUX"] = np.array(["a", "b", "c", "d", "e"])
+    path = write_nsa_fits(tmp_path / "strflux.fits", rows, {"HAFLUX": "5A"})
+    with pytest.raises(CatalogError) as err:
+        inspect_all([str(path)])
+    assert all(s in str(err.value) for s in ("strflux.fits", "'HAFLUX'", "not a number", "--column ha_flux="))
+
+
+def test_array_column_mapped_to_scalar(nsa_fits):
+    path, _ = nsa_fits
+    with pytest.raises(CatalogError, match=r"'NMGY' \(ha_flux\) holds several values per row"):
+        inspect_all([str(path)], columns={"ha_flux": "NMGY"})
+
+
+def test_non_numeric_values_in_csv(tmp_path):
+    rows = rows_frame(nsa_rows(3000))
+    rows["HBFLUX"] = rows["HBFLUX"].astype(object)
+    rows.loc[2500, "HBFLUX"] = "12..5"  # past the 2000-row sample the schema check reads
+    rows.to_csv(tmp_path / "junk.csv", index=False)
+    with pytest.raises(
+        CatalogError, match=r"junk.csv: column 'HBFLUX' \(hb_flux\) holds non-numeric values such as '12..5'"
+    ):
+        read_all(str(tmp_path / "junk.csv"))
+
+
+@pytest.mark.parametrize("name", ["empty.fits", "empty.csv", "empty.parquet"])
+def test_empty_file(tmp_path, name):
+    (tmp_path / name).write_bytes(b"")
+    with pytest.raises(CatalogError, match=rf"{name}: file is empty"):
+        inspect_all([str(tmp_path / name)])
+
+
+def test_zero_row_table(tmp_path):
+    rows = {k: v[:0] for k, v in nsa_rows(3).items()}
+    path = write_nsa_fits(tmp_path / "zero.fits", rows)
+    with pytest.raises(CatalogError, match=r"zero.fits: catalog has no rows"):
+        inspect_all([str(path)])
+    rows_frame(nsa_rows(3)).iloc[:0].to_csv(tmp_path / "zero.csv", index=False)
+    with pytest.raises(CatalogError, match=r"zero.csv: catalog has no rows"):
+        inspect_all([str(tmp_path / "zero.csv")])
+
+
+def test_unreadable_files(tmp_path, nsa_fits):
+    path, _ = nsa_fits
+    truncated = tmp_path / "cut.fits"
+    truncated.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(CatalogError, match=r"cut.fits: .*(not a readable FITS|no table)"):
+        inspect_all([str(truncated)])
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(CatalogError, match=r"bad.parquet: not a readable Parquet file"):
+        inspect_all([str(tmp_path / "bad.parquet")])
+    (tmp_path / "blob.bin").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(CatalogError, match=r"blob.bin: format not recognised"):
+        inspect_all([str(tmp_path / "blob.bin")])
+    with pytest.raises(CatalogError, match=r"missing.fits: no such file"):
+        inspect_all([str(tmp_path / "missing.fits")])
+
+
+def test_nsa_v1_layout_is_recognised(tmp_path):
+    rows = {k: v for k, v in nsa_rows(5).items() if k in ("NSAID", "RA", "DEC", "Z")}
+    rows["PETRO_TH90"] = np.full(5, 9.0, np.float32)
+    rows["ELPETRO_TH50_R"] = np.full(5, 4.0, np.float32)
+    path = write_nsa_fits(tmp_path / "nsa_v1_0_1.fits", rows)
+    (source,) = inspect_all([str(path)])
+    assert source.looks_like_nsa_v1 and not source.has_lines
+    assert source.mapping["radius_arcsec"] == "PETRO_TH90"  # v1's name for the 90 % radius
+    with fits.open(path) as hdul:
+        assert hdul[1].header["NAXIS2"] == 5

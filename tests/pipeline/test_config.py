@@ -1,0 +1,74 @@
+"""Config: TOML + overrides, validated at load with messages that name the key and the fix."""
+
+import pytest
+
+from pipeline.config import IngestArgs, LabelArgs, build, load_config
+from pipeline.errors import ConfigError
+
+
+def write(tmp_path, text):
+    path = tmp_path / "agnsurvey.toml"
+    path.write_text(text)
+    return path
+
+
+def test_file_values_and_cli_overrides(tmp_path):
+    raw = load_config(
+        write(
+            tmp_path,
+            'workspace = "ws"\n[label]\nscheme = "three-class"\nmin_snr = 3\n'
+            '[ingest]\nshard_rows = 1000\n[ingest.columns]\nha_flux = "H_ALPHA"\n',
+        )
+    )
+    args = build(LabelArgs, raw, "label", min_snr=5.0, scheme=None)
+    assert args.scheme == "three-class" and args.min_snr == 5.0 and args.workspace.root.name == "ws"
+    ingest = build(IngestArgs, raw, "ingest", inputs=("a.fits",), columns={"hb_flux": "H_BETA"})
+    assert ingest.columns == {"ha_flux": "H_ALPHA", "hb_flux": "H_BETA"} and ingest.shard_rows == 1000
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("[label]\nschem = 'paper'\n", r"unknown key label.schem; known keys of \[label\]: .*scheme"),
+        ("[label]\nmin_snr = 'high'\n", r"label.min_snr = 'high' has the wrong type; expected float"),
+        ("[ingest]\nshard_rows = 1.5\n", r"ingest.shard_rows = 1.5 has the wrong type; expected int"),
+        ("[labels]\n", r"unknown key 'labels'"),
+        ("[label\n", r"is not valid TOML"),
+        ("[label]\nscheme = 'baldwin'\n", r"label.scheme = 'baldwin' has the wrong type; expected one of 'paper'"),
+    ],
+)
+def test_bad_files(tmp_path, text, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"min_snr": -1.0}, r"label.min_snr must be > 0 \(got -1.0\); omit it for no S/N cut"),
+        ({"split": (0.5, 0.2, 0.2)}, r"label.split must be three fractions .* summing to 1"),
+        ({"scheme": "kewley"}, r"label.scheme must be one of paper, kewley2001, three-class"),
+    ],
+)
+def test_label_args_validation(tmp_path, kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        LabelArgs(workspace=tmp_path, **kwargs)
+
+
+def test_ingest_args_validation(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown canonical column 'halpha'"):
+        IngestArgs(workspace=tmp_path, inputs=("a",), columns={"halpha": "X"})
+    with pytest.raises(ConfigError, match=r"ingest.shard_rows must be a positive integer"):
+        IngestArgs(workspace=tmp_path, inputs=("a",), shard_rows=0)
+    with pytest.raises(ConfigError, match=r"at least one catalog"):
+        IngestArgs(workspace=tmp_path, inputs=())
+
+
+def test_missing_workspace(tmp_path):
+    with pytest.raises(ConfigError, match=r"missing workspace: give --workspace"):
+        build(LabelArgs, {}, "label")
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"does not exist"):
+        load_config(tmp_path / "nope.toml")

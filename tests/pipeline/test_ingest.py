@@ -1,0 +1,124 @@
+"""Ingest: drop reasons, duplicate handling, sky-ordered shards that lose and duplicate nothing."""
+
+import hashlib
+import json
+
+import astropy.units as u
+import dask
+import numpy as np
+import pandas as pd
+import pytest
+from astropy_healpix import HEALPix
+from conftest import nsa_rows, rows_frame, write_nsa_fits
+
+from pipeline.config import IngestArgs
+from pipeline.errors import CatalogError
+from pipeline.ingest import ingest, read_catalog
+from storage.workspace import Workspace
+
+
+def run_ingest(ws, inputs, client=None, **kw):
+    return ingest(IngestArgs(workspace=ws, inputs=[str(p) for p in inputs], **kw), client=client)
+
+
+def test_drops_bad_coordinates_and_duplicates(tmp_path, synchronous):
+    a = nsa_rows(100, seed=1)
+    for i, (ra, dec) in enumerate([(np.nan, 10.0), (360.0, 10.0), (-0.5, 10.0), (150.0, 90.5), (150.0, np.inf)]):
+        a["RA"][i], a["DEC"][i] = ra, dec
+    b = nsa_rows(50, seed=2)
+    b["NSAID"] = np.arange(5000, 5050, dtype=np.int32)
+    b["NSAID"][:10] = a["NSAID"][50:60]  # the same galaxies again, in a second file
+    b["NSAID"][10] = b["NSAID"][11]  # and a duplicate inside the file
+    write_nsa_fits(tmp_path / "a.fits", a)
+    write_nsa_fits(tmp_path / "b.fits", b)
+    manifest = run_ingest(tmp_path / "ws", [tmp_path / "a.fits", tmp_path / "b.fits"])
+
+    assert manifest.rows_in == 150
+    assert manifest.dropped == {"bad_coordinates": 5, "duplicate_objid": 11}
+    assert manifest.rows_out == 150 - 16
+    frame = read_catalog(Workspace(tmp_path / "ws")).set_index("objid")
+    first = dict(zip(a["NSAID"], a["RA"], strict=True))
+    for objid in a["NSAID"][50:60]:
+        assert frame.loc[objid, "ra"] == first[objid]  # the first occurrence (file a) is kept
+    assert frame.loc[b["NSAID"][10], "ra"] == b["RA"][10]  # first of the in-file pair
+    assert not set(a["NSAID"][:5]) & set(frame.index)
+
+
+def test_boundary_coordinates_are_kept(tmp_path, synchronous):
+    rows = nsa_rows(4)
+    rows["RA"][:4] = [0.0, 359.999999, 10.0, 20.0]
+    rows["DEC"][:4] = [0.0, 0.0, -90.0, 90.0]
+    write_nsa_fits(tmp_path / "edge.fits", rows)
+    assert run_ingest(tmp_path / "ws", [tmp_path / "edge.fits"]).rows_out == 4
+
+
+def test_shards_lose_and_duplicate_nothing_and_are_sky_ordered(tmp_path, synchronous):
+    rows = nsa_rows(2000, seed=5)
+    rows["RA"] = np.random.default_rng(0).uniform(0, 360, 2000)  # the whole sky
+    rows["DEC"] = np.degrees(np.arcsin(np.random.default_rng(1).uniform(-1, 1, 2000)))
+    write_nsa_fits(tmp_path / "sky.fits", rows)
+    manifest = run_ingest(tmp_path / "ws", [tmp_path / "sky.fits"], shard_rows=300, chunk_rows=250)
+    shards = sorted((tmp_path / "ws" / "catalog").glob("part-*.parquet"))
+    assert manifest.outputs["shards"] == len(shards) >= 6
+    frames = [pd.read_parquet(s) for s in shards]
+    assert all(len(f) <= 300 for f in frames)
+    ids = np.concatenate([f["objid"].to_numpy() for f in frames])
+    assert len(ids) == 2000 and set(ids) == set(rows["NSAID"].tolist())
+    hpx = np.concatenate([f["_healpix_29"].to_numpy() for f in frames])
+    assert np.all(np.diff(hpx) >= 0)  # monotonic across shard boundaries too
+    whole = pd.concat(frames, ignore_index=True).set_index("objid")
+    expected = HEALPix(nside=2**29, order="nested").lonlat_to_healpix(rows["RA"] * u.deg, rows["DEC"] * u.deg)
+    np.testing.assert_array_equal(whole.loc[rows["NSAID"], "_healpix_29"].to_numpy(), expected)
+
+
+def test_manifest_records_inputs_and_checksums(tmp_path, nsa_fits, synchronous):
+    path, _ = nsa_fits
+    run_ingest(tmp_path / "ws", [path])
+    manifest = json.loads((tmp_path / "ws" / "manifests" / "ingest.json").read_text())
+    (entry,) = manifest["inputs"]
+    assert entry["checksum"] == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    assert entry["bytes"] == path.stat().st_size and entry["rows"] == 600
+    assert entry["columns"]["ha_flux"] == "HAFLUX" and entry["has_lines"]
+    assert manifest["rows_in"] == 600 and manifest["rows_out"] == 600
+    assert manifest["seconds"] > 0 and manifest["software"]["python"]
+
+
+def test_rerun_is_idempotent(tmp_path, nsa_fits, synchronous):
+    path, _ = nsa_fits
+    run_ingest(tmp_path / "ws", [path], shard_rows=100)
+    first = read_catalog(Workspace(tmp_path / "ws"))
+    run_ingest(tmp_path / "ws", [path], shard_rows=100)
+    pd.testing.assert_frame_equal(read_catalog(Workspace(tmp_path / "ws")), first)
+    assert not list((tmp_path / "ws").glob(".catalog*"))  # no temporary directories left
+
+
+def test_failed_run_keeps_the_previous_catalog(tmp_path, nsa_fits, synchronous):
+    path, rows = nsa_fits
+    run_ingest(tmp_path / "ws", [path])
+    before = read_catalog(Workspace(tmp_path / "ws"))
+    bad = rows_frame(nsa_rows(3000, seed=9))
+    bad["RA"] = bad["RA"].astype(object)
+    bad.loc[2900, "RA"] = "12h30m"  # beyond the rows the schema check samples: fails mid-run
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(CatalogError, match="bad.csv"):
+        run_ingest(tmp_path / "ws", [path, tmp_path / "bad.csv"])
+    pd.testing.assert_frame_equal(read_catalog(Workspace(tmp_path / "ws")), before)
+    assert not list((tmp_path / "ws").glob(".catalog*"))
+
+
+def test_distributed_ingest_equals_single_process(tmp_path, cluster_client):
+    rows = nsa_rows(3000, seed=7)
+    write_nsa_fits(tmp_path / "a.fits", rows)
+    rows_frame(nsa_rows(1500, seed=8)).to_parquet(tmp_path / "b.parquet", row_group_size=200)
+    inputs = [tmp_path / "a.fits", tmp_path / "b.parquet"]
+    kw = dict(shard_rows=700, chunk_rows=400)
+    with dask.config.set(scheduler="synchronous"):
+        one = run_ingest(tmp_path / "one", inputs, **kw)
+    two = run_ingest(tmp_path / "two", inputs, client=cluster_client, **kw)
+    assert one.dropped == two.dropped and one.rows_out == two.rows_out
+    for a, b in zip(
+        sorted((tmp_path / "one" / "catalog").glob("*.parquet")),
+        sorted((tmp_path / "two" / "catalog").glob("*.parquet")),
+        strict=True,
+    ):
+        pd.testing.assert_frame_equal(pd.read_parquet(a), pd.read_parquet(b))

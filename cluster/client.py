@@ -91,13 +91,13 @@ def compute(*collections: Any, client: Client | None = None) -> tuple[Any, ...]:
     return dask.compute(*collections, scheduler=client)
 
 
-def persist(collection: Any, client: Client | None = None) -> Any:
-    """Keep a collection's partitions in (distributed) memory for several passes over it."""
+def persist(*collections: Any, client: Client | None = None) -> tuple[Any, ...]:
+    """Keep collections' results in (distributed) memory for several passes over them."""
     if client is None:
-        return collection.persist()
-    persisted = client.persist(collection)
+        return dask.persist(*collections)
+    persisted = client.persist(list(collections))
     if _progress["enabled"]:
         from distributed import progress
 
         progress(persisted, notebook=False)
-    return persisted
+    return tuple(persisted)

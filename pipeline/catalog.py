@@ -59,8 +59,6 @@ FLOAT64_COLUMNS = ("ra", "dec")
 FLOAT32_COLUMNS = tuple(c for c in CANONICAL_COLUMNS if c not in ("objid", "ra", "dec"))
 
 CSV_CHUNK_BYTES = 64 << 20
-ORD_FILE_SHIFT, ORD_CHUNK_SHIFT = 48, 24  # _ord = file << 48 | chunk << 24 | row in chunk
-MAX_CHUNK_ROWS = 1 << ORD_CHUNK_SHIFT
 
 
 @dataclass(frozen=True)
@@ -69,7 +67,6 @@ class CatalogSource:
 
     path: str
     format: Format
-    index: int
     n_bytes: int
     n_rows: int | None
     mapping: Mapping[str, str]  # canonical → source column, only for columns present
@@ -158,7 +155,6 @@ def sniff_format(path: str) -> Format:
 
 def inspect_source(
     path: str,
-    index: int,
     columns: Mapping[str, str] | None = None,
     radius_column: str = DEFAULT_RADIUS_COLUMN,
     fmt: str = "auto",
@@ -177,7 +173,6 @@ def inspect_source(
     return CatalogSource(
         path=path,
         format=kind,
-        index=index,
         n_bytes=n_bytes,
         n_rows=n_rows,
         mapping=mapping,
@@ -334,7 +329,6 @@ def _check_types(path: str, mapping: Mapping[str, str], kinds: Mapping[str, Colu
 
 def plan_chunks(source: CatalogSource, chunk_rows: int) -> list[Chunk]:
     """Split one source into read tasks of about ``chunk_rows`` rows (CSV: ~64 MiB byte ranges)."""
-    chunk_rows = min(chunk_rows, MAX_CHUNK_ROWS)
     if source.format == "fits":
         n = int(source.n_rows or 0)
         return [Chunk(source, i, a, min(a + chunk_rows, n)) for i, a in enumerate(range(0, n, chunk_rows))]
@@ -355,7 +349,7 @@ def plan_chunks(source: CatalogSource, chunk_rows: int) -> list[Chunk]:
 
 
 def read_chunk(chunk: Chunk) -> pd.DataFrame:
-    """The chunk's rows in the canonical schema, plus ``_ord`` (input order: file, chunk, row)."""
+    """The chunk's rows in the canonical schema, in file order."""
     src = chunk.source
     wanted = list(dict.fromkeys(src.mapping.values()))
     if src.format == "fits":
@@ -364,10 +358,7 @@ def read_chunk(chunk: Chunk) -> pd.DataFrame:
         raw = pq.ParquetFile(src.path).read_row_groups(list(chunk.row_groups), columns=wanted).to_pandas()
     else:
         raw = _read_csv_range(src, wanted, chunk.start, chunk.stop)
-    frame = canonical_frame(raw, src)
-    base = (src.index << ORD_FILE_SHIFT) | (chunk.number << ORD_CHUNK_SHIFT)
-    frame["_ord"] = base + np.arange(len(frame), dtype=np.int64)
-    return frame
+    return canonical_frame(raw, src)
 
 
 def _read_fits_rows(src: CatalogSource, wanted: list[str], start: int, stop: int) -> dict[str, np.ndarray]:
@@ -472,7 +463,7 @@ def inspect_all(
 ) -> list[CatalogSource]:
     """Inspect every input (no data read); errors name the file. Sources keep the input order."""
     paths = expand_inputs(patterns)
-    sources = [inspect_source(p, i, columns, radius_column, fmt) for i, p in enumerate(paths)]
+    sources = [inspect_source(p, columns, radius_column, fmt) for p in paths]
     kinds = {s.string_id for s in sources}
     if len(kinds) > 1:
         mixed = ", ".join(s.path for s in sources if s.string_id)
@@ -481,19 +472,6 @@ def inspect_all(
             "or map ids of one kind with --column objid=NAME"
         )
     return sources
-
-
-def empty_frame(string_id: bool) -> pd.DataFrame:
-    """A zero-row frame with the canonical dtypes (Dask's ``meta``)."""
-    cols: dict[str, pd.Series] = {"objid": pd.Series(dtype="int64")}
-    if string_id:
-        cols["source_id"] = pd.Series(dtype="string")
-    for c in FLOAT64_COLUMNS:
-        cols[c] = pd.Series(dtype="float64")
-    for c in FLOAT32_COLUMNS:
-        cols[c] = pd.Series(dtype="float32")
-    cols["_ord"] = pd.Series(dtype="int64")
-    return pd.DataFrame(cols)
 
 
 def nsa_v1_message(paths: Sequence[str]) -> str:

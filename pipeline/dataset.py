@@ -22,9 +22,12 @@ def unit_hash(objid: np.ndarray) -> np.ndarray:
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
+def split_codes(objid: np.ndarray, fractions: tuple[float, float, float] = (0.75, 0.15, 0.10)) -> np.ndarray:
+    """Split of each id as int8 codes into :data:`SPLITS` (0 train, 1 val, 2 test)."""
+    edges = np.cumsum(fractions[:2])
+    return np.searchsorted(edges, unit_hash(objid), side="right").astype(np.int8)
+
+
 def assign_split(objid: np.ndarray, fractions: tuple[float, float, float] = (0.75, 0.15, 0.10)) -> np.ndarray:
     """Split name ('train' | 'val' | 'test') of each id, in the given proportions."""
-    u = unit_hash(objid)
-    edges = np.cumsum(fractions[:2])
-    codes = np.searchsorted(edges, u, side="right")
-    return np.asarray(SPLITS, dtype=object)[codes]
+    return np.asarray(SPLITS, dtype=object)[split_codes(objid, fractions)]

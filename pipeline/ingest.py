@@ -1,11 +1,18 @@
 """Stage ``ingest``: catalog files → ``WS/catalog/`` Parquet shards, canonical schema, in sky order.
 
-Graph: one read task per input chunk (canonicalise, flag bad coordinates, HEALPix index) →
-persisted; the client then pulls three small key columns (id, input order, HEALPix index) to find
-duplicate ids (the first occurrence in input order is kept) and exact shard boundaries; a shuffle
-sorts rows into shards of ``shard_rows`` on ``_healpix_29`` (HEALPix nested, order 29, the HATS
-convention), ties broken by ``objid``. Shards are written into a temporary directory that replaces
-``WS/catalog/`` in one rename, so a killed run leaves the previous catalog intact.
+The graph, task by task (work units are input chunks, then output shards):
+
+1. read: one task per input chunk → canonical rows + ``_healpix_29`` (HEALPix nested index,
+   order 29, the HATS convention; -1 where coordinates are unusable); kept in worker memory.
+2. keys: the client pulls ids and HEALPix indices (16 bytes a row), marks bad coordinates and
+   repeated ids (the first occurrence in input order is kept) and cuts the sorted indices into
+   shards of ``shard_rows``.
+3. order: each chunk drops its rejected rows and sorts itself on (``_healpix_29``, ``objid``).
+4. write: shard k concatenates its HEALPix range from every sorted chunk (a slice, found by binary
+   search), merges and writes one Parquet file.
+
+Shards go to a temporary directory that replaces ``WS/catalog/`` in one rename, so a killed run
+leaves the previous catalog intact.
 """
 
 from __future__ import annotations
@@ -13,25 +20,25 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import dask.dataframe as dd
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
+from dask import delayed
 from distributed import Client
 
 from cluster.client import compute, persist
-from pipeline.catalog import CatalogSource, Chunk, empty_frame, inspect_all, plan_chunks, read_chunk
+from pipeline.catalog import CatalogSource, Chunk, inspect_all, plan_chunks, read_chunk
 from pipeline.config import IngestArgs
 from pipeline.errors import CatalogError
 from pipeline.healpix import HEALPIX_ORDER, healpix29
 from storage.manifest import Manifest, file_checksum
+from storage.shards import SHARD_NAME, finish_shards, write_shard
 from storage.workspace import Workspace, as_workspace, atomic_directory
 
 log = logging.getLogger(__name__)
 
 DROP_BAD_COORDINATES = "bad_coordinates"
 DROP_DUPLICATE_ID = "duplicate_objid"
-SHARD_NAME = "part-{:05d}.parquet"
+SORT_KEYS = ["_healpix_29", "objid"]
 
 
 def valid_coordinates(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
@@ -50,20 +57,42 @@ def _read_and_index(chunk: Chunk) -> pd.DataFrame:
     return frame
 
 
-def _keep_rows(frame: pd.DataFrame, duplicate_ords: np.ndarray) -> pd.DataFrame:
-    keep = (frame["_healpix_29"].to_numpy() >= 0) & ~np.isin(frame["_ord"].to_numpy(), duplicate_ords)
-    return frame.loc[keep].drop(columns="_ord")
+def _keys(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    return frame["objid"].to_numpy(), frame["_healpix_29"].to_numpy()
 
 
-def _sort_shard(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    frame = frame.reset_index()[columns]
-    return frame.sort_values(["_healpix_29", "objid"], kind="stable").reset_index(drop=True)
+def _keep_and_sort(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
+    """The chunk's kept rows, sorted on (HEALPix index, objid)."""
+    frame = frame.loc[keep]
+    order = np.lexsort((frame["objid"].to_numpy(), frame["_healpix_29"].to_numpy()))
+    return frame.take(order).reset_index(drop=True)
 
 
-def shard_boundaries(healpix_sorted: np.ndarray, shard_rows: int) -> list[int]:
-    """Dask divisions that cut sorted HEALPix indices into shards of ~``shard_rows`` rows."""
-    cuts = healpix_sorted[::shard_rows].tolist() + [int(healpix_sorted[-1])]
-    return sorted(set(cuts))
+def _healpix_slice(frame: pd.DataFrame, low: int, high: int | None) -> pd.DataFrame:
+    """Rows of a sorted chunk with ``low <= _healpix_29 < high`` (no upper bound when None)."""
+    hpx = frame["_healpix_29"].to_numpy()
+    start = np.searchsorted(hpx, low, side="left")
+    stop = len(hpx) if high is None else np.searchsorted(hpx, high, side="left")
+    return frame.iloc[start:stop]
+
+
+def _merge_and_write(pieces: list[pd.DataFrame], path: Path) -> int:
+    frame = pd.concat(pieces, ignore_index=True)
+    order = np.lexsort((frame["objid"].to_numpy(), frame["_healpix_29"].to_numpy()))
+    return write_shard(frame.take(order), path)
+
+
+def select_rows(objid: np.ndarray, healpix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(bad coordinates, repeated id) masks over all rows in input order; the first id is kept."""
+    bad = healpix < 0
+    duplicate = np.zeros(len(objid), dtype=bool)
+    duplicate[~bad] = pd.Series(objid[~bad]).duplicated(keep="first").to_numpy()
+    return bad, duplicate
+
+
+def shard_starts(healpix_sorted: np.ndarray, shard_rows: int) -> list[int]:
+    """Lowest HEALPix index of each shard, cutting sorted indices every ``shard_rows`` rows."""
+    return sorted(set(healpix_sorted[::shard_rows].tolist()))
 
 
 def ingest(args: IngestArgs, client: Client | None = None) -> Manifest:
@@ -71,52 +100,42 @@ def ingest(args: IngestArgs, client: Client | None = None) -> Manifest:
     manifest = Manifest(stage="ingest", parameters=_parameters(args))
     sources = inspect_all(args.inputs, args.columns, args.radius_column, args.format)
     chunks = [c for s in sources for c in plan_chunks(s, args.chunk_rows)]
-    string_id = sources[0].string_id
-    meta = empty_frame(string_id).assign(_healpix_29=pd.Series(dtype="int64"))
     checksums = _start_checksums(sources, client)
-    frames = persist(dd.from_map(_read_and_index, chunks, meta=meta, enforce_metadata=False), client)
-    (keys,) = compute(frames[["objid", "_ord", "_healpix_29"]], client=client)
-    rows_in = len(keys)
-    bad = keys["_healpix_29"].to_numpy() < 0
-    good = keys.loc[~bad]
-    duplicated = good["objid"].duplicated(keep="first").to_numpy()
-    duplicate_ords = good["_ord"].to_numpy()[duplicated]
-    kept = np.sort(good["_healpix_29"].to_numpy()[~duplicated])
-    manifest.rows_in = rows_in
-    manifest.dropped = {DROP_BAD_COORDINATES: int(bad.sum()), DROP_DUPLICATE_ID: int(duplicated.sum())}
+    parts = persist(*[delayed(_read_and_index)(c) for c in chunks], client=client)
+    keys = compute(*[delayed(_keys)(p) for p in parts], client=client)
+    objid = np.concatenate([k[0] for k in keys])
+    healpix = np.concatenate([k[1] for k in keys])
+    bad, duplicate = select_rows(objid, healpix)
+    keep = ~bad & ~duplicate
+    manifest.rows_in = len(objid)
+    manifest.dropped = {DROP_BAD_COORDINATES: int(bad.sum()), DROP_DUPLICATE_ID: int(duplicate.sum())}
     checksums = client.gather(checksums) if client is not None else checksums
     manifest.inputs = [dict(s.describe(), checksum=c) for s, c in zip(sources, checksums, strict=True)]
-    if len(kept) == 0:
+    if not keep.any():
         raise CatalogError(
             f"no usable rows in {', '.join(s.path for s in sources)} "
             f"({manifest.dropped[DROP_BAD_COORDINATES]} with bad coordinates, "
             f"{manifest.dropped[DROP_DUPLICATE_ID]} duplicate ids); check the ra/dec column map"
         )
 
-    clean = frames.map_partitions(_keep_rows, duplicate_ords, meta=meta.drop(columns="_ord"))
-    divisions = shard_boundaries(kept, args.shard_rows)
-    if len(divisions) < 2:
-        divisions = [divisions[0], divisions[0]]
-    ordered = clean.set_index("_healpix_29", divisions=divisions, sort=True, shuffle_method="tasks")
-    meta_out = meta.drop(columns="_ord")
-    ordered = ordered.map_partitions(_sort_shard, list(meta_out.columns), meta=meta_out)
+    bounds = np.cumsum([0] + [len(k[0]) for k in keys])
+    ordered = [delayed(_keep_and_sort)(p, keep[a:b]) for p, a, b in zip(parts, bounds[:-1], bounds[1:], strict=True)]
+    starts = shard_starts(np.sort(healpix[keep]), args.shard_rows)
     ws = args.workspace
     with atomic_directory(ws.catalog) as tmp:
-        writer = ordered.to_parquet(
-            str(tmp),
-            write_index=False,
-            name_function=SHARD_NAME.format,
-            compute=False,
-            write_metadata_file=False,
-        )
-        compute(writer, client=client)
-        shard_rows = _drop_empty_shards(tmp)
+        writes = [
+            delayed(_merge_and_write)(
+                [delayed(_healpix_slice)(o, low, high) for o in ordered], tmp / SHARD_NAME.format(k)
+            )
+            for k, (low, high) in enumerate(zip(starts, [*starts[1:], None], strict=True))
+        ]
+        compute(*writes, client=client)
+        shard_rows = finish_shards(tmp)
     if client is not None:
-        client.cancel(frames)
+        client.cancel(list(parts))
     manifest.rows_out = sum(shard_rows)
-    expected = rows_in - sum(manifest.dropped.values())
-    if manifest.rows_out != expected:
-        raise RuntimeError(f"ingest wrote {manifest.rows_out} rows but kept {expected}: a bug, please report")
+    if manifest.rows_out != int(keep.sum()):
+        raise RuntimeError(f"ingest wrote {manifest.rows_out} rows but kept {int(keep.sum())}: a bug, please report")
     manifest.outputs = {
         "catalog": str(ws.catalog),
         "shards": len(shard_rows),
@@ -133,19 +152,6 @@ def _start_checksums(sources: list[CatalogSource], client: Client | None) -> lis
     if client is not None:
         return client.map(file_checksum, [s.path for s in sources], pure=False)
     return [file_checksum(s.path) for s in sources]
-
-
-def _drop_empty_shards(directory: Path) -> list[int]:
-    """Remove zero-row shards, renumber the rest in sky order; returns rows per shard."""
-    rows = []
-    for f in sorted(directory.glob("part-*.parquet")):
-        n = pq.read_metadata(f).num_rows
-        if n == 0:
-            f.unlink()
-            continue
-        f.rename(directory / SHARD_NAME.format(len(rows)))
-        rows.append(n)
-    return rows
 
 
 def _parameters(args: IngestArgs) -> dict:

@@ -11,24 +11,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import dask.dataframe as dd
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from dask import delayed
 from distributed import Client
 
-from cluster.client import compute, persist
+from cluster.client import compute
 from pipeline import bpt, plots
 from pipeline.catalog import ERROR_COLUMNS, LINE_COLUMNS, nsa_v1_message
 from pipeline.config import LabelArgs
-from pipeline.dataset import assign_split
+from pipeline.dataset import SPLITS, split_codes
 from pipeline.errors import CatalogError, WorkspaceError
 from storage.manifest import Manifest
+from storage.shards import SHARD_GLOB, SHARD_NAME, finish_shards, write_shard
 from storage.workspace import Workspace, as_workspace, atomic_directory
 
 PROBLEMS: tuple[str, ...] = ("non-finite", "non-positive", "low S/N")  # most severe first
 LABEL_COLUMNS = ("log_nii_ha", "log_oiii_hb", "bpt_class", "label", "split", "cube_index")
-SHARD_NAME = "part-{:05d}.parquet"
 
 
 def flux_problems(frame: pd.DataFrame, min_snr: float | None) -> np.ndarray:
@@ -81,32 +81,36 @@ def label_partition(frame: pd.DataFrame, scheme: bpt.Scheme, min_snr: float | No
     out["log_oiii_hb"] = np.where(ok, y, np.nan).astype(np.float32)
     out["bpt_class"] = pd.Categorical.from_codes(classes, categories=list(bpt.CLASS_NAMES.values()))
     out["label"] = bpt.training_label(classes)
-    out["split"] = pd.array(assign_split(frame["objid"].to_numpy(), split), dtype="string")
+    out["split"] = pd.Categorical.from_codes(split_codes(frame["objid"].to_numpy(), split), categories=list(SPLITS))
     out["_problems"] = problems
     return out
 
 
-def _number_rows(frame: pd.DataFrame, offsets: np.ndarray, partition_info: dict | None = None) -> pd.DataFrame:
-    keep = frame.loc[frame["_problems"].to_numpy() == 0].drop(columns="_problems")
-    start = int(offsets[partition_info["number"]]) if partition_info else 0
-    keep["cube_index"] = np.arange(start, start + len(keep), dtype=np.int64)
-    keep["bpt_class"] = keep["bpt_class"].astype(str).astype("string")
-    return keep.reset_index(drop=True)
+def _count_labelled(shard: Path, min_snr: float | None) -> int:
+    """Rows of a catalog shard that will be labelled (reads only the flux and error columns)."""
+    columns = list(LINE_COLUMNS) + (list(ERROR_COLUMNS) if min_snr is not None else [])
+    fluxes = pq.read_table(shard, columns=columns).to_pandas()
+    return int((flux_problems(fluxes, min_snr) == 0).sum())
 
 
-def _tally(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, np.ndarray], int]:
-    """Per-shard tallies summed on the client: (problem mask, class) counts, BPT histograms, rows kept."""
+def _label_shard(shard: Path, out: Path, first_index: int, args: LabelArgs) -> tuple[pd.DataFrame, dict, int]:
+    """Label one catalog shard into one labels shard; returns its tallies (summed on the client)."""
+    frame = label_partition(pd.read_parquet(shard), args.scheme, args.min_snr, args.split)
+    problems = frame["_problems"].to_numpy()
+    ok = problems == 0
     summary = (
-        pd.DataFrame({"_problems": frame["_problems"].to_numpy(), "bpt_class": frame["bpt_class"].astype(str)})
+        pd.DataFrame({"_problems": problems, "bpt_class": frame["bpt_class"].to_numpy()})
         .value_counts()
         .rename("n")
         .reset_index()
     )
-    ok = frame["_problems"].to_numpy() == 0
+    kept = frame.loc[ok].drop(columns="_problems").reset_index(drop=True)
+    kept["cube_index"] = np.arange(first_index, first_index + len(kept), dtype=np.int64)
     counts = plots.bpt_hist_counts(
-        frame["log_nii_ha"].to_numpy()[ok], frame["log_oiii_hb"].to_numpy()[ok], frame["label"].to_numpy()[ok]
+        kept["log_nii_ha"].to_numpy(), kept["log_oiii_hb"].to_numpy(), kept["label"].to_numpy()
     )
-    return summary, counts, int(ok.sum())
+    written = write_shard(kept, out, dictionary_columns=("bpt_class", "split"))
+    return summary, counts, written
 
 
 def check_catalog(args: LabelArgs) -> dict:
@@ -145,29 +149,22 @@ def label(args: LabelArgs, client: Client | None = None) -> Manifest:
     if without:
         manifest.extra["inputs_without_lines"] = without
 
-    catalog = dd.read_parquet(str(ws.catalog))
-    meta = label_partition(catalog._meta, args.scheme, args.min_snr, args.split)
-    labelled = persist(
-        catalog.map_partitions(label_partition, args.scheme, args.min_snr, args.split, meta=meta), client
-    )
-    tallies = compute(*[delayed(_tally)(part) for part in labelled.to_delayed()], client=client)
+    shards = sorted(ws.catalog.glob(SHARD_GLOB))
+    labelled = compute(*[delayed(_count_labelled)(p, args.min_snr) for p in shards], client=client)
+    first_index = np.concatenate([[0], np.cumsum(labelled)])
+    with atomic_directory(ws.labels) as tmp:
+        tallies = compute(
+            *[
+                delayed(_label_shard)(p, tmp / SHARD_NAME.format(i), int(first_index[i]), args)
+                for i, p in enumerate(shards)
+            ],
+            client=client,
+        )
+        shard_rows = finish_shards(tmp)
     summary = pd.concat([t[0] for t in tallies], ignore_index=True)
     hist = plots.sum_counts([t[1] for t in tallies])
-    kept_per_part = [int(t[2]) for t in tallies]
-    offsets = np.concatenate([[0], np.cumsum(kept_per_part)])
-    out_meta = _number_rows(meta, offsets)
-    numbered = labelled.map_partitions(_number_rows, offsets, meta=out_meta)
-    with atomic_directory(ws.labels) as tmp:
-        writer = numbered.to_parquet(
-            str(tmp),
-            write_index=False,
-            name_function=SHARD_NAME.format,
-            compute=False,
-            write_metadata_file=False,
-        )
-        compute(writer, client=client)
-    if client is not None:
-        client.cancel(labelled)
+    if [t[2] for t in tallies] != list(labelled):
+        raise RuntimeError("label wrote other row counts than it counted: a bug, please report")
 
     totals = summary.groupby(["_problems", "bpt_class"])["n"].sum().reset_index()
     dropped = totals[totals["_problems"] != 0].groupby("_problems")["n"].sum()
@@ -177,7 +174,7 @@ def label(args: LabelArgs, client: Client | None = None) -> Manifest:
     manifest.dropped = {describe_problems(int(m)): int(n) for m, n in dropped.sort_values(ascending=False).items()}
     manifest.extra["classes"] = {name: int(kept.get(name, 0)) for name in bpt.CLASS_NAMES.values()}
     manifest.extra["problems_by_line"] = _by_line(dropped)
-    manifest.outputs = {"labels": str(ws.labels), "shards": len(list(ws.labels.glob("part-*.parquet")))}
+    manifest.outputs = {"labels": str(ws.labels), "shards": len(shard_rows)}
     if args.plots and manifest.rows_out:
         manifest.outputs["plots"] = [str(p) for p in plots.bpt_histograms(hist, ws.reports, args.scheme)]
     manifest.finish()

@@ -20,18 +20,27 @@ PANELS = {"all": "All labelled galaxies", "sf": "Star-forming (label 0)", "agn":
 
 
 def bpt_hist_counts(x: np.ndarray, y: np.ndarray, label: np.ndarray) -> dict[str, np.ndarray]:
-    """2-D counts on a fixed grid for all rows, label 0 (SF) and label 1 (AGN)."""
-    grid = dict(bins=BINS, range=(X_RANGE, Y_RANGE))
-    return {
-        "all": np.histogram2d(x, y, **grid)[0],
-        "sf": np.histogram2d(x[label == 0], y[label == 0], **grid)[0],
-        "agn": np.histogram2d(x[label == 1], y[label == 1], **grid)[0],
-    }
+    """2-D counts on a fixed grid ([x bin, y bin], upper edges open) for all rows, label 0 and label 1.
+
+    Equivalent to ``np.histogram2d`` with ``BINS`` bins over ``X_RANGE`` × ``Y_RANGE`` except that
+    a point exactly on the upper edge of the range falls outside; ~10x faster (no binary search).
+    Also counts every row, inside the axes or not (``n_all``, ``n_sf``, ``n_agn``).
+    """
+    ix = np.floor((np.asarray(x, dtype=np.float64) - X_RANGE[0]) / (X_RANGE[1] - X_RANGE[0]) * BINS)
+    iy = np.floor((np.asarray(y, dtype=np.float64) - Y_RANGE[0]) / (Y_RANGE[1] - Y_RANGE[0]) * BINS)
+    inside = (ix >= 0) & (ix < BINS) & (iy >= 0) & (iy < BINS)
+    flat = (ix * BINS + iy)[inside].astype(np.intp)
+    counts = {}
+    for key, selected in {"all": np.ones(len(label), dtype=bool), "sf": label == 0, "agn": label == 1}.items():
+        grid = np.bincount(flat[selected[inside]], minlength=BINS * BINS).reshape(BINS, BINS)
+        counts[key] = grid.astype(np.float64)
+        counts[f"n_{key}"] = np.array(int(selected.sum()))
+    return counts
 
 
 def sum_counts(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Element-wise sum of per-partition histogram dicts."""
-    return {key: np.sum([p[key] for p in parts], axis=0) for key in PANELS}
+    """Element-wise sum of per-partition histogram dicts (grids and totals)."""
+    return {key: np.sum([p[key] for p in parts], axis=0) for key in parts[0]}
 
 
 def bpt_histograms(counts: dict[str, np.ndarray], out_dir: Path, scheme: str) -> list[Path]:
@@ -63,7 +72,7 @@ def bpt_histograms(counts: dict[str, np.ndarray], out_dir: Path, scheme: str) ->
             ylim=Y_RANGE,
             xlabel=r"log$_{10}$([NII] 6584 / H$\alpha$)",
             ylabel=r"log$_{10}$([OIII] 5007 / H$\beta$)",
-            title=f"{title}: {int(grid.sum()):,}",
+            title=f"{title}: {int(counts[f'n_{key}']):,} ({int(counts[f'n_{key}'] - grid.sum()):,} off the axes)",
         )
         ax.legend(loc="lower left", fontsize=8)
         path = out_dir / f"bpt_{key}.png"

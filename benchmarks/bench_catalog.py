@@ -1,0 +1,533 @@
+"""Catalog throughput: agnsurvey ``ingest`` + ``label`` against the I/O floor and the paper's pandas.
+
+What is compared, per catalog size (offline NSA-like sky, 1M and 10M rows by default), in ONE run
+on the same machine and the same files:
+
+1. **agnsurvey**: ``ingest`` (FITS → sky-ordered Parquet shards) then ``label`` (BPT columns,
+   splits, cube index; no plots) on a ``LocalCluster`` of W single-threaded worker processes,
+   started once before any timing. Rate = rows in / (ingest s + label s).
+2. **I/O floor**: one process with pyarrow reads the 13 source columns the pipeline uses and writes
+   them to one Parquet file with the pipeline's writer settings (snappy, no dictionary), from the
+   sky's Parquet dataset and from the FITS file (astropy memmap, native byte order). FITS → Parquet
+   is the reference ("x floor" = 1.00): it is the least work the pipeline must do on the same input
+   (read once, write once). "floor x2" reads and writes twice (FITS → Parquet → Parquet), the
+   minimum for two stages that each write a dataset.
+3. **pandas**: how the paper worked: ``Table.read`` → pandas → drop bad coordinates and duplicate
+   ids → keep four finite positive fluxes → x, y and the paper's rule → ``to_parquet``, one process.
+4. **BPT kernel**: ``pipeline.bpt.bpt_class`` (and ``log_ratios`` + ``bpt_class``) on 10M points in
+   one thread: rows/s per core.
+
+Why: the stages are meant to be I/O bound (aim: ingest + label >= half the floor's rate at 10M
+rows; kernel >= 30M rows/s per core), and distributing them must beat the single-process way it
+was done before. The benchmark checks that agnsurvey and pandas keep the same rows and find the
+same classes, and refuses to report numbers for a wrong result.
+
+    python benchmarks/bench_catalog.py --sizes 1000000 10000000 --workers 2
+
+Prints a table and writes ``benchmarks/results/bench_catalog-<timestamp>.json`` (machine info,
+parameters, every raw timing). The sky catalogs are generated (and timed, not compared) in a
+temporary directory, or reused from ``--data DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from _machine import format_rate, print_table, usable_cores, write_results
+from astropy.io import fits
+from astropy.table import Table
+from dask.utils import key_split
+from distributed import Client, LocalCluster, get_task_stream
+
+from pipeline import bpt
+from pipeline.config import IngestArgs, LabelArgs, SkyArgs
+from pipeline.ingest import ingest
+from pipeline.label import label
+from pipeline.synthetic.catalog import SKY_FITS, SKY_MANIFEST, SKY_PARQUET, make_sky
+
+SOURCE_COLUMNS: tuple[str, ...] = (
+    "NSAID", "RA", "DEC", "Z", "PETROTH90",
+    "HAFLUX", "N2FLUX", "HBFLUX", "O3FLUX",
+    "HAFLUXERR", "N2FLUXERR", "HBFLUXERR", "O3FLUXERR",
+)  # fmt: skip
+LINE_FLUXES = ("HAFLUX", "N2FLUX", "HBFLUX", "O3FLUX")
+PARQUET_OPTIONS: dict[str, Any] = {"compression": "snappy", "use_dictionary": False}  # as storage/shards.py
+SKY_SEED = 0
+KERNEL_ROWS = 10_000_000
+KERNEL_REPEAT = 5
+
+Timer = Callable[[], float]
+now: Timer = time.perf_counter
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+
+
+def sky_is_cached(sky_dir: Path, n: int) -> bool:
+    """True when ``sky_dir`` holds a complete offline sky of ``n`` rows from seed SKY_SEED."""
+    manifest = sky_dir / SKY_MANIFEST
+    if not (manifest.exists() and (sky_dir / SKY_FITS).exists() and (sky_dir / SKY_PARQUET).is_dir()):
+        return False
+    params = json.loads(manifest.read_text()).get("parameters", {})
+    return params.get("n") == n and params.get("seed") == SKY_SEED
+
+
+def ensure_sky(data: Path, n: int, client: Client) -> dict[str, Any]:
+    """Generate (and time) the offline sky of ``n`` rows under ``data``, or reuse a cached one."""
+    sky_dir = data / f"sky-{n}"
+    if sky_is_cached(sky_dir, n):
+        return {"dir": str(sky_dir), "cached": True, "seconds": None}
+    t0 = now()
+    make_sky(SkyArgs(out=sky_dir, n=n, seed=SKY_SEED), client)
+    return {"dir": str(sky_dir), "cached": False, "seconds": now() - t0}
+
+
+@contextmanager
+def scratch(path: Path, keep: bool) -> Iterator[Path]:
+    """An empty output directory for one measurement, removed afterwards unless ``keep``."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        if not keep:
+            shutil.rmtree(path, ignore_errors=True)
+        gc.collect()
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. agnsurvey on a LocalCluster
+
+
+def task_breakdown(records: list[dict[str, Any]], wall_s: float, workers: int) -> dict[str, Any]:
+    """Worker time by task kind (compute, summed over workers), transfers and the busy fraction."""
+    compute: dict[str, float] = defaultdict(float)
+    other: dict[str, float] = defaultdict(float)
+    for rec in records:
+        for ss in rec.get("startstops", ()):
+            seconds = ss["stop"] - ss["start"]
+            if ss["action"] == "compute":
+                compute[key_split(rec["key"])] += seconds
+            else:
+                other[ss["action"]] += seconds
+    busy = sum(compute.values())
+    top = dict(sorted(compute.items(), key=lambda kv: -kv[1]))
+    return {
+        "tasks": len(records),
+        "compute_s_by_prefix": {k: round(v, 3) for k, v in top.items()},
+        "other_s_by_action": {k: round(v, 3) for k, v in other.items()},
+        "worker_busy_fraction": round(busy / (wall_s * workers), 3) if wall_s > 0 else None,
+    }
+
+
+def run_agnsurvey(fits_path: Path, workspace: Path, client: Client, workers: int) -> dict[str, Any]:
+    """Time ``ingest`` then ``label`` (plots off) on ``client``; class counts read back afterwards."""
+    with get_task_stream(client=client) as ingest_stream:
+        t0 = now()
+        ingested = ingest(IngestArgs(workspace=workspace, inputs=(str(fits_path),)), client)
+        t1 = now()
+    with get_task_stream(client=client) as label_stream:
+        t2 = now()
+        labelled = label(LabelArgs(workspace=workspace, plots=False), client)
+        t3 = now()
+    classes = pq.read_table(workspace / "labels", columns=["bpt_class"]).column("bpt_class").to_pandas()
+    return {
+        "ingest_s": t1 - t0,
+        "label_s": t3 - t2,
+        "ingest_rows_in": ingested.rows_in,
+        "ingest_rows_out": ingested.rows_out,
+        "ingest_dropped": dict(ingested.dropped),
+        "label_rows_in": labelled.rows_in,
+        "label_rows_out": labelled.rows_out,
+        "label_dropped": dict(labelled.dropped),
+        "classes": {str(k): int(v) for k, v in classes.value_counts().items()},
+        "ingest_tasks": task_breakdown(ingest_stream.data, t1 - t0, workers),
+        "label_tasks": task_breakdown(label_stream.data, t3 - t2, workers),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. The I/O floor: one process, pyarrow, the same columns, the pipeline's writer settings
+
+
+def read_fits_columns(fits_path: Path) -> pa.Table:
+    """The 13 source columns from the FITS table (memmap, copied to native byte order)."""
+    with fits.open(fits_path, memmap=True) as hdul:
+        data = hdul[1].data
+        arrays = {}
+        for name in SOURCE_COLUMNS:
+            column = data.field(name)
+            arrays[name] = column.astype(column.dtype.newbyteorder("="))
+    return pa.table(arrays)
+
+
+def floor_parquet(sky_parquet: Path, out: Path) -> dict[str, float]:
+    """Read the columns from the sky's Parquet dataset, write them to one Parquet file."""
+    t0 = now()
+    table = pq.read_table(sky_parquet, columns=list(SOURCE_COLUMNS))
+    t1 = now()
+    pq.write_table(table, out / "floor.parquet", **PARQUET_OPTIONS)
+    t2 = now()
+    return {"read_s": t1 - t0, "write_s": t2 - t1, "rows": table.num_rows}
+
+
+def floor_fits(fits_path: Path, out: Path) -> dict[str, float]:
+    """FITS → Parquet (one pass), then that file → Parquet again (the second pass of 'floor x2')."""
+    t0 = now()
+    table = read_fits_columns(fits_path)
+    t1 = now()
+    pq.write_table(table, out / "pass1.parquet", **PARQUET_OPTIONS)
+    t2 = now()
+    del table
+    again = pq.read_table(out / "pass1.parquet")
+    t3 = now()
+    pq.write_table(again, out / "pass2.parquet", **PARQUET_OPTIONS)
+    t4 = now()
+    return {"read_s": t1 - t0, "write_s": t2 - t1, "read2_s": t3 - t2, "write2_s": t4 - t3, "rows": again.num_rows}
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. The paper's way: single-process pandas
+
+
+def run_pandas(fits_path: Path, out: Path) -> dict[str, Any]:
+    """Table.read → pandas → cleaning → x, y, paper rule → to_parquet; returns time, kept rows, classes.
+
+    Written independently of ``pipeline`` (its numbers check agnsurvey's). Ratios are taken in
+    float64, as the pipeline does, so that points on a dividing line fall the same way.
+    """
+    t0 = now()
+    table = Table.read(fits_path, hdu=1, memmap=True)
+    frame = table[list(SOURCE_COLUMNS)].to_pandas()
+    del table
+    rows_in = len(frame)
+    good_coords = frame["RA"].between(0, 360, inclusive="left") & frame["DEC"].between(-90, 90)
+    frame = frame[good_coords]
+    frame = frame[~frame["NSAID"].duplicated(keep="first")]
+    rows_clean = len(frame)
+    fluxes = frame[list(LINE_FLUXES)]
+    frame = frame[(np.isfinite(fluxes) & (fluxes > 0)).all(axis=1)].copy()
+    x = np.log10(frame["N2FLUX"].astype("float64") / frame["HAFLUX"].astype("float64"))
+    y = np.log10(frame["O3FLUX"].astype("float64") / frame["HBFLUX"].astype("float64"))
+    star_forming = (y < 0.61 / (x - 0.05) + 1.3) & (x < -0.1)
+    frame["x"] = x
+    frame["y"] = y
+    frame["label"] = (~star_forming).astype("int8")  # AGN = 1
+    frame.to_parquet(out / "pandas.parquet", index=False, **PARQUET_OPTIONS)
+    seconds = now() - t0
+    n_sf = int(star_forming.sum())
+    return {
+        "seconds": seconds,
+        "rows_in": rows_in,
+        "rows_after_coords_and_ids": rows_clean,
+        "rows_kept": len(frame),
+        "classes": {"sf": n_sf, "agn": len(frame) - n_sf},
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. The BPT kernel, one thread
+
+
+def run_kernel(n: int = KERNEL_ROWS, repeat: int = KERNEL_REPEAT, seed: int = 1) -> dict[str, Any]:
+    """Best-of-``repeat`` seconds of ``bpt_class`` (paper) and of ``log_ratios`` + ``bpt_class`` on n rows.
+
+    numpy's ufuncs run in the calling thread; threadpoolctl (when installed) also pins BLAS/OpenMP
+    pools to one thread so nothing else can help.
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1.5, 0.6, n)
+    y = rng.uniform(-1.2, 1.5, n)
+    ha = rng.lognormal(4.0, 1.0, n).astype(np.float32)
+    hb = (ha / rng.uniform(2.86, 6.0, n)).astype(np.float32)
+    nii = (ha * 10 ** rng.uniform(-1.5, 0.6, n)).astype(np.float32)
+    oiii = (hb * 10 ** rng.uniform(-1.2, 1.5, n)).astype(np.float32)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        limiter: Any = threadpool_limits(limits=1)
+        pinned = True
+    except ImportError:
+        limiter, pinned = _null_context(), False
+    class_s, full_s = [], []
+    with limiter:
+        for _ in range(repeat):
+            t0 = now()
+            bpt.bpt_class(x, y, "paper")
+            class_s.append(now() - t0)
+        for _ in range(repeat):
+            t0 = now()
+            xx, yy = bpt.log_ratios(nii, ha, oiii, hb)
+            bpt.bpt_class(xx, yy, "paper")
+            full_s.append(now() - t0)
+    return {"rows": n, "threads": 1, "threadpoolctl": pinned, "bpt_class_s": class_s, "log_ratios_bpt_class_s": full_s}
+
+
+@contextmanager
+def _null_context() -> Iterator[None]:
+    yield
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks, one size end to end, and the report
+
+
+def verify(n: int, agn: dict[str, Any], pandas: dict[str, Any]) -> None:
+    """Raise unless agnsurvey and pandas kept the same rows and found the same classes."""
+    ours = {k: v for k, v in agn["classes"].items() if v}
+    if agn["label_rows_out"] != pandas["rows_kept"] or ours != pandas["classes"]:
+        raise RuntimeError(
+            f"{n} rows: agnsurvey labelled {agn['label_rows_out']} rows {ours}, pandas kept "
+            f"{pandas['rows_kept']} {pandas['classes']}: the results differ, so the timings mean nothing"
+        )
+    if agn["ingest_rows_out"] != pandas["rows_after_coords_and_ids"]:
+        raise RuntimeError(
+            f"{n} rows: agnsurvey ingested {agn['ingest_rows_out']} rows, pandas kept "
+            f"{pandas['rows_after_coords_and_ids']} after the coordinate and duplicate-id cuts"
+        )
+
+
+def measure_size(n: int, data: Path, client: Client, workers: int, repeat: int, keep: bool) -> dict[str, Any]:
+    """Every method on the sky of ``n`` rows, ``repeat`` times each; raw timings."""
+    sky = ensure_sky(data, n, client)
+    fits_path = Path(sky["dir"]) / SKY_FITS
+    runs = data / f"runs-{n}"
+    result: dict[str, Any] = {"rows": n, "sky": sky, "agnsurvey": [], "floor_parquet": [], "floor_fits": []}
+    result["pandas"] = []
+    for i in range(repeat):
+        with scratch(runs / f"floor-parquet-{i}", keep) as out:
+            result["floor_parquet"].append(floor_parquet(Path(sky["dir"]) / SKY_PARQUET, out))
+        with scratch(runs / f"floor-fits-{i}", keep) as out:
+            result["floor_fits"].append(floor_fits(fits_path, out))
+        with scratch(runs / f"pandas-{i}", keep) as out:
+            result["pandas"].append(run_pandas(fits_path, out))
+        with scratch(runs / f"agnsurvey-{i}", keep) as out:
+            result["agnsurvey"].append(run_agnsurvey(fits_path, out / "ws", client, workers))
+        verify(n, result["agnsurvey"][-1], result["pandas"][-1])
+    if not keep:
+        shutil.rmtree(runs, ignore_errors=True)
+    return result
+
+
+def best(values: list[float]) -> float:
+    return min(values)
+
+
+def size_label(n: int) -> str:
+    if n % 1_000_000 == 0:
+        return f"{n // 1_000_000}M"
+    if n % 1_000 == 0:
+        return f"{n // 1_000}k"
+    return str(n)
+
+
+def summarise(result: dict[str, Any], workers: int) -> list[dict[str, Any]]:
+    """One row per method for one size: best seconds, rows/s, ratios to the FITS floor and to pandas."""
+    n = result["rows"]
+    agn = result["agnsurvey"]
+    ff = result["floor_fits"]
+    fp = result["floor_parquet"]
+    seconds = {
+        "agnsurvey ingest": best([r["ingest_s"] for r in agn]),
+        "agnsurvey label": best([r["label_s"] for r in agn]),
+        "agnsurvey ingest+label": best([r["ingest_s"] + r["label_s"] for r in agn]),
+        "floor Parquet->Parquet": best([r["read_s"] + r["write_s"] for r in fp]),
+        "floor FITS->Parquet": best([r["read_s"] + r["write_s"] for r in ff]),
+        "floor x2 FITS->Pq->Pq": best([r["read_s"] + r["write_s"] + r["read2_s"] + r["write2_s"] for r in ff]),
+        "pandas (paper)": best([r["seconds"] for r in result["pandas"]]),
+    }
+    where = {
+        "agnsurvey ingest": f"{workers} workers",
+        "agnsurvey label": f"{workers} workers",
+        "agnsurvey ingest+label": f"{workers} workers",
+    }
+    floor_rate = n / seconds["floor FITS->Parquet"]
+    pandas_rate = n / seconds["pandas (paper)"]
+    rows = []
+    for method, s in seconds.items():
+        rate = n / s
+        rows.append(
+            {
+                "size": size_label(n),
+                "method": method,
+                "runs on": where.get(method, "1 process"),
+                "seconds": s,
+                "rows/s": rate,
+                "x floor": rate / floor_rate,
+                "x pandas": rate / pandas_rate,
+            }
+        )
+    if result["sky"]["seconds"] is not None:
+        s = result["sky"]["seconds"]
+        rows.append(
+            {"size": size_label(n), "method": "sky generation (not compared)", "runs on": f"{workers} workers"}
+            | {"seconds": s, "rows/s": n / s}
+        )
+    return rows
+
+
+def kernel_rows(kernel: dict[str, Any]) -> list[dict[str, Any]]:
+    n = kernel["rows"]
+    out = []
+    methods = (("BPT kernel bpt_class", "bpt_class_s"), ("BPT log_ratios+bpt_class", "log_ratios_bpt_class_s"))
+    for method, key in methods:
+        s = best(kernel[key])
+        out.append({"size": size_label(n), "method": method, "runs on": "1 thread", "seconds": s, "rows/s": n / s})
+    return out
+
+
+def formatted(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    def fmt(row: dict[str, Any]) -> dict[str, str]:
+        out = {k: str(v) for k, v in row.items()}
+        out["seconds"] = f"{row['seconds']:.2f}" if "seconds" in row else "-"
+        out["rows/s"] = format_rate(row.get("rows/s"))
+        out["x floor"] = f"{row['x floor']:.2f}" if "x floor" in row else "-"
+        out["x pandas"] = f"{row['x pandas']:.2f}" if "x pandas" in row else "-"
+        return out
+
+    return [fmt(r) for r in rows]
+
+
+def breakdown_lines(result: dict[str, Any]) -> list[str]:
+    """Where agnsurvey's worker time went (best run), as short text lines."""
+    run = min(result["agnsurvey"], key=lambda r: r["ingest_s"] + r["label_s"])
+    lines = []
+    for stage in ("ingest", "label"):
+        tasks = run[f"{stage}_tasks"]
+        top = list(tasks["compute_s_by_prefix"].items())[:5]
+        parts = ", ".join(f"{k} {v:.1f}s" for k, v in top)
+        lines.append(
+            f"  {size_label(result['rows'])} {stage}: wall {run[f'{stage}_s']:.1f}s, workers busy "
+            f"{100 * (tasks['worker_busy_fraction'] or 0):.0f}%, {tasks['tasks']} tasks; top: {parts}"
+        )
+    return lines
+
+
+def aims(results: list[dict[str, Any]], kernel: dict[str, Any], workers: int) -> list[str]:
+    kernel_rate = kernel["rows"] / best(kernel["bpt_class_s"])
+    lines = [f"  BPT kernel: {format_rate(kernel_rate)} rows/s per core (aim >= 30M): {_ok(kernel_rate >= 30e6)}"]
+    for result in results:
+        rows = {r["method"]: r for r in summarise(result, workers)}
+        ratio = rows["agnsurvey ingest+label"]["x floor"]
+        ratio2 = rows["agnsurvey ingest+label"]["rows/s"] / rows["floor x2 FITS->Pq->Pq"]["rows/s"]
+        lines.append(
+            f"  {size_label(result['rows'])} ingest+label: {ratio:.2f} x the I/O floor (aim >= 0.50: "
+            f"{_ok(ratio >= 0.5)}), {ratio2:.2f} x floor x2"
+        )
+    return lines
+
+
+def _ok(flag: bool) -> str:
+    return "met" if flag else "NOT met"
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000], help="catalog rows")
+    parser.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (1 thread each)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of every method per size; the best is shown")
+    parser.add_argument("--data", type=Path, help="directory for sky catalogs (reused if present) and outputs")
+    parser.add_argument("--keep", action="store_true", help="keep generated catalogs and outputs")
+    parser.add_argument("--kernel-rows", type=int, default=KERNEL_ROWS, help="points for the BPT kernel")
+    args = parser.parse_args(argv)
+    if args.workers < 1 or args.repeat < 1 or any(s < 1 for s in args.sizes):
+        parser.error("--sizes, --workers and --repeat must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    data = args.data or Path(tempfile.mkdtemp(prefix="agnsurvey-bench-"))
+    data.mkdir(parents=True, exist_ok=True)
+    keep_data = args.keep or args.data is not None
+    print(f"data in {data}; {usable_cores()} usable cores; {args.workers} workers", flush=True)
+    try:
+        t0 = now()
+        with (
+            LocalCluster(
+                n_workers=args.workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+                silence_logs=logging.ERROR,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            startup_s = now() - t0
+            print(f"LocalCluster start-up: {startup_s:.2f} s", flush=True)
+            results = []
+            for n in args.sizes:
+                print(f"measuring {size_label(n)} rows ...", flush=True)
+                results.append(measure_size(n, data, client, args.workers, args.repeat, args.keep))
+        print(f"measuring the BPT kernel on {size_label(args.kernel_rows)} points ...", flush=True)
+        kernel = run_kernel(args.kernel_rows)
+    finally:
+        if not keep_data:
+            shutil.rmtree(data, ignore_errors=True)
+
+    table = [row for r in results for row in summarise(r, args.workers)] + kernel_rows(kernel)
+    print()
+    text = print_table(
+        formatted(table),
+        ["size", "method", "runs on", "seconds", "rows/s", "x floor", "x pandas"],
+        right=["seconds", "rows/s", "x floor", "x pandas"],
+    )
+    notes = [f"LocalCluster start-up (not timed above): {startup_s:.2f} s"]
+    notes += ["agnsurvey worker time by task kind (compute seconds summed over workers):"]
+    notes += [line for r in results for line in breakdown_lines(r)]
+    notes += ["aims:"] + aims(results, kernel, args.workers)
+    print("\n".join(notes))
+    path = write_results(
+        "bench_catalog",
+        {
+            "parameters": {
+                "sizes": args.sizes,
+                "workers": args.workers,
+                "threads_per_worker": 1,
+                "repeat": args.repeat,
+                "kernel_rows": args.kernel_rows,
+                "sky_seed": SKY_SEED,
+                "parquet_options": PARQUET_OPTIONS,
+                "source_columns": list(SOURCE_COLUMNS),
+                "data_reused": args.data is not None,
+                "command": " ".join(sys.argv),
+            },
+            "definitions": {
+                "rows/s": "catalog rows in / seconds (agnsurvey: / (ingest s + label s)); best of --repeat",
+                "x floor": "rows/s relative to 'floor FITS->Parquet' (1 process: read the 13 columns, write once)",
+                "floor x2": "FITS -> Parquet, then that file -> Parquet again (ingest and label each write)",
+            },
+            "cluster_startup_s": startup_s,
+            "sizes": results,
+            "kernel": kernel,
+            "table": table,
+            "table_text": text,
+            "notes": notes,
+        },
+    )
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,8 +1,10 @@
 """The command line: help that teaches, errors without tracebacks, exit codes."""
 
+import json
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 from conftest import nsa_rows, write_nsa_fits
 
@@ -51,15 +53,11 @@ def test_run_is_the_whole_main_job(tmp_path, capsys):
     assert main(["--quiet", "--workers", "2", "run", "--workspace", str(ws), "--n", "3000", "--seed", "4"]) == 0
     out = capsys.readouterr().out
     assert "sky make" in out and "ingest" in out and "label" in out and "class sf" in out
-    import json
-
     ingest_m = json.loads((ws / "manifests" / "ingest.json").read_text())
     label_m = json.loads((ws / "manifests" / "label.json").read_text())
     assert ingest_m["rows_in"] == 3000 and ingest_m["inputs"][0]["path"].endswith("nsa_sky.fits")
     assert label_m["rows_in"] == ingest_m["rows_out"]
     assert label_m["rows_out"] + sum(label_m["dropped"].values()) == label_m["rows_in"]
     assert sorted(p.name for p in (ws / "reports").iterdir()) == ["bpt_agn.png", "bpt_all.png", "bpt_sf.png"]
-    import pandas as pd
-
     labels = pd.read_parquet(ws / "labels")
     assert len(labels) == label_m["rows_out"] and set(labels["label"]) == {0, 1}

@@ -98,12 +98,21 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def write_results(name: str, payload: dict[str, Any], directory: Path = RESULTS_DIR) -> Path:
-    """Write ``payload`` (machine info added under ``machine``) to ``<directory>/<name>-<timestamp>.json``."""
+def write_results(
+    name: str, payload: dict[str, Any], machine: dict[str, Any] | None = None, directory: Path = RESULTS_DIR
+) -> Path:
+    """Write ``payload`` plus ``machine`` to ``<directory>/<name>-<timestamp>.json``.
+
+    Pass the :func:`machine_info` taken when the benchmark started: the git commit is checked again
+    now, and ``git_changed_during_run`` says whether the code changed while it ran.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     path = directory / f"{name}-{stamp}.json"
-    body = {"benchmark": name, "timestamp_utc": stamp, "machine": machine_info(), **payload}
+    machine = machine or machine_info()
+    now_git = git_commit()
+    machine = {**machine, "git_at_end": now_git, "git_changed_during_run": now_git != machine["git"]}
+    body = {"benchmark": name, "timestamp_utc": stamp, "machine": machine, **payload}
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(body, indent=2, default=str) + "\n")
     os.replace(tmp, path)

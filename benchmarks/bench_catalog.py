@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from _machine import format_rate, print_table, usable_cores, write_results
+from _machine import format_rate, machine_info, print_table, usable_cores, write_results
 from astropy.io import fits
 from astropy.table import Table
 from dask.utils import key_split
@@ -457,6 +457,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    machine = machine_info()  # before anything runs: the commit measured, not the one at the end
     data = args.data or Path(tempfile.mkdtemp(prefix="agnsurvey-bench-"))
     data.mkdir(parents=True, exist_ok=True)
     keep_data = args.keep or args.data is not None
@@ -524,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
             "table_text": text,
             "notes": notes,
         },
+        machine=machine,
     )
     print(f"results: {path}")
     return 0

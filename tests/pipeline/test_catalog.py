@@ -178,3 +178,21 @@ def test_nsa_v1_layout_is_recognised(tmp_path):
     assert source.mapping["radius_arcsec"] == "PETRO_TH90"  # v1's name for the 90 % radius
     with fits.open(path) as hdul:
         assert hdul[1].header["NAXIS2"] == 5
+
+
+def test_fits_chunk_reads_only_its_rows_and_columns(tmp_path):
+    """Memory-mapped reads: a 1,000-row chunk of a 48 MB table allocates ~100 kB, not the file."""
+    import tracemalloc
+
+    rows = nsa_rows(200_000, seed=2)
+    rows["WIDE"] = np.zeros((200_000, 60), dtype=np.float32)  # 240 bytes a row nobody asked for
+    path = write_nsa_fits(tmp_path / "big.fits", rows, {"WIDE": "60E"})
+    assert path.stat().st_size > 45e6
+    (source,) = inspect_all([str(path)])
+    chunk = plan_chunks(source, 1000)[57]
+    tracemalloc.start()
+    frame = read_chunk(chunk)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(frame) == 1000 and frame["objid"].iloc[0] == rows["NSAID"][57_000]
+    assert peak < 1e6, f"reading 1,000 rows allocated {peak / 1e6:.1f} MB"

@@ -7,9 +7,9 @@ The graph, task by task (work units are input chunks, then output shards):
 2. keys: the client pulls ids and HEALPix indices (16 bytes a row), marks bad coordinates and
    repeated ids (the first occurrence in input order is kept) and cuts the sorted indices into
    shards of ``shard_rows``.
-3. order: each chunk drops its rejected rows and sorts itself on (``_healpix_29``, ``objid``).
-4. write: shard k concatenates its HEALPix range from every sorted chunk (a slice, found by binary
-   search), merges and writes one Parquet file.
+3. merge: consecutive shards are grouped (about two groups per worker thread, at most
+   ``MERGE_ROWS`` rows each); a group's task takes its HEALPix range from every chunk (less the
+   rejected rows), sorts it on (``_healpix_29``, ``objid``) and writes its shards, one file each.
 
 Shards go to a temporary directory that replaces ``WS/catalog/`` in one rename, so a killed run
 leaves the previous catalog intact.
@@ -18,6 +18,7 @@ leaves the previous catalog intact.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 
 DROP_BAD_COORDINATES = "bad_coordinates"
 DROP_DUPLICATE_ID = "duplicate_objid"
-SORT_KEYS = ["_healpix_29", "objid"]
+MERGE_ROWS = 2_000_000  # rows one merge task sorts in memory (~150 MB)
 
 
 def valid_coordinates(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
@@ -61,25 +62,27 @@ def _keys(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return frame["objid"].to_numpy(), frame["_healpix_29"].to_numpy()
 
 
-def _keep_and_sort(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
-    """The chunk's kept rows, sorted on (HEALPix index, objid)."""
-    frame = frame.loc[keep]
-    order = np.lexsort((frame["objid"].to_numpy(), frame["_healpix_29"].to_numpy()))
-    return frame.take(order).reset_index(drop=True)
-
-
-def _healpix_slice(frame: pd.DataFrame, low: int, high: int | None) -> pd.DataFrame:
-    """Rows of a sorted chunk with ``low <= _healpix_29 < high`` (no upper bound when None)."""
+def _healpix_range(frame: pd.DataFrame, dropped: np.ndarray, low: int, high: int | None) -> pd.DataFrame:
+    """Rows of a chunk with ``low <= _healpix_29 < high`` (no upper bound when None), less ``dropped``."""
     hpx = frame["_healpix_29"].to_numpy()
-    start = np.searchsorted(hpx, low, side="left")
-    stop = len(hpx) if high is None else np.searchsorted(hpx, high, side="left")
-    return frame.iloc[start:stop]
+    inside = hpx >= low
+    if high is not None:
+        inside &= hpx < high
+    inside[dropped] = False
+    return frame.loc[inside]
 
 
-def _merge_and_write(pieces: list[pd.DataFrame], path: Path) -> int:
+def _sort_and_write(pieces: list[pd.DataFrame], starts: list[int], paths: list[Path]) -> list[int]:
+    """Merge one HEALPix range from every chunk, sort on (HEALPix, objid), write one file per shard."""
     frame = pd.concat(pieces, ignore_index=True)
     order = np.lexsort((frame["objid"].to_numpy(), frame["_healpix_29"].to_numpy()))
-    return write_shard(frame.take(order), path)
+    frame = frame.take(order).reset_index(drop=True)
+    cuts = [*np.searchsorted(frame["_healpix_29"].to_numpy(), starts[1:]).tolist(), len(frame)]
+    begin, rows = 0, []
+    for end, path in zip(cuts, paths, strict=True):
+        rows.append(write_shard(frame.iloc[begin:end], path))
+        begin = end
+    return rows
 
 
 def select_rows(objid: np.ndarray, healpix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -93,6 +96,13 @@ def select_rows(objid: np.ndarray, healpix: np.ndarray) -> tuple[np.ndarray, np.
 def shard_starts(healpix_sorted: np.ndarray, shard_rows: int) -> list[int]:
     """Lowest HEALPix index of each shard, cutting sorted indices every ``shard_rows`` rows."""
     return sorted(set(healpix_sorted[::shard_rows].tolist()))
+
+
+def merge_groups(n_shards: int, n_rows: int, n_threads: int, max_rows: int = MERGE_ROWS) -> list[range]:
+    """Consecutive shards merged by one task: about two tasks per thread, at most ``max_rows`` each."""
+    n_groups = min(n_shards, max(2 * n_threads, -(-n_rows // max_rows)))
+    edges = np.linspace(0, n_shards, n_groups + 1).round().astype(int)
+    return [range(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
 
 
 def ingest(args: IngestArgs, client: Client | None = None) -> Manifest:
@@ -119,16 +129,17 @@ def ingest(args: IngestArgs, client: Client | None = None) -> Manifest:
         )
 
     bounds = np.cumsum([0] + [len(k[0]) for k in keys])
-    ordered = [delayed(_keep_and_sort)(p, keep[a:b]) for p, a, b in zip(parts, bounds[:-1], bounds[1:], strict=True)]
+    dropped = [np.flatnonzero(~keep[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     starts = shard_starts(np.sort(healpix[keep]), args.shard_rows)
+    groups = merge_groups(len(starts), int(keep.sum()), _threads(client))
     ws = args.workspace
     with atomic_directory(ws.catalog) as tmp:
-        writes = [
-            delayed(_merge_and_write)(
-                [delayed(_healpix_slice)(o, low, high) for o in ordered], tmp / SHARD_NAME.format(k)
-            )
-            for k, (low, high) in enumerate(zip(starts, [*starts[1:], None], strict=True))
-        ]
+        writes = []
+        for group in groups:
+            low, high = starts[group.start], (starts[group.stop] if group.stop < len(starts) else None)
+            pieces = [delayed(_healpix_range)(p, d, low, high) for p, d in zip(parts, dropped, strict=True)]
+            paths = [tmp / SHARD_NAME.format(k) for k in group]
+            writes.append(delayed(_sort_and_write)(pieces, starts[group.start : group.stop], paths))
         compute(*writes, client=client)
         shard_rows = finish_shards(tmp)
     if client is not None:
@@ -145,6 +156,12 @@ def ingest(args: IngestArgs, client: Client | None = None) -> Manifest:
     manifest.finish()
     ws.write_manifest("ingest", manifest.to_dict())
     return manifest
+
+
+def _threads(client: Client | None) -> int:
+    if client is None:
+        return os.cpu_count() or 1
+    return max(1, sum(client.nthreads().values()))
 
 
 def _start_checksums(sources: list[CatalogSource], client: Client | None) -> list:

@@ -33,7 +33,7 @@ def bpt_hist_counts(x: np.ndarray, y: np.ndarray, label: np.ndarray) -> dict[str
     counts = {}
     for key, selected in {"all": np.ones(len(label), dtype=bool), "sf": label == 0, "agn": label == 1}.items():
         grid = np.bincount(flat[selected[inside]], minlength=BINS * BINS).reshape(BINS, BINS)
-        counts[key] = grid.astype(np.float64)
+        counts[key] = grid.astype(np.int64)
         counts[f"n_{key}"] = np.array(int(selected.sum()))
     return counts
 

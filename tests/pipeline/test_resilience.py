@@ -75,7 +75,7 @@ def test_killed_worker_is_retried_and_result_is_complete(tmp_path):
         LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
         Client(cluster) as client,
     ):
-        client.register_plugin(KillOnce(str(tmp_path / "killed-ingest"), "_keep_and_sort"))
+        client.register_plugin(KillOnce(str(tmp_path / "killed-ingest"), "_sort_and_write"))
         manifest = ingest(
             IngestArgs(workspace=tmp_path / "ws", inputs=[str(tmp_path / "cat.fits")], shard_rows=500, chunk_rows=700),
             client=client,

@@ -4,9 +4,9 @@ The graph, task by task (work units are input chunks, then output shards):
 
 1. read: one task per input chunk → canonical rows + ``_healpix_29`` (HEALPix nested index,
    order 29, the HATS convention; -1 where coordinates are unusable); kept in worker memory.
-2. keys: the client pulls ids and HEALPix indices (16 bytes a row), marks bad coordinates and
-   repeated ids (the first occurrence in input order is kept) and cuts the sorted indices into
-   shards of ``shard_rows``.
+2. keys: each chunk sorts its ids and HEALPix indices; the client merges the sorted runs to find
+   repeated ids (then asks the chunks where they are: the first occurrence in input order is
+   kept) and cuts the sorted indices into shards of ~``shard_rows`` (repeats not subtracted).
 3. merge: consecutive shards are grouped (about two groups per worker thread, at most
    ``MERGE_ROWS`` rows each); a group's task takes its HEALPix range from every chunk (less the
    rejected rows), sorts it on (``_healpix_29``, ``objid``) and writes its shards, one file each.
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 DROP_BAD_COORDINATES = "bad_coordinates"
 DROP_DUPLICATE_ID = "duplicate_objid"
-MERGE_ROWS = 2_000_000  # rows one merge task sorts in memory (~150 MB)
+MERGE_ROWS = 1_000_000  # rows one merge task sorts in memory (~70 MB)
 
 
 def valid_coordinates(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
@@ -58,8 +58,18 @@ def _read_and_index(chunk: Chunk) -> pd.DataFrame:
     return frame
 
 
-def _keys(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    return frame["objid"].to_numpy(), frame["_healpix_29"].to_numpy()
+def _keys(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sorted ids, sorted HEALPix indices) of the rows with usable coordinates, and the other rows."""
+    hpx = frame["_healpix_29"].to_numpy()
+    ok = hpx >= 0
+    return np.sort(frame["objid"].to_numpy()[ok]), np.sort(hpx[ok]), np.flatnonzero(~ok)
+
+
+def _rows_with_ids(frame: pd.DataFrame, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (input order) and ids of the rows with usable coordinates whose id is in ``ids``."""
+    objid = frame["objid"].to_numpy()
+    rows = np.flatnonzero(np.isin(objid, ids) & (frame["_healpix_29"].to_numpy() >= 0))
+    return rows, objid[rows]
 
 
 def _healpix_range(frame: pd.DataFrame, dropped: np.ndarray, low: int, high: int | None) -> pd.DataFrame:
@@ -85,12 +95,18 @@ def _sort_and_write(pieces: list[pd.DataFrame], starts: list[int], paths: list[P
     return rows
 
 
-def select_rows(objid: np.ndarray, healpix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(bad coordinates, repeated id) masks over all rows in input order; the first id is kept."""
-    bad = healpix < 0
-    duplicate = np.zeros(len(objid), dtype=bool)
-    duplicate[~bad] = pd.Series(objid[~bad]).duplicated(keep="first").to_numpy()
-    return bad, duplicate
+def repeated_ids(sorted_runs: list[np.ndarray]) -> np.ndarray:
+    """Ids that occur more than once, from per-chunk sorted ids (merging sorted runs is cheap)."""
+    ids = np.sort(np.concatenate(sorted_runs), kind="stable")
+    return np.unique(ids[1:][ids[1:] == ids[:-1]])
+
+
+def later_occurrences(hits: list[np.ndarray], ids_of_hits: list[np.ndarray]) -> list[np.ndarray]:
+    """Per chunk, the rows holding a repeated id that are not its first occurrence in input order."""
+    chunk = np.concatenate([np.full(len(h), i) for i, h in enumerate(hits)])
+    repeated = pd.Series(np.concatenate(ids_of_hits)).duplicated(keep="first").to_numpy()
+    rows = np.concatenate(hits)
+    return [rows[repeated & (chunk == i)] for i in range(len(hits))]
 
 
 def shard_starts(healpix_sorted: np.ndarray, shard_rows: int) -> list[int]:
@@ -99,8 +115,9 @@ def shard_starts(healpix_sorted: np.ndarray, shard_rows: int) -> list[int]:
 
 
 def merge_groups(n_shards: int, n_rows: int, n_threads: int, max_rows: int = MERGE_ROWS) -> list[range]:
-    """Consecutive shards merged by one task: about two tasks per thread, at most ``max_rows`` each."""
-    n_groups = min(n_shards, max(2 * n_threads, -(-n_rows // max_rows)))
+    """Consecutive shards merged by one task: a multiple of the threads, at most ``max_rows`` each."""
+    wanted = max(2 * n_threads, -(-n_rows // max_rows))
+    n_groups = min(n_shards, -(-wanted // n_threads) * n_threads)
     edges = np.linspace(0, n_shards, n_groups + 1).round().astype(int)
     return [range(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
 
@@ -113,25 +130,31 @@ def ingest(args: IngestArgs, client: Client | None = None) -> Manifest:
     checksums = _start_checksums(sources, client)
     parts = persist(*[delayed(_read_and_index)(c) for c in chunks], client=client)
     keys = compute(*[delayed(_keys)(p) for p in parts], client=client)
-    objid = np.concatenate([k[0] for k in keys])
-    healpix = np.concatenate([k[1] for k in keys])
-    bad, duplicate = select_rows(objid, healpix)
-    keep = ~bad & ~duplicate
-    manifest.rows_in = len(objid)
-    manifest.dropped = {DROP_BAD_COORDINATES: int(bad.sum()), DROP_DUPLICATE_ID: int(duplicate.sum())}
+    bad = [k[2] for k in keys]
+    duplicates = [np.empty(0, dtype=np.intp)] * len(parts)
+    repeated = repeated_ids([k[0] for k in keys])
+    if repeated.size:
+        hits = compute(*[delayed(_rows_with_ids)(p, repeated) for p in parts], client=client)
+        duplicates = later_occurrences([h[0] for h in hits], [h[1] for h in hits])
+    rows_in = sum(len(k[0]) + len(k[2]) for k in keys)
+    manifest.rows_in = rows_in
+    manifest.dropped = {
+        DROP_BAD_COORDINATES: sum(len(b) for b in bad),
+        DROP_DUPLICATE_ID: sum(len(d) for d in duplicates),
+    }
+    kept = rows_in - sum(manifest.dropped.values())
     checksums = client.gather(checksums) if client is not None else checksums
     manifest.inputs = [dict(s.describe(), checksum=c) for s, c in zip(sources, checksums, strict=True)]
-    if not keep.any():
+    if kept == 0:
         raise CatalogError(
             f"no usable rows in {', '.join(s.path for s in sources)} "
             f"({manifest.dropped[DROP_BAD_COORDINATES]} with bad coordinates, "
             f"{manifest.dropped[DROP_DUPLICATE_ID]} duplicate ids); check the ra/dec column map"
         )
 
-    bounds = np.cumsum([0] + [len(k[0]) for k in keys])
-    dropped = [np.flatnonzero(~keep[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    starts = shard_starts(np.sort(healpix[keep]), args.shard_rows)
-    groups = merge_groups(len(starts), int(keep.sum()), _threads(client))
+    dropped = [np.union1d(b, d) for b, d in zip(bad, duplicates, strict=True)]
+    starts = shard_starts(np.sort(np.concatenate([k[1] for k in keys]), kind="stable"), args.shard_rows)
+    groups = merge_groups(len(starts), kept, _threads(client))
     ws = args.workspace
     with atomic_directory(ws.catalog) as tmp:
         writes = []
@@ -145,8 +168,8 @@ def ingest(args: IngestArgs, client: Client | None = None) -> Manifest:
     if client is not None:
         client.cancel(list(parts))
     manifest.rows_out = sum(shard_rows)
-    if manifest.rows_out != int(keep.sum()):
-        raise RuntimeError(f"ingest wrote {manifest.rows_out} rows but kept {int(keep.sum())}: a bug, please report")
+    if manifest.rows_out != kept:
+        raise RuntimeError(f"ingest wrote {manifest.rows_out} rows but kept {kept}: a bug, please report")
     manifest.outputs = {
         "catalog": str(ws.catalog),
         "shards": len(shard_rows),

@@ -73,6 +73,10 @@ def show_progress(enabled: bool = True) -> None:
     _progress["enabled"] = enabled
 
 
+def progress_enabled() -> bool:
+    return _progress["enabled"]
+
+
 def compute(*collections: Any, client: Client | None = None) -> tuple[Any, ...]:
     """``dask.compute`` on the injected client, or on dask's current scheduler when None."""
     if client is None:

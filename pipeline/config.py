@@ -20,6 +20,12 @@ file has one table per stage with the same field names::
     min_snr = 3.0
     split = [0.75, 0.15, 0.10]
 
+    [fetch]
+    cutout_url = "https://www.legacysurvey.org/viewer/cutout.jpg"
+    layer = "ls-dr10"
+    concurrency = 32
+    rate = 20.0               # requests/s over all workers
+
 Errors name the key (``label.min_snr``) and say how to fix it.
 """
 
@@ -143,6 +149,59 @@ class LabelArgs:
             )
 
 
+@dataclass(frozen=True)
+class FetchArgs:
+    """Labelled galaxies → ``WS/cube.zarr``: one cutout each, validated, resized, stored.
+
+    ``cutout_url``: the viewer's cutout endpoint (real: https://www.legacysurvey.org/viewer/cutout.jpg;
+    offline: http://127.0.0.1:PORT/viewer/cutout.jpg). ``size``: pixels requested; ``radius_scale``:
+    pixscale = radius × radius_scale × 2 / size (arcsec/pixel), clipped to ``pixscale_bounds``;
+    ``image_size``: pixels stored. ``concurrency`` requests in flight and ``rate`` requests/s are
+    totals over all tasks (the service is shared: be polite). ``deadline_s`` bounds one image's
+    retries. ``restart`` discards an existing cube.
+    """
+
+    workspace: Workspace
+    cutout_url: str
+    layer: str = "ls-dr10"
+    size: int = 250
+    image_size: int = 128
+    radius_scale: float = 1.5
+    pixscale_bounds: tuple[float, float] = (0.01, 20.0)
+    concurrency: int = 32
+    rate: float = 20.0
+    retries: int = 5
+    timeout_s: float = 30.0
+    deadline_s: float = 300.0
+    shard_images: int = 1024
+    inner_images: int = 8
+    restart: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "workspace", as_workspace(self.workspace))
+        object.__setattr__(self, "pixscale_bounds", tuple(float(b) for b in self.pixscale_bounds))
+        for key in ("size", "image_size", "concurrency", "shard_images", "inner_images"):
+            _positive(f"fetch.{key}", getattr(self, key))
+        if self.size > 3000:
+            raise ConfigError(f"fetch.size must be <= 3000 pixels, the service's cap (got {self.size})")
+        if self.retries < 0:
+            raise ConfigError(f"fetch.retries must be >= 0 (got {self.retries})")
+        for key in ("rate", "timeout_s", "deadline_s", "radius_scale"):
+            value = getattr(self, key)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"fetch.{key} must be a positive number (got {value!r})")
+        low, high = self.pixscale_bounds
+        if not 0 < low < high:
+            raise ConfigError(
+                f"fetch.pixscale_bounds must be [low, high] arcsec/pixel with 0 < low < high (got {low}, {high})"
+            )
+        if self.shard_images % self.inner_images:
+            raise ConfigError(
+                f"fetch.shard_images ({self.shard_images}) must be a multiple of "
+                f"fetch.inner_images ({self.inner_images})"
+            )
+
+
 def _positive(key: str, value: int | None, optional: bool = False) -> None:
     if value is None and optional:
         return
@@ -155,6 +214,7 @@ SECTIONS: dict[str, type] = {
     "sky": SkyArgs,
     "ingest": IngestArgs,
     "label": LabelArgs,
+    "fetch": FetchArgs,
 }
 TOP_LEVEL_KEYS = {"workspace"}
 

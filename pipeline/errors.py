@@ -15,3 +15,7 @@ class CatalogError(AgnSurveyError):
 
 class WorkspaceError(AgnSurveyError):
     """A workspace lacks the output of an earlier stage."""
+
+
+class FetchError(AgnSurveyError):
+    """The cutout service cannot be used (bad URL, unreachable) or a fetch cannot proceed."""

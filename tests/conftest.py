@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
+import time
 from pathlib import Path
 
 import dask
 import numpy as np
 import pandas as pd
 import pytest
+from aiohttp import web
 from astropy.io import fits
 from distributed import Client, LocalCluster
 
@@ -92,3 +97,40 @@ def rows_frame(rows: dict[str, np.ndarray]) -> pd.DataFrame:
 def nsa_fits(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
     rows = nsa_rows(600)
     return write_nsa_fits(tmp_path / "nsa.fits", rows), rows
+
+
+@contextlib.contextmanager
+def serve_in_thread(handler, path: str = "/viewer/cutout.jpg"):
+    """Run a one-route aiohttp server on 127.0.0.1 in a background thread; yield its URL and log.
+
+    The log holds (monotonic time, query dict) of every request, for assertions about the client.
+    """
+    started = threading.Event()
+    box: dict = {"log": []}
+
+    async def logged(request):
+        box["log"].append((time.monotonic(), dict(request.query)))
+        return await handler(request)
+
+    async def main():
+        app = web.Application()
+        app.router.add_get(path, logged)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        box["url"] = f"http://127.0.0.1:{runner.addresses[0][1]}{path}"
+        box["stop"] = asyncio.Event()
+        started.set()
+        await box["stop"].wait()
+        await runner.cleanup()
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    assert started.wait(10), "test server did not start"
+    try:
+        yield box["url"], box["log"]
+    finally:
+        loop.call_soon_threadsafe(box["stop"].set)
+        thread.join(10)

@@ -1,0 +1,281 @@
+"""Cutouts: the request (URL, pixscale), an async fetch client, and decode + resize.
+
+The request follows the Legacy Surveys viewer API: ``<cutout-url>?ra=&dec=&size=&pixscale=&layer=``
+with ``pixscale = radius * scale * 2 / size`` arcsec/pixel (``scale`` 1.5: the field spans three
+90 %-light radii). URLs carry RA/Dec to 6 decimals (degrees; 0.004 arcsec) and pixscale to 5
+decimals (arcsec/pixel). The real service and the offline sky differ only in the base URL.
+
+The client (:func:`fetch_many`) runs in one asyncio loop with one aiohttp session: at most
+``concurrency`` requests in flight, request starts spaced by a rate limit (requests/s), retries
+with exponential backoff and full jitter on 5xx, timeouts, connection errors and corrupt bodies,
+``Retry-After`` honoured on 429 (the whole client pauses: the service is shared by everyone), and a
+deadline per image. Every answer is validated: it must decode as JPEG with the requested shape; a
+constant image (all black outside the survey footprint) means no coverage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import io
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlencode, urlsplit
+
+import aiohttp
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pipeline.errors import FetchError
+
+OK, NO_COVERAGE, FAILED = "ok", "no_coverage", "failed"
+RETRYABLE_HTTP = frozenset({500, 502, 503, 504, 520, 522, 524})
+
+
+def pixscale_for(
+    radius_arcsec: np.ndarray, size: int, scale: float = 1.5, bounds: tuple[float, float] = (0.01, 20.0)
+) -> tuple[np.ndarray, np.ndarray]:
+    """(pixscale arcsec/pixel, usable) for radii in arcsec: ``radius * scale * 2 / size``, clipped to
+    ``bounds``; a radius that is not finite and > 0 is unusable (pixscale NaN)."""
+    radius = np.asarray(radius_arcsec, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        usable = np.isfinite(radius) & (radius > 0)
+    pixscale = np.where(usable, np.clip(radius * scale * 2.0 / size, *bounds), np.nan)
+    return pixscale, usable
+
+
+def cutout_url(base: str, ra: float, dec: float, size: int, pixscale: float, layer: str) -> str:
+    """The viewer URL of one cutout (RA/Dec degrees to 6 decimals, pixscale arcsec/pixel to 5)."""
+    query = urlencode(
+        {"ra": f"{ra:.6f}", "dec": f"{dec:.6f}", "size": size, "pixscale": f"{pixscale:.5f}", "layer": layer}
+    )
+    return f"{base}?{query}"
+
+
+def check_cutout_url(url: str) -> str:
+    """Raise :class:`FetchError` unless ``url`` is an http(s) URL with a host and no query."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise FetchError(
+            f"cutout URL {url!r} is not an http(s) URL; give the endpoint, e.g. "
+            "https://www.legacysurvey.org/viewer/cutout.jpg or http://127.0.0.1:PORT/viewer/cutout.jpg"
+        )
+    if parts.query or parts.fragment:
+        raise FetchError(f"cutout URL {url!r} must not carry a query; agnsurvey adds ra, dec, size, pixscale, layer")
+    return url
+
+
+def decode_jpeg(body: bytes, size: int) -> np.ndarray:
+    """RGB uint8 (size, size, 3) from JPEG bytes; ValueError when corrupt, truncated or mis-sized."""
+    try:
+        with Image.open(io.BytesIO(body)) as img:
+            if img.format != "JPEG":
+                raise ValueError(f"not a JPEG ({img.format})")
+            img.load()
+            rgb = img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ValueError(f"corrupt JPEG: {exc}") from None
+    if rgb.size != (size, size):
+        raise ValueError(f"shape {rgb.size[1]}x{rgb.size[0]}, asked for {size}x{size}")
+    return np.asarray(rgb)
+
+
+def resize(image: np.ndarray, image_size: int) -> np.ndarray:
+    """Antialiased (Lanczos) resize of an RGB uint8 image to (image_size, image_size, 3)."""
+    if image.shape[0] == image_size and image.shape[1] == image_size:
+        return image
+    return np.asarray(Image.fromarray(image).resize((image_size, image_size), Image.Resampling.LANCZOS))
+
+
+def is_constant(image: np.ndarray) -> bool:
+    """True for an image with one value everywhere (the all-black answer outside the footprint)."""
+    return bool(image.min() == image.max())
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """How one asyncio client talks to the service (times in seconds, rate in requests/s)."""
+
+    cutout_url: str
+    layer: str = "ls-dr10"
+    size: int = 250
+    image_size: int = 128
+    concurrency: int = 16
+    rate: float = 10.0
+    retries: int = 5
+    timeout_s: float = 30.0
+    deadline_s: float = 120.0
+    backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+
+
+@dataclass
+class Outcome:
+    """What became of one cutout: status, pixels when ok, why it failed, how many tries."""
+
+    status: str
+    image: np.ndarray | None = None
+    reason: str = ""
+    attempts: int = 0
+    http_status: int | None = None
+    retry: bool = False  # a failure another attempt may cure
+    backoff: bool = False  # wait (exponential, jittered) before that attempt
+
+
+@dataclass
+class ClientStats:
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0
+    bytes: int = 0
+    seconds_waiting: float = 0.0
+    http: dict[int, int] = field(default_factory=dict)
+
+
+class _Pacer:
+    """Spaces request starts by 1/rate seconds and pauses everyone after a 429 (Retry-After)."""
+
+    def __init__(self, rate: float):
+        self.interval = 1.0 / rate if rate and rate > 0 else 0.0
+        self.next_start = 0.0
+        self.paused_until = 0.0
+        self.lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        async with self.lock:
+            now = time.monotonic()
+            start = max(now, self.next_start, self.paused_until)
+            self.next_start = start + self.interval
+        if start > now:
+            await asyncio.sleep(start - now)
+
+    def pause(self, seconds: float) -> None:
+        self.paused_until = max(self.paused_until, time.monotonic() + seconds)
+
+
+def retry_after_seconds(value: str | None, default: float) -> float:
+    """Seconds from a Retry-After header (delta-seconds or HTTP-date); ``default`` when absent."""
+    if not value:
+        return default
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return default
+    return max(0.0, when.timestamp() - time.time())
+
+
+async def _attempt(session: aiohttp.ClientSession, url: str, settings: ClientSettings, pacer: _Pacer,
+                   stats: ClientStats, timeout_s: float) -> Outcome:  # fmt: skip
+    """One request and the verdict on its answer; ``retry`` says whether another try may help."""
+    stats.requests += 1
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+            code = response.status
+            stats.http[code] = stats.http.get(code, 0) + 1
+            if code == 429:
+                stats.throttled += 1
+                wait = retry_after_seconds(response.headers.get("Retry-After"), settings.backoff_s)
+                pacer.pause(wait)
+                return Outcome(FAILED, reason=f"HTTP 429 (Retry-After {wait:g}s)", http_status=code, retry=True)
+            if code in RETRYABLE_HTTP:
+                return Outcome(FAILED, reason=f"HTTP {code}", http_status=code, retry=True, backoff=True)
+            if code != 200:
+                text = (await response.text(errors="replace"))[:200].strip()
+                return Outcome(FAILED, reason=f"HTTP {code}: {text}", http_status=code)
+            body = await response.read()
+    except TimeoutError:
+        return Outcome(FAILED, reason=f"timeout after {timeout_s:.3g}s", retry=True, backoff=True)
+    except aiohttp.ClientError as exc:
+        return Outcome(FAILED, reason=f"{type(exc).__name__}: {exc}"[:200], retry=True, backoff=True)
+    stats.bytes += len(body)
+    try:
+        image = decode_jpeg(body, settings.size)
+    except ValueError as exc:  # a truncated body may come out whole next time; a wrong size will not
+        return Outcome(FAILED, reason=str(exc), http_status=200, retry=not str(exc).startswith("shape"), backoff=True)
+    if is_constant(image):
+        return Outcome(NO_COVERAGE, http_status=200)
+    return Outcome(OK, resize(image, settings.image_size), http_status=200)
+
+
+async def _fetch_one(
+    session: aiohttp.ClientSession,
+    url: str,
+    settings: ClientSettings,
+    pacer: _Pacer,
+    slots: asyncio.Semaphore,
+    stats: ClientStats,
+    rng: random.Random,
+) -> Outcome:
+    """Try one cutout until it is final, the retries are spent or its deadline has passed."""
+    deadline = time.monotonic() + settings.deadline_s
+    outcome = Outcome(FAILED, reason="never attempted")
+    attempts, failures = 0, 0  # a 429 costs no retry: it is the service pacing us, bounded by the deadline
+    while failures <= settings.retries:
+        async with slots:
+            await pacer.wait()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                outcome.reason = f"deadline of {settings.deadline_s:g}s passed; last: {outcome.reason}"
+                break
+            attempts += 1
+            outcome = await _attempt(session, url, settings, pacer, stats, min(settings.timeout_s, remaining))
+        outcome.attempts = attempts
+        if not outcome.retry:
+            return outcome
+        if outcome.http_status != 429:
+            failures += 1
+        if failures <= settings.retries:
+            stats.retries += 1
+            if outcome.backoff:
+                delay = min(_backoff(settings, failures, rng), max(0.0, deadline - time.monotonic()))
+                stats.seconds_waiting += delay
+                await asyncio.sleep(delay)
+    else:
+        outcome.reason = f"gave up after {attempts} attempts; last: {outcome.reason}"
+    outcome.retry = False
+    return outcome
+
+
+def _backoff(settings: ClientSettings, attempt: int, rng: random.Random) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(max, base * 2**(attempt-1))]."""
+    return rng.uniform(0, min(settings.max_backoff_s, settings.backoff_s * 2 ** (attempt - 1)))
+
+
+async def fetch_many(urls: Sequence[str], settings: ClientSettings, seed: int = 0) -> tuple[list[Outcome], ClientStats]:
+    """Fetch every URL (one session, bounded concurrency, paced); outcomes in the order of ``urls``."""
+    stats = ClientStats()
+    pacer = _Pacer(settings.rate)
+    slots = asyncio.Semaphore(max(1, settings.concurrency))
+    rng = random.Random(seed)
+    connector = aiohttp.TCPConnector(limit=max(1, settings.concurrency), ttl_dns_cache=300)
+    headers = {"User-Agent": "agnsurvey (survey-scale AGN classification; polite batch client)"}
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+        tasks = [_fetch_one(session, url, settings, pacer, slots, stats, rng) for url in urls]
+        outcomes = await asyncio.gather(*tasks)
+    return list(outcomes), stats
+
+
+async def probe(url: str, timeout_s: float = 10.0, attempts: int = 3) -> int:
+    """HTTP status of one tiny cutout request; FetchError when the server cannot be reached."""
+    last: Exception | None = None
+    for _ in range(attempts):
+        try:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(
+                    cutout_url(url, 180.0, 30.0, 8, 1.0, "ls-dr10"), timeout=aiohttp.ClientTimeout(total=timeout_s)
+                ) as r,
+            ):
+                return r.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            last = exc
+    raise FetchError(
+        f"cannot reach the cutout service at {url} ({type(last).__name__}: {last}); check the URL and the "
+        "network, or start the offline sky with `agnsurvey sky serve --catalog CATALOG`"
+    )

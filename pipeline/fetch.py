@@ -1,0 +1,273 @@
+"""Stage ``fetch``: labelled galaxies → ``WS/cube.zarr``, one validated, resized cutout per row.
+
+Work units are the cube's shards: one task owns one shard (``shard_images`` consecutive rows), runs
+one asyncio loop with one aiohttp session (:func:`pipeline.cutouts.fetch_many`) for the rows of its
+shard that have no final status, and writes the shard's pixels and then its status, each in one
+atomic write. No two tasks touch the same storage object; ``ok`` always means the pixels are
+there. Totals for concurrency and request rate are shared out over the tasks that run at once.
+
+Resuming: a re-run requests only rows whose status is not final (final: ok, no_coverage,
+bad_radius; ``failed`` and ``pending`` rows are tried again). A run killed with SIGKILL loses at
+most the shards in flight. Failures, with their reasons, go to ``WS/cube_failures.parquet``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from distributed import Client, as_completed
+
+from cluster.client import progress_enabled
+from pipeline.config import FetchArgs
+from pipeline.cutouts import ClientSettings, check_cutout_url, cutout_url, fetch_many, pixscale_for, probe
+from pipeline.errors import FetchError, WorkspaceError
+from storage.cube import (
+    FINAL_CODES,
+    STATUS_CODES,
+    STATUS_NAMES,
+    Cube,
+    CubeLayout,
+    create_cube,
+    open_cube,
+    status_counts,
+)
+from storage.manifest import Manifest
+from storage.workspace import Workspace, as_workspace
+
+FAILURE_COLUMNS = ["cube_index", "objid", "reason", "attempts", "http_status"]
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One task: fetch the unfinished rows of one cube shard."""
+
+    cube: str
+    shard: int
+    rows: np.ndarray  # cube rows to request, all inside the shard
+    urls: list[str]
+    settings: ClientSettings
+
+
+@dataclass
+class ShardResult:
+    shard: int
+    statuses: dict[str, int]
+    failures: list[dict] = field(default_factory=list)
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+
+def fetch_shard(job: ShardJob) -> ShardResult:
+    """Fetch a shard's unfinished rows and write the whole shard (pixels, then status)."""
+    start = time.monotonic()
+    cube = open_cube(Path(job.cube))
+    rows = cube.layout.shard_rows(job.shard)
+    status = cube.status[rows.start : rows.stop]
+    has_pixels = (status == STATUS_CODES["ok"]).any()
+    images = cube.images[rows.start : rows.stop] if has_pixels else None
+    if images is None:
+        size = cube.layout.image_size
+        images = np.zeros((len(rows), size, size, 3), dtype=np.uint8)
+    outcomes, stats = asyncio.run(fetch_many(job.urls, job.settings, seed=job.shard))
+    result = ShardResult(job.shard, {}, requests=stats.requests, retries=stats.retries,
+                         throttled=stats.throttled, bytes=stats.bytes)  # fmt: skip
+    objid = cube.objid[rows.start : rows.stop]
+    for row, outcome in zip(job.rows, outcomes, strict=True):
+        i = row - rows.start
+        status[i] = STATUS_CODES[outcome.status]
+        result.statuses[outcome.status] = result.statuses.get(outcome.status, 0) + 1
+        if outcome.image is not None:
+            images[i] = outcome.image
+        if outcome.status == "failed":
+            result.failures.append(
+                {"cube_index": int(row), "objid": int(objid[i]), "reason": outcome.reason,
+                 "attempts": outcome.attempts, "http_status": outcome.http_status or 0}
+            )  # fmt: skip
+    cube.write_shard(job.shard, images, status)
+    result.seconds = time.monotonic() - start
+    return result
+
+
+def read_fetch_inputs(ws: Workspace) -> pd.DataFrame:
+    """cube_index, objid, ra, dec, radius_arcsec of every labelled galaxy, in cube order."""
+    if not ws.labels.exists():
+        raise WorkspaceError(
+            f"{ws.root} has no labels; run `agnsurvey ingest` and `agnsurvey label --workspace {ws.root}` first"
+        )
+    columns = ["cube_index", "objid", "ra", "dec", "radius_arcsec"]
+    labels = pd.read_parquet(ws.labels, columns=columns).sort_values("cube_index").reset_index(drop=True)
+    if not np.array_equal(labels["cube_index"].to_numpy(), np.arange(len(labels))):
+        raise WorkspaceError(f"{ws.labels}: cube_index is not 0..N-1; re-run `agnsurvey label`")
+    return labels
+
+
+def prepare_cube(args: FetchArgs, labels: pd.DataFrame) -> Cube:
+    """Open the workspace's cube for resuming, or create it (all pending, bad radii marked)."""
+    ws = args.workspace
+    pixscale, usable = pixscale_for(labels["radius_arcsec"].to_numpy(), args.size, args.radius_scale,
+                                    args.pixscale_bounds)  # fmt: skip
+    attrs = {"layer": args.layer, "size": args.size, "radius_scale": args.radius_scale, "pixscale_unit": "arcsec/pixel"}
+    layout = CubeLayout(len(labels), args.image_size, args.shard_images, args.inner_images)
+    if ws.cube.exists() and not args.restart:
+        cube = open_cube(ws.cube)
+        mismatch = _mismatch(cube, layout, attrs, labels["objid"].to_numpy())
+        if mismatch:
+            raise FetchError(
+                f"{ws.cube} was made for other inputs ({mismatch}); pass --restart to discard it and fetch anew"
+            )
+        return cube
+    status = np.where(usable, STATUS_CODES["pending"], STATUS_CODES["bad_radius"])
+    return create_cube(ws.cube, layout, labels["objid"].to_numpy(), pixscale, status, attrs)
+
+
+def _mismatch(cube: Cube, layout: CubeLayout, attrs: dict, objid: np.ndarray) -> str:
+    if cube.layout != layout:
+        return f"layout {cube.layout} != {layout}"
+    for key, value in attrs.items():
+        if cube.attrs.get(key) != value:
+            return f"{key} {cube.attrs.get(key)!r} != {value!r}"
+    if not np.array_equal(cube.objid[:], objid):
+        return "the labelled galaxies differ"
+    return ""
+
+
+def plan_jobs(args: FetchArgs, cube: Cube, labels: pd.DataFrame, parallel: int) -> list[ShardJob]:
+    """One job per shard that has rows without a final status; rate and concurrency shared out."""
+    status = cube.status[:]
+    todo = ~np.isin(status, FINAL_CODES)
+    pixscale = cube.pixscale[:]
+    shards = sorted({int(r) // cube.layout.shard_images for r in np.flatnonzero(todo)})
+    share = max(1, min(parallel, len(shards)))
+    settings = ClientSettings(
+        cutout_url=args.cutout_url,
+        layer=args.layer,
+        size=args.size,
+        image_size=args.image_size,
+        concurrency=max(1, args.concurrency // share),
+        rate=args.rate / share,
+        retries=args.retries,
+        timeout_s=args.timeout_s,
+        deadline_s=args.deadline_s,
+    )
+    ra, dec = labels["ra"].to_numpy(), labels["dec"].to_numpy()
+    jobs = []
+    for shard in shards:
+        span = cube.layout.shard_rows(shard)
+        rows = np.flatnonzero(todo[span.start : span.stop]) + span.start
+        urls = [cutout_url(args.cutout_url, ra[r], dec[r], args.size, float(pixscale[r]), args.layer) for r in rows]
+        jobs.append(ShardJob(str(args.workspace.cube), shard, rows, urls, settings))
+    return jobs
+
+
+def _run_jobs(jobs: list[ShardJob], client: Client | None) -> Iterator[ShardResult]:
+    """Results as shards finish: on the cluster, or one after another in this process."""
+    if client is None:
+        yield from map(fetch_shard, jobs)
+        return
+    futures = client.map(fetch_shard, jobs, pure=False)
+    for future in as_completed(futures):
+        yield future.result()
+
+
+def fetch(args: FetchArgs, client: Client | None = None) -> Manifest:
+    """Fill ``WS/cube.zarr`` with a cutout per labelled galaxy; returns the manifest."""
+    check_cutout_url(args.cutout_url)
+    ws = args.workspace
+    labels = read_fetch_inputs(ws)
+    asyncio.run(probe(args.cutout_url))
+    manifest = Manifest(stage="fetch", parameters=_parameters(args))
+    manifest.inputs = [{"path": str(ws.labels), "rows": len(labels)}]
+    cube = prepare_cube(args, labels)
+    parallel = sum(client.nthreads().values()) if client is not None else 1
+    jobs = plan_jobs(args, cube, labels, parallel)
+    requested = sum(len(j.rows) for j in jobs)
+    totals = ShardResult(-1, {})
+    started = time.monotonic()
+    show = progress_enabled()
+    for result in _run_jobs(jobs, client):
+        for key, n in result.statuses.items():
+            totals.statuses[key] = totals.statuses.get(key, 0) + n
+        totals.failures.extend(result.failures)
+        for key in ("requests", "retries", "throttled", "bytes"):
+            setattr(totals, key, getattr(totals, key) + getattr(result, key))
+        if show:
+            _progress_line(totals, requested, time.monotonic() - started)
+    if show and jobs:
+        print(file=sys.stderr)
+    _write_failures(ws, totals.failures)
+    counts = status_counts(cube.status[:])
+    seconds = time.monotonic() - started
+    manifest.rows_in = len(labels)
+    manifest.rows_out = counts["ok"]
+    manifest.dropped = {name: n for name, n in counts.items() if name not in ("ok",) and n}
+    manifest.extra = {
+        "status": counts,
+        "this_run": {
+            "rows_requested": requested,
+            "outcomes": totals.statuses,
+            "requests": totals.requests,
+            "retries": totals.retries,
+            "throttled": totals.throttled,
+            "bytes": totals.bytes,
+            "images_per_second": round(requested / seconds, 2) if seconds > 0 else None,
+        },
+    }
+    manifest.outputs = {"cube": str(ws.cube), "failures": str(ws.root / "cube_failures.parquet"), "shards": len(jobs)}
+    manifest.finish()
+    ws.write_manifest("fetch", manifest.to_dict())
+    return manifest
+
+
+def _progress_line(totals: ShardResult, requested: int, seconds: float) -> None:
+    done = sum(totals.statuses.values())
+    s = totals.statuses
+    rate = done / seconds if seconds > 0 else 0.0
+    print(
+        f"\rfetch {done:,}/{requested:,}  ok {s.get('ok', 0):,}  failed {s.get('failed', 0):,}  "
+        f"no coverage {s.get('no_coverage', 0):,}  {rate:,.1f} img/s",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _write_failures(ws: Workspace, failures: list[dict]) -> None:
+    """``WS/cube_failures.parquet``: the rows that failed in this run, with their last reason."""
+    frame = pd.DataFrame(failures, columns=FAILURE_COLUMNS).sort_values("cube_index")
+    path = ws.root / "cube_failures.parquet"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _parameters(args: FetchArgs) -> dict:
+    return {
+        "cutout_url": args.cutout_url,
+        "layer": args.layer,
+        "size": args.size,
+        "image_size": args.image_size,
+        "radius_scale": args.radius_scale,
+        "pixscale_bounds": list(args.pixscale_bounds),
+        "concurrency": args.concurrency,
+        "rate": args.rate,
+        "retries": args.retries,
+        "timeout_s": args.timeout_s,
+        "deadline_s": args.deadline_s,
+    }
+
+
+def read_cube_status(workspace: Workspace | str | Path) -> pd.Series:
+    """Status name of every cube row (index: cube_index)."""
+    cube = open_cube(as_workspace(workspace).cube, mode="r")
+    return pd.Series([STATUS_NAMES[int(c)] for c in cube.status[:]], name="status")

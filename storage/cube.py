@@ -1,0 +1,143 @@
+"""The image cube ``WS/cube.zarr`` (Zarr v3): row i holds the galaxy with ``cube_index`` i.
+
+Arrays:
+
+- ``images`` (N, S, S, 3) uint8: sharded, one storage object per ``shard_images`` rows, with inner
+  chunks of ``inner_images`` images, so a single image is read by decompressing a few, not a shard;
+- ``status`` (N,) int8: one object per shard (codes in the ``status_codes`` attribute);
+- ``objid`` (N,) int64 and ``pixscale`` (N,) float32 (arcsec/pixel requested): written at creation.
+
+Writers own whole shards: the task that fetches shard k writes ``images`` shard k, then ``status``
+chunk k, each object in one atomic write (the local store writes a temporary file and renames
+it). Pixels land before their status, so ``ok`` always means the pixels are there, and a killed
+writer leaves the shard's previous objects intact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+STATUS_CODES: dict[str, int] = {"pending": 0, "ok": 1, "no_coverage": 2, "bad_radius": 3, "failed": 4}
+STATUS_NAMES: dict[int, str] = {code: name for name, code in STATUS_CODES.items()}
+FINAL_STATUSES: tuple[str, ...] = ("ok", "no_coverage", "bad_radius")  # never requested again
+FINAL_CODES = np.array([STATUS_CODES[s] for s in FINAL_STATUSES], dtype=np.int8)
+
+
+@dataclass(frozen=True)
+class CubeLayout:
+    """Shape of a cube: N rows of S×S×3 images, stored in shards of ``shard_images`` rows."""
+
+    n: int
+    image_size: int
+    shard_images: int = 1024
+    inner_images: int = 8
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.n // self.shard_images)
+
+    def shard_rows(self, shard: int) -> range:
+        """Cube rows stored in shard ``shard``."""
+        return range(shard * self.shard_images, min((shard + 1) * self.shard_images, self.n))
+
+
+@dataclass
+class Cube:
+    """An open cube: its arrays and layout."""
+
+    group: zarr.Group
+    layout: CubeLayout
+
+    @property
+    def images(self) -> zarr.Array:
+        return self.group["images"]
+
+    @property
+    def status(self) -> zarr.Array:
+        return self.group["status"]
+
+    @property
+    def objid(self) -> zarr.Array:
+        return self.group["objid"]
+
+    @property
+    def pixscale(self) -> zarr.Array:
+        return self.group["pixscale"]
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.group.attrs)
+
+    def write_shard(self, shard: int, images: np.ndarray, status: np.ndarray) -> None:
+        """Write one whole shard: pixels first, then their status."""
+        rows = self.layout.shard_rows(shard)
+        self.images[rows.start : rows.stop] = images
+        self.status[rows.start : rows.stop] = status
+
+
+def create_cube(
+    path: Path,
+    layout: CubeLayout,
+    objid: np.ndarray,
+    pixscale: np.ndarray,
+    status: np.ndarray,
+    attrs: dict[str, Any],
+) -> Cube:
+    """Create (overwrite) a cube with its per-row metadata and initial status."""
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    n, s, k = layout.n, layout.image_size, layout.shard_images
+    group.create_array(
+        "images",
+        shape=(n, s, s, 3),
+        dtype="uint8",
+        chunks=(min(layout.inner_images, max(n, 1)), s, s, 3),
+        shards=(min(k, max(n, 1)), s, s, 3),
+        fill_value=0,
+        dimension_names=("row", "y", "x", "band"),
+    )
+    for name, dtype, values in (
+        ("status", "int8", status),
+        ("objid", "int64", objid),
+        ("pixscale", "float32", pixscale),
+    ):
+        array = group.create_array(
+            name, shape=(n,), dtype=dtype, chunks=(min(k, max(n, 1)),), fill_value=0, dimension_names=("row",)
+        )
+        array[:] = np.asarray(values, dtype=dtype)
+    group.attrs.update(
+        {
+            **attrs,
+            "status_codes": STATUS_CODES,
+            "final_statuses": list(FINAL_STATUSES),
+            "image_size": s,
+            "shard_images": k,
+            "inner_images": layout.inner_images,
+            "row_meaning": "row i is the labelled galaxy with cube_index i (WS/labels)",
+        }
+    )
+    return Cube(group, layout)
+
+
+def open_cube(path: Path, mode: str = "r+") -> Cube:
+    """Open an existing cube."""
+    group = zarr.open_group(str(path), mode=mode, zarr_format=3)
+    images = group["images"]
+    layout = CubeLayout(
+        n=images.shape[0],
+        image_size=images.shape[1],
+        shard_images=int(group.attrs["shard_images"]),
+        inner_images=int(group.attrs["inner_images"]),
+    )
+    return Cube(group, layout)
+
+
+def status_counts(status: np.ndarray) -> dict[str, int]:
+    """Rows per status name."""
+    codes, counts = np.unique(np.asarray(status), return_counts=True)
+    found = {STATUS_NAMES.get(int(c), f"code {int(c)}"): int(n) for c, n in zip(codes, counts, strict=True)}
+    return {name: found.get(name, 0) for name in STATUS_CODES} | found

@@ -1,0 +1,158 @@
+"""Fetch: URLs, statuses, the Zarr cube layout, real JPEGs round-trip, early errors."""
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+from aiohttp import web
+from conftest import serve_in_thread
+from PIL import Image
+
+from pipeline.config import FetchArgs
+from pipeline.errors import FetchError, WorkspaceError
+from pipeline.fetch import fetch, read_cube_status
+
+DEMO = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "convnet_demo" / "train"
+
+
+def write_labels(ws: Path, ra, dec, radius, objid=None) -> pd.DataFrame:
+    """A minimal WS/labels/ dataset (the columns fetch reads), two shards."""
+    n = len(ra)
+    frame = pd.DataFrame(
+        {
+            "cube_index": np.arange(n, dtype=np.int64),
+            "objid": np.asarray(objid if objid is not None else np.arange(100, 100 + n), dtype=np.int64),
+            "ra": np.asarray(ra, dtype=np.float64),
+            "dec": np.asarray(dec, dtype=np.float64),
+            "radius_arcsec": np.asarray(radius, dtype=np.float32),
+        }
+    )
+    (ws / "labels").mkdir(parents=True)
+    half = n // 2
+    frame.iloc[:half].to_parquet(ws / "labels" / "part-00000.parquet")
+    frame.iloc[half:].to_parquet(ws / "labels" / "part-00001.parquet")
+    return frame
+
+
+def jpeg(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "JPEG", quality=92)
+    return buf.getvalue()
+
+
+def noise_server(size_override=None):
+    """Answers every request with a deterministic noise JPEG of the requested size (or another)."""
+
+    async def handler(request):
+        size = size_override or int(request.query["size"])
+        seed = int(float(request.query["ra"]) * 1000)
+        return web.Response(body=jpeg(np.random.default_rng(seed).integers(0, 255, (size, size, 3), np.uint8)),
+                            content_type="image/jpeg")  # fmt: skip
+
+    return serve_in_thread(handler)
+
+
+def test_urls_statuses_and_cube_layout(tmp_path):
+    radius = np.array([10.0, 20.0, np.nan, 0.0, 12.5, 8.0, -1.0, 30.0, 15.0, 5.0], dtype=np.float32)
+    ra = np.linspace(150, 151, 10)
+    write_labels(tmp_path, ra, np.full(10, 2.0), radius)
+    with noise_server() as (url, log):
+        m = fetch(FetchArgs(workspace=tmp_path, cutout_url=url, size=100, image_size=32, shard_images=4, inner_images=2,
+                            layer="ls-dr9", rate=500))  # fmt: skip
+    queries = [q for _, q in log if q["size"] == "100"]
+    assert len(queries) == 7  # the three rows without a usable radius are never requested
+    by_ra = {float(q["ra"]): q for q in queries}
+    for i in (0, 1, 4, 5, 7, 8, 9):
+        q = by_ra[round(ra[i], 6)]
+        assert q["layer"] == "ls-dr9" and q["dec"] == "2.000000"
+        assert float(q["pixscale"]) == pytest.approx(radius[i] * 3 / 100, abs=5e-6)
+    status = read_cube_status(tmp_path)
+    assert list(status) == ["ok", "ok", "bad_radius", "bad_radius", "ok", "ok", "bad_radius", "ok", "ok", "ok"]
+    assert m.rows_out == 7 and m.dropped == {"bad_radius": 3}
+
+    group = zarr.open_group(str(tmp_path / "cube.zarr"), mode="r")
+    images = group["images"]
+    assert images.shape == (10, 32, 32, 3) and images.dtype == np.uint8
+    assert images.shards == (4, 32, 32, 3) and images.chunks == (2, 32, 32, 3)
+    assert group["status"].chunks == (4,)
+    codes = group.attrs["status_codes"]
+    assert {"ok", "no_coverage", "bad_radius", "failed", "pending"} <= set(codes)
+    assert list(group["status"][:3]) == [codes["ok"], codes["ok"], codes["bad_radius"]]
+    np.testing.assert_array_equal(group["objid"][:], np.arange(100, 110))
+    assert not images[2].any()  # no pixels for a bad radius
+    assert (tmp_path / "cube_failures.parquet").exists()
+
+
+def test_wrong_size_answers_fail_with_the_reason(tmp_path):
+    write_labels(tmp_path, [150.0, 150.1], [2.0, 2.0], [10.0, 10.0])
+    with noise_server(size_override=80) as (url, _):
+        m = fetch(FetchArgs(workspace=tmp_path, cutout_url=url, size=100, image_size=32, rate=500))
+    failures = pd.read_parquet(tmp_path / "cube_failures.parquet")
+    assert m.rows_out == 0 and list(read_cube_status(tmp_path)) == ["failed", "failed"]
+    assert list(failures["cube_index"]) == [0, 1]
+    assert all(r == "shape 80x80, asked for 100x100" for r in failures["reason"])
+    assert (failures["attempts"] == 1).all()  # a clipped size does not get better by asking again
+
+
+@pytest.mark.skipif(not DEMO.is_dir(), reason="../shared/data/convnet_demo is absent")
+@pytest.mark.parametrize("image_size", [128, 64])
+def test_real_sdss_jpegs_round_trip(tmp_path, image_size):
+    files = sorted(DEMO.glob("*.jpg"))[:24]
+    by_ra = {f"{150 + i * 0.01:.6f}": f for i, f in enumerate(files)}
+
+    async def handler(request):
+        return web.Response(body=by_ra[request.query["ra"]].read_bytes(), content_type="image/jpeg")
+
+    write_labels(tmp_path, [150 + i * 0.01 for i in range(24)], [1.0] * 24, [10.0] * 24)
+    with serve_in_thread(handler) as (url, _):
+        fetch(FetchArgs(workspace=tmp_path, cutout_url=url, size=128, image_size=image_size, shard_images=8,
+                        inner_images=4, rate=500))  # fmt: skip
+    cube = zarr.open_group(str(tmp_path / "cube.zarr"), mode="r")
+    assert set(read_cube_status(tmp_path)) == {"ok"}
+    for i, f in enumerate(files):
+        want = Image.open(f).convert("RGB")
+        if image_size != 128:
+            want = want.resize((image_size, image_size), Image.Resampling.LANCZOS)
+        np.testing.assert_array_equal(cube["images"][i], np.asarray(want))
+
+
+def test_early_errors(tmp_path):
+    with pytest.raises(WorkspaceError, match="has no labels; run `agnsurvey ingest`"):
+        fetch(FetchArgs(workspace=tmp_path, cutout_url="http://127.0.0.1:9/viewer/cutout.jpg"))
+    write_labels(tmp_path, [150.0], [2.0], [10.0])
+    with pytest.raises(FetchError, match="is not an http"):
+        fetch(FetchArgs(workspace=tmp_path, cutout_url="127.0.0.1:9/viewer/cutout.jpg"))
+    with pytest.raises(FetchError, match=r"cannot reach the cutout service .*agnsurvey sky serve"):
+        fetch(FetchArgs(workspace=tmp_path, cutout_url="http://127.0.0.1:9/viewer/cutout.jpg", timeout_s=2))
+    assert not (tmp_path / "cube.zarr").exists()
+
+
+def test_rerun_requests_only_unfinished_rows(tmp_path):
+    write_labels(tmp_path, np.linspace(150, 151, 12), np.full(12, 2.0), np.full(12, 10.0))
+    with noise_server() as (url, log):
+        args = FetchArgs(workspace=tmp_path, cutout_url=url, size=64, image_size=32, shard_images=4, inner_images=2, rate=500)
+        fetch(args)
+        first = zarr.open_group(str(tmp_path / "cube.zarr"), mode="r")["images"][:]
+        cube = zarr.open_group(str(tmp_path / "cube.zarr"), mode="r+")
+        status = cube["status"][:]
+        status[[5, 9]] = cube.attrs["status_codes"]["failed"]  # as if those had failed last time
+        cube["status"][:] = status
+        n_before = len(log)
+        m = fetch(args)
+        asked = [q["ra"] for _, q in log[n_before:] if q["size"] == "64"]
+    assert sorted(asked) == sorted(f"{v:.6f}" for v in np.linspace(150, 151, 12)[[5, 9]])
+    assert m.extra["this_run"]["rows_requested"] == 2 and set(read_cube_status(tmp_path)) == {"ok"}
+    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "cube.zarr"), mode="r")["images"][:], first)
+
+
+def test_changed_labels_need_restart(tmp_path):
+    write_labels(tmp_path / "a", [150.0, 150.1], [2.0, 2.0], [10.0, 10.0])
+    with noise_server() as (url, _):
+        fetch(FetchArgs(workspace=tmp_path / "a", cutout_url=url, size=64, image_size=32, rate=500))
+        with pytest.raises(FetchError, match=r"was made for other inputs \(size 64 != 48\).*--restart"):
+            fetch(FetchArgs(workspace=tmp_path / "a", cutout_url=url, size=48, image_size=32, rate=500))
+        m = fetch(FetchArgs(workspace=tmp_path / "a", cutout_url=url, size=48, image_size=32, rate=500, restart=True))
+    assert m.rows_out == 2

@@ -348,17 +348,20 @@ def plan_chunks(source: CatalogSource, chunk_rows: int) -> list[Chunk]:
     return [Chunk(source, i, a, min(a + CSV_CHUNK_BYTES, size)) for i, a in enumerate(range(0, size, CSV_CHUNK_BYTES))]
 
 
+def read_raw(chunk: Chunk, extra: Sequence[str] = ()) -> Mapping[str, np.ndarray] | pd.DataFrame:
+    """The chunk's mapped source columns, plus ``extra`` source columns, as read (no renaming)."""
+    src = chunk.source
+    wanted = list(dict.fromkeys([*src.mapping.values(), *extra]))
+    if src.format == "fits":
+        return _read_fits_rows(src, wanted, chunk.start, chunk.stop)
+    if src.format == "parquet":
+        return pq.ParquetFile(src.path).read_row_groups(list(chunk.row_groups), columns=wanted).to_pandas()
+    return _read_csv_range(src, wanted, chunk.start, chunk.stop)
+
+
 def read_chunk(chunk: Chunk) -> pd.DataFrame:
     """The chunk's rows in the canonical schema, in file order."""
-    src = chunk.source
-    wanted = list(dict.fromkeys(src.mapping.values()))
-    if src.format == "fits":
-        raw = _read_fits_rows(src, wanted, chunk.start, chunk.stop)
-    elif src.format == "parquet":
-        raw = pq.ParquetFile(src.path).read_row_groups(list(chunk.row_groups), columns=wanted).to_pandas()
-    else:
-        raw = _read_csv_range(src, wanted, chunk.start, chunk.stop)
-    return canonical_frame(raw, src)
+    return canonical_frame(read_raw(chunk), chunk.source)
 
 
 def _read_fits_rows(src: CatalogSource, wanted: list[str], start: int, stop: int) -> dict[str, np.ndarray]:

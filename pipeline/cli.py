@@ -62,6 +62,36 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--partition-rows", type=int, help="rows generated per task (default 250000)")
     make.set_defaults(handler=_sky_make)
 
+    serve = sky_cmds.add_parser(
+        "serve",
+        help="serve cutouts of a catalog on 127.0.0.1, with the Legacy Surveys viewer's URL API",
+        description="An offline twin of https://www.legacysurvey.org/viewer/cutout.jpg: GET "
+        "/viewer/cutout.jpg?ra=&dec=&size=&pixscale=&layer= renders the catalog galaxy there as JPEG (empty sky "
+        "where there is none; all black outside the footprint). Faults can be injected for testing clients.",
+    )
+    serve.add_argument("--catalog", required=True, nargs="+", help="catalog file(s), e.g. the sky's nsa_sky.fits")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 0: any free port, printed)")
+    serve.add_argument("--tolerance", type=float, dest="tolerance_arcsec", help="match radius, arcsec (default 3)")
+    serve.add_argument("--seed", type=int, help="seed of the fault decisions (default 0)")
+    serve.add_argument("--workers", type=int, dest="render_workers", help="render threads/processes")
+    serve.add_argument("--processes", action="store_const", const="process", dest="executor",
+                       help="render in processes (throughput) instead of threads")  # fmt: skip
+    serve.add_argument("--url-file", type=Path, help="write the cutout URL to this file once listening")
+    faults = serve.add_argument_group("fault injection (all off by default)")
+    faults.add_argument("--latency", type=float, dest="latency_s", help="seconds added to every answer")
+    faults.add_argument("--jitter", type=float, dest="jitter_s", help="up to this many more seconds, at random")
+    faults.add_argument("--error-rate", type=float, help="fraction answered 500 or 503")
+    faults.add_argument("--throttle-rate", type=float, help="requests/s above which 429 + Retry-After is answered")
+    faults.add_argument("--throttle-burst", type=int, help="requests allowed in a burst (default: the rate)")
+    faults.add_argument("--retry-after", type=float, dest="retry_after_s", help="Retry-After seconds (default 1)")
+    faults.add_argument("--truncate-rate", type=float, help="fraction of JPEG bodies cut short")
+    faults.add_argument("--truncate-mode", choices=["body", "close"], help="short body, or connection closed early")
+    faults.add_argument("--hang-rate", type=float, help="fraction of connections that hang")
+    faults.add_argument("--hang-s", type=float, help="how long a hung connection is held (default 300)")
+    faults.add_argument("--max-concurrent", type=int, help="more concurrent requests than this get 503")
+    serve.set_defaults(handler=_sky_serve, needs_cluster=False)
+
     ingest = stages.add_parser(
         "ingest",
         help="catalog files -> WS/catalog/ Parquet shards in sky order",
@@ -97,6 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     _label_args(label)
     label.set_defaults(handler=_label)
 
+    fetch = stages.add_parser(
+        "fetch",
+        help="WS/labels/ -> WS/cube.zarr: one validated, resized cutout per labelled galaxy",
+        description="Fetch a Legacy Surveys cutout of every labelled galaxy (pixscale = radius x 1.5 x 2 / size "
+        "arcsec/pixel), validate it (JPEG of the requested shape; all-black = no coverage), resize it and store "
+        "it in the Zarr cube. Resumable: a re-run requests only rows without a final status.",
+    )
+    _workspace_arg(fetch)
+    _fetch_args(fetch)
+    fetch.set_defaults(handler=_fetch)
+
     run = stages.add_parser(
         "run",
         help="the main job: offline sky (or --catalog) -> ingest -> label",
@@ -114,6 +155,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _workspace_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace", "-w", type=Path, help="the run's directory (or set workspace in --config)")
+
+
+def _fetch_args(parser: argparse.ArgumentParser, url_required: bool = True) -> None:
+    parser.add_argument(
+        "--cutout-url",
+        help="the viewer's cutout endpoint, e.g. https://www.legacysurvey.org/viewer/cutout.jpg or the offline "
+        "sky's http://127.0.0.1:PORT/viewer/cutout.jpg" + ("" if url_required else " (default: an offline sky server)"),
+    )
+    parser.add_argument("--layer", help="imaging layer (default ls-dr10)")
+    parser.add_argument("--size", type=int, help="cutout pixels requested (default 250, at most 3000)")
+    parser.add_argument("--image-size", type=int, help="pixels stored per side (default 128)")
+    parser.add_argument("--concurrency", type=int, help="requests in flight over all workers (default 32)")
+    parser.add_argument("--rate", type=float, help="requests per second over all workers (default 20; be polite)")
+    parser.add_argument("--retries", type=int, help="retries per image on 5xx, timeouts, corrupt bodies (default 5)")
+    parser.add_argument("--restart", action="store_true", default=None, help="discard an existing cube")
 
 
 def _label_args(parser: argparse.ArgumentParser) -> None:
@@ -157,6 +213,21 @@ def _sky_make(ns: argparse.Namespace, raw: dict, client: Any) -> None:
     _print_summary("sky make", manifest.to_dict())
 
 
+def _sky_serve(ns: argparse.Namespace, raw: dict, client: Any) -> None:
+    from pipeline.synthetic.server import build_server_config, serve
+
+    keys = ("host", "port", "tolerance_arcsec", "seed", "executor", "latency_s", "jitter_s", "error_rate",
+            "throttle_rate", "throttle_burst", "retry_after_s", "truncate_rate", "truncate_mode", "hang_rate",
+            "hang_s", "max_concurrent")  # fmt: skip
+    config = build_server_config(
+        raw.get("serve"),
+        catalog=tuple(ns.catalog),
+        workers=ns.render_workers,
+        **{key: getattr(ns, key) for key in keys},
+    )
+    serve(config, url_file=ns.url_file)
+
+
 def _ingest_args(ns: argparse.Namespace, raw: dict, inputs: Sequence[str]) -> cfg.IngestArgs:
     return cfg.build(
         cfg.IngestArgs,
@@ -183,6 +254,29 @@ def _label_args_from(ns: argparse.Namespace, raw: dict) -> cfg.LabelArgs:
         split=ns.split,
         plots=ns.plots,
     )
+
+
+def _fetch_args_from(ns: argparse.Namespace, raw: dict, cutout_url: str | None = None) -> cfg.FetchArgs:
+    return cfg.build(
+        cfg.FetchArgs,
+        raw,
+        "fetch",
+        workspace=ns.workspace,
+        cutout_url=cutout_url or ns.cutout_url,
+        layer=ns.layer,
+        size=ns.size,
+        image_size=ns.image_size,
+        concurrency=ns.concurrency,
+        rate=ns.rate,
+        retries=ns.retries,
+        restart=ns.restart,
+    )
+
+
+def _fetch(ns: argparse.Namespace, raw: dict, client: Any) -> None:
+    from pipeline.fetch import fetch
+
+    _print_summary("fetch", fetch(_fetch_args_from(ns, raw), client=client).to_dict())
 
 
 def _ingest(ns: argparse.Namespace, raw: dict, client: Any) -> None:
@@ -273,6 +367,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from cluster.client import ClusterSpecError, connect, show_progress
 
             show_progress(not ns.quiet and sys.stderr.isatty())
+            if not getattr(ns, "needs_cluster", True):
+                handler(ns, raw, None)
+                return 0
             try:
                 client = stack.enter_context(
                     connect(cluster.spec, cluster.n_workers, cluster.threads_per_worker, cluster.memory_limit)

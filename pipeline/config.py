@@ -217,6 +217,7 @@ SECTIONS: dict[str, type] = {
     "fetch": FetchArgs,
 }
 TOP_LEVEL_KEYS = {"workspace"}
+SELF_CHECKED_TABLES = {"serve"}  # validated by its own builder (pipeline.synthetic.server.build_server_config)
 
 
 def load_config(path: Path | str | None) -> dict[str, Any]:
@@ -240,8 +241,8 @@ def load_config(path: Path | str | None) -> dict[str, Any]:
                     allowed = sorted(set(hints) - {"workspace", "inputs", "out"})
                     raise ConfigError(f"{path}: unknown key {key}.{sub}; known keys of [{key}]: {', '.join(allowed)}")
                 _check_type(f"{key}.{sub}", subvalue, hints[sub], path)
-        elif key not in TOP_LEVEL_KEYS:
-            known = ", ".join(sorted(TOP_LEVEL_KEYS | set(SECTIONS)))
+        elif key not in TOP_LEVEL_KEYS | SELF_CHECKED_TABLES:
+            known = ", ".join(sorted(TOP_LEVEL_KEYS | SELF_CHECKED_TABLES | set(SECTIONS)))
             raise ConfigError(f"{path}: unknown key {key!r}; known top-level keys and tables: {known}")
     return raw
 

@@ -144,12 +144,16 @@ class _Pacer:
         self.lock = asyncio.Lock()
 
     async def wait(self) -> None:
-        async with self.lock:
-            now = time.monotonic()
-            start = max(now, self.next_start, self.paused_until)
-            self.next_start = start + self.interval
-        if start > now:
-            await asyncio.sleep(start - now)
+        """Return when this request may start; a pause that began while waiting is honoured too."""
+        while True:
+            async with self.lock:
+                now = time.monotonic()
+                start = max(now, self.next_start, self.paused_until)
+                self.next_start = start + self.interval
+            if start > now:
+                await asyncio.sleep(start - now)
+            if time.monotonic() >= self.paused_until:
+                return
 
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, time.monotonic() + seconds)

@@ -133,7 +133,9 @@ def test_early_errors(tmp_path):
 def test_rerun_requests_only_unfinished_rows(tmp_path):
     write_labels(tmp_path, np.linspace(150, 151, 12), np.full(12, 2.0), np.full(12, 10.0))
     with noise_server() as (url, log):
-        args = FetchArgs(workspace=tmp_path, cutout_url=url, size=64, image_size=32, shard_images=4, inner_images=2, rate=500)
+        args = FetchArgs(
+            workspace=tmp_path, cutout_url=url, size=64, image_size=32, shard_images=4, inner_images=2, rate=500
+        )
         fetch(args)
         first = zarr.open_group(str(tmp_path / "cube.zarr"), mode="r")["images"][:]
         cube = zarr.open_group(str(tmp_path / "cube.zarr"), mode="r+")

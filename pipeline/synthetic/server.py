@@ -1,0 +1,796 @@
+"""The offline cutout service: the Legacy Surveys viewer's JPEG cutout API, on 127.0.0.1.
+
+``agnsurvey sky serve --catalog nsa_sky.fits`` (or, in tests, ``async with CutoutServer(...)``)
+answers the same requests as ``https://www.legacysurvey.org/viewer/cutout.jpg``; a client switches
+between them by the endpoint URL alone (``CutoutServer.url``: ``http://HOST:PORT/viewer/cutout.jpg``;
+``/viewer/jpeg-cutout``, the viewer's older name, works too).
+
+``GET /viewer/cutout.jpg?ra=&dec=&size=&pixscale=&layer=``, like the real service:
+
+- ``ra``, ``dec`` (degrees) are required: missing, not a number, or |dec| > 90 → HTTP 400, text body;
+- ``size`` (pixels) defaults to :data:`DEFAULT_SIZE` (256); larger than :data:`MAX_SIZE` (3000) is
+  served at 3000 (as the real service does; a client must check the shape); not a positive
+  integer → 400;
+- ``pixscale`` (arcsec/pixel) defaults to :data:`DEFAULT_PIXSCALE` (0.262); not > 0 → 400;
+- ``layer`` is any string (default ``ls-dr10``) and does not change the image; with
+  ``ServerConfig.layers`` set, a layer not listed → 400 (the real service rejects unknown layers);
+- outside the footprint (:func:`pipeline.synthetic.footprint.in_footprint`) → an all-black JPEG with
+  HTTP 200, as the real service answers where it has no data;
+- inside: the catalog galaxy nearest the position within ``tolerance_arcsec`` is the target, and
+  every galaxy whose light reaches the field is drawn as a neighbour
+  (:meth:`SkyIndex.in_field`); no galaxy there → empty sky (noise and neighbours, never black).
+  The JPEG is ``encode_jpeg(render_field(target, neighbours, ra, dec, size, pixscale), quality)``:
+  the same request always gives the same bytes.
+
+Fault injection (:class:`Faults`, all off by default), decided per request in this order:
+
+1. ``max_concurrent``: a request arriving while that many are being handled is answered at once
+   with 503 and ``Retry-After`` (rejected, not queued; rejected requests do not count as in flight);
+2. ``throttle_rate``: a token bucket (``throttle_rate`` tokens/s, ``throttle_burst`` deep); a
+   request finding it empty gets 429 with ``Retry-After: retry_after_s``;
+3. ``hang_rate``: the connection is held without an answer for ``hang_s``, then dropped (a client
+   sees its own timeout, or a disconnect); a closing server drops hung connections at once. Counted
+   in ``stats.faults["hang"]`` when it starts, logged (status None) when the connection is dropped;
+4. ``error_rate``: 500 or 503 (even odds), text body, no Retry-After;
+5. the answer (200 or 400), after ``latency_s`` + uniform(0, ``jitter_s``) (every answer waits
+   this long, faults included, except the immediate overload rejection);
+6. ``truncate_rate``: a 200's JPEG is cut to 10-90 % of its bytes. ``truncate_mode="body"``: sent
+   with a matching Content-Length, so HTTP sees nothing wrong and only decoding the JPEG does
+   (no end-of-image marker, Pillow's ``load`` fails); ``"close"``: the full Content-Length is
+   announced and the connection closed early (aiohttp raises ``ClientPayloadError``).
+
+The random decisions (3, 4, 6 and the jitter) are a hash of (seed, the request's query, how many
+times that query was asked before): reproducible whatever the order of concurrent requests, and a
+retry of a failed request draws afresh. Every request is logged (:attr:`CutoutServer.requests`,
+:class:`RequestRecord`) and counted (:attr:`CutoutServer.stats`, also ``GET /_offline/stats``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal, TextIO
+from urllib.parse import parse_qsl, urlencode
+
+import numpy as np
+from aiohttp import web
+
+from pipeline.errors import ConfigError
+from pipeline.synthetic.footprint import in_footprint
+from pipeline.synthetic.render import Galaxy, encode_jpeg, render_field
+from pipeline.synthetic.skyindex import SkyIndex
+
+CUTOUT_PATH = "/viewer/cutout.jpg"
+CUTOUT_PATHS: tuple[str, ...] = (CUTOUT_PATH, "/viewer/jpeg-cutout")
+STATS_PATH = "/_offline/stats"
+REAL_CUTOUT_URL = "https://www.legacysurvey.org/viewer/cutout.jpg"
+DEFAULT_SIZE = 256
+MAX_SIZE = 3000
+DEFAULT_PIXSCALE = 0.262  # arcsec/pixel, the Legacy Surveys' native scale
+DEFAULT_LAYER = "ls-dr10"
+
+TruncateMode = Literal["body", "close"]
+ExecutorKind = Literal["thread", "process"]
+FaultName = Literal["overload", "throttle", "hang", "error", "truncate"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Injected faults, all off by default (see the module docstring for the order and meaning).
+
+    Times in seconds, rates as fractions of requests in [0, 1], ``throttle_rate`` in requests/s.
+    """
+
+    latency_s: float = 0.0
+    jitter_s: float = 0.0
+    error_rate: float = 0.0
+    throttle_rate: float | None = None
+    throttle_burst: int | None = None  # bucket depth; None: max(1, ceil(throttle_rate))
+    retry_after_s: float = 1.0  # sent on 429 and overload 503; an integer unless given a fraction
+    truncate_rate: float = 0.0
+    truncate_mode: TruncateMode = "body"
+    hang_rate: float = 0.0
+    hang_s: float = 300.0
+    max_concurrent: int | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("latency_s", "jitter_s", "retry_after_s"):
+            _non_negative(f"faults.{key}", getattr(self, key))
+        for key in ("error_rate", "truncate_rate", "hang_rate"):
+            value = getattr(self, key)
+            if not _is_number(value) or not 0.0 <= value <= 1.0:
+                raise ConfigError(f"faults.{key} must be a fraction in [0, 1] (got {value!r}); 0 turns it off")
+        if self.throttle_rate is not None and (not _is_number(self.throttle_rate) or not self.throttle_rate > 0):
+            raise ConfigError(
+                f"faults.throttle_rate must be > 0 requests/s (got {self.throttle_rate!r}); omit it for no throttling"
+            )
+        if self.throttle_burst is not None:
+            _positive_int("faults.throttle_burst", self.throttle_burst)
+            if self.throttle_rate is None:
+                raise ConfigError("faults.throttle_burst needs faults.throttle_rate (the bucket's refill rate)")
+        if self.truncate_mode not in ("body", "close"):
+            raise ConfigError(f"faults.truncate_mode must be 'body' or 'close' (got {self.truncate_mode!r})")
+        if not _is_number(self.hang_s) or not self.hang_s > 0:
+            raise ConfigError(f"faults.hang_s must be > 0 seconds (got {self.hang_s!r})")
+        if self.max_concurrent is not None:
+            _positive_int("faults.max_concurrent", self.max_concurrent)
+
+    @property
+    def burst(self) -> int:
+        """Depth of the throttle's token bucket."""
+        if self.throttle_burst is not None:
+            return self.throttle_burst
+        return max(1, math.ceil(self.throttle_rate or 1.0))
+
+    @property
+    def random(self) -> bool:
+        """Whether any decision needs a random draw (and so the per-query attempt count)."""
+        return bool(self.error_rate or self.truncate_rate or self.hang_rate or self.jitter_s)
+
+    def active(self) -> dict[str, Any]:
+        """The faults that are on, as config keys and values."""
+        defaults = Faults()
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != getattr(defaults, f.name)
+        }
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The offline cutout server: what it serves, where, and how badly.
+
+    ``catalog``: catalog file(s) as for ``agnsurvey ingest`` (ignored when ``CutoutServer`` is given
+    an index). ``port`` 0 picks a free port (read it from ``CutoutServer.url``).
+    ``tolerance_arcsec``: how far a request may lie from a galaxy and still be that galaxy's cutout.
+    ``workers``/``executor``: the render pool (threads, or spawned processes for throughput).
+    ``cache_mb``: LRU cache of encoded JPEGs (retries and repeats are not re-rendered).
+    ``max_neighbours``: at most this many neighbours drawn, nearest first (huge fields stay cheap).
+    ``log_limit``: request log length kept (oldest dropped); None keeps all.
+    """
+
+    catalog: Path | str | tuple[str, ...] | None = None
+    host: str = "127.0.0.1"
+    port: int = 0
+    tolerance_arcsec: float = 3.0
+    jpeg_quality: int = 90
+    faults: Faults = field(default_factory=Faults)
+    seed: int = 0
+    layers: tuple[str, ...] | None = None
+    columns: Mapping[str, str] | None = None
+    radius_column: str = "PETROTH90"
+    workers: int | None = None
+    executor: ExecutorKind = "thread"
+    cache_mb: float = 64.0
+    max_neighbours: int = 200
+    log_limit: int | None = 100_000
+
+    def __post_init__(self) -> None:
+        if isinstance(self.faults, Mapping):
+            object.__setattr__(self, "faults", _faults_from(self.faults))
+        elif not isinstance(self.faults, Faults):
+            raise ConfigError(f"serve.faults must be a table of fault settings (got {type(self.faults).__name__})")
+        if isinstance(self.catalog, list):
+            object.__setattr__(self, "catalog", tuple(str(c) for c in self.catalog))
+        if isinstance(self.layers, list | str):
+            layers = (self.layers,) if isinstance(self.layers, str) else tuple(self.layers)
+            object.__setattr__(self, "layers", layers)
+        if not isinstance(self.host, str) or not self.host:
+            raise ConfigError(f"serve.host must be a host name or address (got {self.host!r}), e.g. 127.0.0.1")
+        if not isinstance(self.port, int) or isinstance(self.port, bool) or not 0 <= self.port <= 65535:
+            raise ConfigError(f"serve.port must be 0 (any free port) or 1-65535 (got {self.port!r})")
+        if not _is_number(self.tolerance_arcsec) or not self.tolerance_arcsec > 0:
+            raise ConfigError(f"serve.tolerance_arcsec must be > 0 arcsec (got {self.tolerance_arcsec!r})")
+        if not isinstance(self.jpeg_quality, int) or not 1 <= self.jpeg_quality <= 100:
+            raise ConfigError(f"serve.jpeg_quality must be an integer 1-100 (got {self.jpeg_quality!r}); 90 is usual")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ConfigError(f"serve.seed must be an integer >= 0 (got {self.seed!r})")
+        if self.workers is not None:
+            _positive_int("serve.workers", self.workers)
+        if self.executor not in ("thread", "process"):
+            raise ConfigError(f"serve.executor must be 'thread' or 'process' (got {self.executor!r})")
+        _non_negative("serve.cache_mb", self.cache_mb)
+        if not isinstance(self.max_neighbours, int) or self.max_neighbours < 0:
+            raise ConfigError(f"serve.max_neighbours must be an integer >= 0 (got {self.max_neighbours!r})")
+        if self.log_limit is not None and (not isinstance(self.log_limit, int) or self.log_limit < 0):
+            raise ConfigError(
+                f"serve.log_limit must be an integer >= 0, or omitted to keep all (got {self.log_limit!r})"
+            )
+
+
+FAULT_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Faults))
+CONFIG_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ServerConfig))
+
+
+def build_server_config(section: Mapping[str, Any] | None = None, **overrides: Any) -> ServerConfig:
+    """A :class:`ServerConfig` from a config file's ``[serve]`` table (``faults`` a sub-table) and
+    command-line values; an override may name a ServerConfig key or a Faults key, and None means
+    "not given" (the file's or the default value stays).
+    """
+    values = dict(section or {})
+    faults = dict(values.pop("faults", None) or {})
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in FAULT_KEYS:
+            faults[key] = value
+        elif key in CONFIG_KEYS and key != "faults":
+            values[key] = value
+        else:
+            raise ConfigError(f"unknown server setting {key!r}; known: {', '.join(CONFIG_KEYS + FAULT_KEYS)}")
+    unknown = sorted(set(values) - set(CONFIG_KEYS))
+    if unknown:
+        raise ConfigError(f"[serve]: unknown key {unknown[0]!r}; known keys: {', '.join(CONFIG_KEYS)}")
+    return ServerConfig(**values, faults=_faults_from(faults))
+
+
+def _faults_from(values: Mapping[str, Any]) -> Faults:
+    unknown = sorted(set(values) - set(FAULT_KEYS))
+    if unknown:
+        raise ConfigError(f"[serve.faults]: unknown key {unknown[0]!r}; known keys: {', '.join(FAULT_KEYS)}")
+    return Faults(**values)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _non_negative(key: str, value: Any) -> None:
+    if not _is_number(value) or value < 0:
+        raise ConfigError(f"{key} must be a number >= 0 (got {value!r})")
+
+
+def _positive_int(key: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{key} must be a positive integer (got {value!r})")
+
+
+# --------------------------------------------------------------------------------------------------
+# Request log and counters
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One request as the server saw it. Times are ``time.monotonic()`` of the server process.
+
+    ``status`` None: no answer (hung then dropped, or the client went away). ``fault``: the injected
+    fault, if any ("overload", "throttle", "hang", "error", "truncate"). ``outcome``: what a 200
+    carried ("galaxy", "empty", "outside") or "bad_request". ``delay_s``: injected latency + jitter.
+    ``bytes``: body bytes sent. ``in_flight``: requests being handled at arrival, this one included.
+    """
+
+    seq: int
+    t_start: float
+    t_end: float
+    path: str
+    query: str
+    status: int | None
+    fault: FaultName | None
+    outcome: str | None
+    objid: int | None
+    size: int | None
+    bytes: int
+    delay_s: float
+    in_flight: int
+    retry_after: str | None = None
+
+    @property
+    def params(self) -> dict[str, str]:
+        """The query parameters (the first of repeated ones, as the handler reads them)."""
+        out: dict[str, str] = {}
+        for key, value in parse_qsl(self.query, keep_blank_values=True):
+            out.setdefault(key, value)
+        return out
+
+
+@dataclass
+class ServerStats:
+    """Counters since start: requests, answers by status, faults and outcomes by name, bytes, timing."""
+
+    requests: int = 0
+    status: Counter = field(default_factory=Counter)
+    faults: Counter = field(default_factory=Counter)
+    outcomes: Counter = field(default_factory=Counter)
+    delayed: int = 0
+    bytes_sent: int = 0
+    renders: int = 0
+    render_s: float = 0.0
+    cache_hits: int = 0
+    size_clipped: int = 0
+    max_in_flight: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for key in ("status", "faults", "outcomes"):
+            out[key] = {str(k): v for k, v in sorted(getattr(self, key).items(), key=lambda kv: str(kv[0]))}
+        out["render_s"] = round(self.render_s, 4)
+        return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsing and rendering (pure; the render runs in a pool)
+
+
+class BadRequest(ValueError):
+    """A cutout query the service refuses with HTTP 400 (the message is the response body)."""
+
+
+@dataclass(frozen=True)
+class CutoutQuery:
+    ra: float  # degrees, [0, 360)
+    dec: float  # degrees
+    size: int  # pixels, after the cap
+    pixscale: float  # arcsec/pixel
+    layer: str
+    clipped: bool  # size was above MAX_SIZE
+
+
+def parse_query(query: Mapping[str, str], layers: tuple[str, ...] | None = None) -> CutoutQuery:
+    """Validate a cutout query as the real service does; raise :class:`BadRequest` with the reason."""
+
+    def number(name: str, default: float | None) -> float:
+        text = query.get(name, "").strip()
+        if not text:
+            if default is None:
+                raise BadRequest(f"missing required parameter {name}= (degrees)")
+            return default
+        try:
+            value = float(text)
+        except ValueError:
+            raise BadRequest(f"parameter {name}={text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise BadRequest(f"parameter {name}={text!r} is not a finite number")
+        return value
+
+    ra = number("ra", None) % 360.0
+    ra = 0.0 if ra >= 360.0 else ra  # (-1e-17) % 360 == 360.0
+    dec = number("dec", None)
+    if not -90.0 <= dec <= 90.0:
+        raise BadRequest(f"parameter dec={dec!r} is outside [-90, 90]")
+    size_text = query.get("size", "").strip()
+    try:
+        size = int(size_text) if size_text else DEFAULT_SIZE
+    except ValueError:
+        raise BadRequest(f"parameter size={size_text!r} is not an integer (pixels)") from None
+    if size <= 0:
+        raise BadRequest(f"parameter size={size} must be a positive number of pixels")
+    pixscale = number("pixscale", DEFAULT_PIXSCALE)
+    if pixscale <= 0:
+        raise BadRequest(f"parameter pixscale={pixscale!r} must be > 0 (arcsec/pixel)")
+    layer = query.get("layer", "").strip() or DEFAULT_LAYER
+    if layers is not None and layer not in layers:
+        raise BadRequest(f"unknown layer {layer!r}; known layers: {', '.join(layers)}")
+    return CutoutQuery(ra, dec, min(size, MAX_SIZE), pixscale, layer, size > MAX_SIZE)
+
+
+def render_cutout(
+    target: Galaxy | None,
+    neighbours: tuple[Galaxy, ...],
+    ra: float,
+    dec: float,
+    size: int,
+    pixscale: float,
+    quality: int,
+) -> tuple[bytes, float]:
+    """(JPEG bytes, seconds spent) of one field: ``encode_jpeg(render_field(...), quality)``."""
+    t0 = time.perf_counter()
+    image = render_field(target, list(neighbours), ra, dec, size, pixscale)
+    return encode_jpeg(image, quality=quality), time.perf_counter() - t0
+
+
+@lru_cache(maxsize=16)
+def black_jpeg(size: int, quality: int) -> bytes:
+    """The all-black square JPEG served outside the footprint."""
+    return encode_jpeg(np.zeros((size, size, 3), dtype=np.uint8), quality=quality)
+
+
+def retry_after_value(seconds: float) -> str:
+    """Retry-After header value: integer seconds (HTTP) unless a fraction was configured."""
+    return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
+
+
+class _TokenBucket:
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.burst = rate, float(burst)
+        self.tokens, self.last = float(burst), time.monotonic()
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+# --------------------------------------------------------------------------------------------------
+# The server
+
+
+class CutoutServer:
+    """The offline cutout service, in-process: ``async with CutoutServer(config) as server: ...``.
+
+    ``index``: serve this :class:`SkyIndex` instead of loading ``config.catalog``.
+    After start: ``url`` (the cutout endpoint, ``http://HOST:PORT/viewer/cutout.jpg``),
+    ``base_url``, ``port``, ``requests`` (the log), ``stats`` (counters), ``index``.
+    """
+
+    def __init__(self, config: ServerConfig | None = None, *, index: SkyIndex | None = None):
+        self.config = config or ServerConfig()
+        if index is None and self.config.catalog is None:
+            raise ConfigError("the cutout server needs a catalog: give --catalog PATH (e.g. WS/sky/nsa_sky.fits)")
+        self.index: SkyIndex | None = index
+        self.requests: deque[RequestRecord] = deque(maxlen=self.config.log_limit)
+        self.stats = ServerStats()
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+        self._pool: Executor | None = None
+        self._closing = asyncio.Event()
+        self._seq = 0
+        self._in_flight = 0
+        self._attempts: dict[int, int] = {}
+        faults = self.config.faults
+        self._bucket = _TokenBucket(faults.throttle_rate, faults.burst) if faults.throttle_rate else None
+        self._cache: OrderedDict[tuple, bytes] = OrderedDict()
+        self._cache_bytes = 0
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> CutoutServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Load the catalog (unless given an index), start the render pool and listen."""
+        cfg = self.config
+        if self.index is None:
+            self.index = await asyncio.to_thread(
+                SkyIndex.from_catalog, cfg.catalog, columns=cfg.columns, radius_column=cfg.radius_column
+            )
+        workers = cfg.workers or min(8, os.cpu_count() or 1)
+        if cfg.executor == "process":
+            self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        else:
+            self._pool = ThreadPoolExecutor(workers, thread_name_prefix="cutout-render")
+        self._closing = asyncio.Event()
+        app = web.Application()
+        for path in CUTOUT_PATHS:
+            app.router.add_get(path, self._handle)
+        app.router.add_get(STATS_PATH, self._stats)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, cfg.host, cfg.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._pool.shutdown(wait=False)
+            raise ConfigError(
+                f"cannot listen on {cfg.host}:{cfg.port} ({exc.strerror or exc}); pick another --port (0: any free one)"
+            ) from None
+        self._port = self._runner.addresses[0][1]
+
+    async def close(self) -> None:
+        """Stop listening, drop hung connections, wait for answers in progress, stop the pool."""
+        self._closing.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("the cutout server is not started; use 'async with CutoutServer(...)'")
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        host = self.config.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The cutout endpoint, the offline twin of :data:`REAL_CUTOUT_URL`."""
+        return self.base_url + CUTOUT_PATH
+
+    def clear_log(self) -> None:
+        """Forget the request log and counters (the throttle bucket and attempt counts stay)."""
+        self.requests.clear()
+        self.stats = ServerStats()
+
+    # --- handlers ---------------------------------------------------------------------------------
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        body = {"url": self.url, "galaxies": len(self.index or ()), "fault_config": self.config.faults.active()}
+        body.update(self.stats.to_dict())
+        body["in_flight"] = self._in_flight
+        return web.json_response(body)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        t0 = time.monotonic()
+        self._seq += 1
+        seq = self._seq
+        faults = self.config.faults
+        self.stats.requests += 1
+        rec: dict[str, Any] = {
+            "seq": seq,
+            "t_start": t0,
+            "path": request.path,
+            "query": request.query_string,
+            "status": None,
+            "fault": None,
+            "outcome": None,
+            "objid": None,
+            "size": None,
+            "bytes": 0,
+            "delay_s": 0.0,
+            "in_flight": self._in_flight + 1,
+            "retry_after": None,
+        }
+        if faults.max_concurrent is not None and self._in_flight >= faults.max_concurrent:
+            rec["fault"] = "overload"
+            resp = self._text(503, "503 Service Unavailable: too many concurrent requests", faults.retry_after_s)
+            return self._finish(rec, resp)
+
+        self._in_flight += 1
+        self.stats.max_in_flight = max(self.stats.max_in_flight, self._in_flight)
+        try:
+            return await self._answer(request, rec)
+        finally:
+            self._in_flight -= 1
+
+    async def _answer(self, request: web.Request, rec: dict[str, Any]) -> web.StreamResponse:
+        faults = self.config.faults
+        draw = self._drawer(request)
+        if self._bucket is not None and not self._bucket.take(rec["t_start"]):
+            rec["fault"] = "throttle"
+        elif faults.hang_rate and draw("hang") < faults.hang_rate:
+            rec["fault"] = "hang"
+            self.stats.faults["hang"] += 1  # counted now; logged when the connection is dropped
+        elif faults.error_rate and draw("error") < faults.error_rate:
+            rec["fault"] = "error"
+
+        delay = faults.latency_s + (faults.jitter_s * draw("jitter") if faults.jitter_s else 0.0)
+        if delay > 0:
+            rec["delay_s"] = delay
+            self.stats.delayed += 1
+            await self._pause(delay)
+
+        if rec["fault"] == "throttle":
+            return self._finish(rec, self._text(429, "429 Too Many Requests", faults.retry_after_s))
+        if rec["fault"] == "hang":
+            await self._pause(faults.hang_s)
+            if request.transport is not None:
+                request.transport.close()
+            return self._finish(rec, None)
+        if rec["fault"] == "error":
+            status = 500 if draw("error-status") < 0.5 else 503
+            return self._finish(rec, self._text(status, f"{status} injected server error"))
+
+        try:
+            query = parse_query(request.query, self.config.layers)
+        except BadRequest as exc:
+            rec["outcome"] = "bad_request"
+            return self._finish(rec, self._text(400, f"400 Bad Request: {exc}"))
+        rec["size"] = query.size
+        if query.clipped:
+            self.stats.size_clipped += 1
+        body, rec["outcome"], rec["objid"] = await self._jpeg(query)
+
+        if faults.truncate_rate and draw("truncate") < faults.truncate_rate:
+            rec["fault"] = "truncate"
+            cut = max(1, min(len(body) - 1, int(len(body) * (0.1 + 0.8 * draw("truncate-at")))))
+            if faults.truncate_mode == "close":
+                resp = web.StreamResponse(status=200, headers={"Content-Type": "image/jpeg"})
+                resp.content_length = len(body)
+                await resp.prepare(request)
+                await resp.write(body[:cut])
+                rec["bytes"] = cut
+                if request.transport is not None:
+                    request.transport.close()
+                return self._finish(rec, resp, sent=cut)
+            body = body[:cut]
+        return self._finish(rec, web.Response(body=body, content_type="image/jpeg"))
+
+    async def _jpeg(self, q: CutoutQuery) -> tuple[bytes, str, int | None]:
+        """(JPEG, outcome, target objid) for a valid query; renders in the pool, cached."""
+        assert self.index is not None and self._pool is not None
+        quality = self.config.jpeg_quality
+        loop = asyncio.get_running_loop()
+        if not bool(in_footprint(q.ra, q.dec)):
+            return await loop.run_in_executor(self._pool, black_jpeg, q.size, quality), "outside", None
+        target = self.index.nearest(q.ra, q.dec, self.config.tolerance_arcsec)
+        objid = None if target is None else int(self.index.objid[target])
+        outcome = "empty" if target is None else "galaxy"
+        key = (q.ra, q.dec, q.size, q.pixscale)
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            self.stats.cache_hits += 1
+            return cached, outcome, objid
+        half_width_deg = q.size * q.pixscale / 2.0 / 3600.0
+        near = [int(i) for i in self.index.in_field(q.ra, q.dec, half_width_deg) if i != target]
+        neighbours = tuple(self.index.galaxy(i) for i in near[: self.config.max_neighbours])
+        galaxy = None if target is None else self.index.galaxy(target)
+        body, seconds = await loop.run_in_executor(
+            self._pool, render_cutout, galaxy, neighbours, q.ra, q.dec, q.size, q.pixscale, quality
+        )
+        self.stats.renders += 1
+        self.stats.render_s += seconds
+        self._remember(key, body)
+        return body, outcome, objid
+
+    def _remember(self, key: tuple, body: bytes) -> None:
+        limit = int(self.config.cache_mb * 1e6)
+        if len(body) > limit:
+            return
+        self._cache[key] = body
+        self._cache_bytes += len(body)
+        while self._cache_bytes > limit:
+            _, old = self._cache.popitem(last=False)
+            self._cache_bytes -= len(old)
+
+    def _drawer(self, request: web.Request) -> Callable[[str], float]:
+        """u(kind) in [0, 1): a hash of (seed, kind, canonical query, attempt number of that query)."""
+        if not self.config.faults.random:
+            return lambda kind: 0.0
+        canonical = urlencode(sorted(request.query.items()))
+        digest = hashlib.blake2b(f"{request.path}?{canonical}".encode(), digest_size=8).digest()
+        qkey = int.from_bytes(digest, "little")
+        attempt = self._attempts.get(qkey, 0)
+        self._attempts[qkey] = attempt + 1
+        prefix = f"{self.config.seed}\0{qkey}\0{attempt}\0"
+
+        def draw(kind: str) -> float:
+            h = hashlib.blake2b((prefix + kind).encode(), digest_size=8).digest()
+            return int.from_bytes(h, "little") / 2.0**64
+
+        return draw
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake at once when the server is closing."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), seconds)
+
+    def _text(self, status: int, text: str, retry_after: float | None = None) -> web.Response:
+        headers = {"Retry-After": retry_after_value(retry_after)} if retry_after is not None else None
+        return web.Response(status=status, text=text + "\n", headers=headers)
+
+    def _finish(
+        self, rec: dict[str, Any], resp: web.StreamResponse | None, sent: int | None = None
+    ) -> web.StreamResponse:
+        """Count and log the request; ``resp`` None: no answer (the connection was dropped)."""
+        if resp is not None:
+            rec["status"] = resp.status
+            rec["retry_after"] = resp.headers.get("Retry-After")
+            if sent is not None:
+                rec["bytes"] = sent
+            elif isinstance(resp, web.Response) and resp.body is not None:
+                rec["bytes"] = len(resp.body)  # type: ignore[arg-type]
+        rec["t_end"] = time.monotonic()
+        stats = self.stats
+        stats.status[rec["status"] if rec["status"] is not None else "none"] += 1
+        if rec["fault"] is not None and rec["fault"] != "hang":
+            name = rec["fault"] if rec["fault"] != "error" else f"error_{rec['status']}"
+            stats.faults[name] += 1
+        if rec["outcome"] is not None:
+            stats.outcomes[rec["outcome"]] += 1
+        stats.bytes_sent += rec["bytes"]
+        self.requests.append(RequestRecord(**rec))
+        if resp is None:
+            return web.Response(status=204)  # never reaches the client: its connection is closed
+        return resp
+
+
+# --------------------------------------------------------------------------------------------------
+# The command
+
+
+def serve(config: ServerConfig, url_file: Path | str | None = None, out: TextIO | None = None) -> ServerStats:
+    """Run the server until Ctrl-C / SIGTERM (``agnsurvey sky serve``); returns the final counters.
+
+    Prints the endpoint URL once listening (and writes it to ``url_file`` if given, so a script that
+    asked for port 0 can find it); on stop, prints the counters.
+    """
+    out = out or sys.stdout
+    try:
+        return asyncio.run(_serve(config, url_file, out))
+    except KeyboardInterrupt:  # a second Ctrl-C, or a platform without signal handlers
+        return ServerStats()
+
+
+async def _serve(config: ServerConfig, url_file: Path | str | None, out: TextIO) -> ServerStats:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread / Windows
+            loop.add_signal_handler(sig, stop.set)
+    print(f"loading {config.catalog} ...", file=out, flush=True)
+    async with CutoutServer(config) as server:
+        index = server.index
+        assert index is not None
+        dropped = f" ({', '.join(f'{n} {why}' for why, n in index.dropped.items())} dropped)" if index.dropped else ""
+        faults = config.faults.active()
+        print(f"serving {len(index):,} galaxies{dropped}", file=out)
+        print(f"faults: {json.dumps(faults) if faults else 'none'}", file=out)
+        print(f"cutout URL: {server.url}", file=out)
+        print(f"counters:   {server.base_url}{STATS_PATH}    (Ctrl-C to stop)", file=out, flush=True)
+        if url_file is not None:
+            tmp = Path(f"{url_file}.tmp")
+            tmp.write_text(server.url + "\n")
+            os.replace(tmp, url_file)
+        try:
+            await stop.wait()
+        finally:
+            stats = server.stats
+    print(f"stopped; {json.dumps(stats.to_dict())}", file=out, flush=True)
+    return stats
+
+
+@contextlib.contextmanager
+def serve_in_background(config: ServerConfig, index: SkyIndex | None = None) -> Iterator[CutoutServer]:
+    """Run a :class:`CutoutServer` on its own event loop in a daemon thread; yield it once listening.
+
+    For callers that are not async themselves (``agnsurvey run``, tests that drive a blocking
+    client): ``server.url`` is the endpoint; ``server.requests`` and ``server.stats`` are safe to read
+    after the block or once the client is done.
+    """
+    loop = asyncio.new_event_loop()
+    ready: dict[str, Any] = {}
+    started = threading.Event()
+
+    async def main() -> None:
+        try:
+            server = CutoutServer(config, index=index)
+            await server.start()
+        except BaseException as exc:  # reported to the caller's thread
+            ready["error"] = exc
+            started.set()
+            return
+        ready["server"], ready["stop"] = server, asyncio.Event()
+        started.set()
+        try:
+            await ready["stop"].wait()
+        finally:
+            await server.close()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), name="cutout-server", daemon=True)
+    thread.start()
+    started.wait()
+    if "error" in ready:
+        thread.join()
+        raise ready["error"]
+    try:
+        yield ready["server"]
+    finally:
+        loop.call_soon_threadsafe(ready["stop"].set)
+        thread.join(30)
+        loop.close()

@@ -1,0 +1,179 @@
+"""Fetch against the offline sky server on 127.0.0.1, with faults, kills and a real cluster."""
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import aiohttp
+import dask
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+
+from pipeline.config import FetchArgs, IngestArgs, LabelArgs, SkyArgs
+from pipeline.cutouts import decode_jpeg, resize
+from pipeline.fetch import fetch, read_cube_status
+from pipeline.ingest import ingest
+from pipeline.label import label
+from pipeline.synthetic.catalog import SKY_FITS, make_sky
+from pipeline.synthetic.server import ServerConfig, build_server_config, serve_in_background
+from pipeline.synthetic.skyindex import SkyIndex
+
+ROOT = Path(__file__).resolve().parents[2]
+SIZE, IMAGE = 64, 32
+
+
+@pytest.fixture(scope="module")
+def sky(tmp_path_factory):
+    """An offline sky of 500 galaxies, ingested and labelled, plus its server index."""
+    base = tmp_path_factory.mktemp("sky")
+    with dask.config.set(scheduler="synchronous"):
+        make_sky(SkyArgs(out=base / "sky", n=500, seed=3))
+        ingest(IngestArgs(workspace=base / "ws", inputs=[str(base / "sky" / SKY_FITS)]))
+        label(LabelArgs(workspace=base / "ws", plots=False))
+    labels = pd.read_parquet(base / "ws" / "labels")
+    return base, SkyIndex.from_catalog(base / "sky" / SKY_FITS), len(labels)
+
+
+def workspace(sky, tmp_path, outside: int = 0) -> Path:
+    """A fresh workspace with the sky's labels; ``outside`` rows moved out of the footprint."""
+    base, _, _ = sky
+    ws = tmp_path / "ws"
+    shutil.copytree(base / "ws" / "labels", ws / "labels")
+    if outside:
+        part = sorted((ws / "labels").glob("*.parquet"))[0]
+        frame = pd.read_parquet(part)
+        frame.loc[: outside - 1, "dec"] = -80.0  # far south: outside the survey, an all-black answer
+        frame.to_parquet(part)
+    return ws
+
+
+def expected_pixels(server_url: str, ws: Path) -> np.ndarray:
+    """Each row's cutout from a fault-free server, decoded and resized as the pipeline does."""
+    group = zarr.open_group(str(ws / "cube.zarr"), mode="r")
+    labels = pd.read_parquet(ws / "labels").sort_values("cube_index")
+    pixscale = group["pixscale"][:]
+
+    async def get_all():
+        async with aiohttp.ClientSession() as session:
+            out = []
+            for (ra, dec), p in zip(labels[["ra", "dec"]].to_numpy(), pixscale, strict=True):
+                params = {
+                    "ra": f"{ra:.6f}",
+                    "dec": f"{dec:.6f}",
+                    "size": SIZE,
+                    "pixscale": f"{p:.5f}",
+                    "layer": "ls-dr10",
+                }
+                async with session.get(server_url, params=params) as r:
+                    out.append(resize(decode_jpeg(await r.read(), SIZE), IMAGE))
+            return np.stack(out)
+
+    return asyncio.run(get_all())
+
+
+def args_for(ws: Path, url: str, **kw) -> FetchArgs:
+    base = dict(size=SIZE, image_size=IMAGE, shard_images=32, inner_images=8, rate=400.0, concurrency=8)
+    return FetchArgs(workspace=ws, cutout_url=url, **{**base, **kw})
+
+
+def test_every_fault_at_once(sky, tmp_path):
+    _, index, n = sky
+    ws = workspace(sky, tmp_path, outside=5)
+    faults = dict(latency_s=0.005, jitter_s=0.01, error_rate=0.15, throttle_rate=150.0, throttle_burst=10,
+                  retry_after_s=0.25, truncate_rate=0.15, hang_rate=0.02, hang_s=3.0, max_concurrent=6)  # fmt: skip
+    config = build_server_config(None, seed=11, **faults)
+    with serve_in_background(config, index=index) as server:
+        m = fetch(args_for(ws, server.url, rate=300.0, timeout_s=1.0, retries=8, deadline_s=120))
+        log = list(server.requests)
+        stats = server.stats
+    assert all(stats.faults[f] > 0 for f in ("throttle", "truncate", "overload")), stats.faults
+    assert stats.faults["error_500"] + stats.faults["error_503"] > 0
+    assert any(r.fault == "hang" for r in log)
+    status = read_cube_status(ws)
+    assert (status[:5] == "no_coverage").all() and (status[5:] == "ok").all(), status.value_counts()
+    assert m.extra["this_run"]["outcomes"] == {"ok": n - 5, "no_coverage": 5}  # each row ended once
+    assert len(pd.read_parquet(ws / "cube_failures.parquet")) == 0
+
+    # the client honoured every Retry-After: once the 429 could have arrived (50 ms, for requests
+    # already on the wire), nothing started until the pause was over
+    throttles = [r for r in log if r.status == 429]
+    assert throttles
+    for r in throttles:
+        early = [q for q in log if r.t_end + 0.05 < q.t_start < r.t_end + float(r.retry_after) - 0.01]
+        assert not early, f"{len(early)} requests inside the Retry-After pause after request {r.seq}"
+    # and its own rate: at most rate × window (+1) request starts in any 0.5 s window
+    starts = np.sort([r.t_start for r in log])
+    per_window = np.searchsorted(starts, starts + 0.5) - np.arange(len(starts))
+    assert per_window.max() <= 300.0 * 0.5 + 2
+
+    with serve_in_background(ServerConfig(seed=11), index=index) as clean:
+        want = expected_pixels(clean.url, ws)
+    got = zarr.open_group(str(ws / "cube.zarr"), mode="r")["images"][:]
+    np.testing.assert_array_equal(got[5:], want[5:])  # no corrupt body was ever stored as ok
+    assert not got[:5].any()
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_cube(sky, tmp_path):
+    _, index, n = sky
+    killed, whole = workspace(sky, tmp_path / "a"), workspace(sky, tmp_path / "b")
+    config = build_server_config(None, latency_s=0.02)
+    with serve_in_background(config, index=index) as server:
+        fetch(args_for(whole, server.url, shard_images=16, inner_images=8))
+        script = textwrap.dedent(
+            f"""
+            from pipeline.config import FetchArgs
+            from pipeline.fetch import fetch
+            fetch(FetchArgs(workspace={str(killed)!r}, cutout_url={server.url!r}, size={SIZE}, image_size={IMAGE},
+                            shard_images=16, inner_images=8, rate=60.0, concurrency=4))
+            """
+        )
+        server.clear_log()
+        child = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, start_new_session=True)
+        deadline = time.time() + 120
+        while True:
+            assert child.poll() is None and time.time() < deadline, "the fetch ended before it could be killed"
+            cube = killed / "cube.zarr"
+            if cube.exists():
+                done = (zarr.open_group(str(cube), mode="r")["status"][:] == 1).sum()
+                if done >= 48:
+                    break
+            time.sleep(0.1)
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+        status = zarr.open_group(str(killed / "cube.zarr"), mode="r")["status"][:]
+        ok_after_kill = set(np.flatnonzero(status == 1).tolist())
+        assert 48 <= len(ok_after_kill) < n
+        labels = pd.read_parquet(killed / "labels").sort_values("cube_index")
+        ra_of = {f"{ra:.6f}": i for i, ra in enumerate(labels["ra"])}
+        server.clear_log()
+        m = fetch(args_for(killed, server.url, shard_images=16, inner_images=8))
+        asked = {ra_of[r.params["ra"]] for r in server.requests if r.params.get("size") == str(SIZE)}
+    assert not asked & ok_after_kill  # a re-run requests only what was unfinished
+    assert asked | ok_after_kill == set(range(n))
+    assert m.extra["this_run"]["rows_requested"] == n - len(ok_after_kill)
+    a = zarr.open_group(str(killed / "cube.zarr"), mode="r")
+    b = zarr.open_group(str(whole / "cube.zarr"), mode="r")
+    np.testing.assert_array_equal(a["status"][:], b["status"][:])
+    np.testing.assert_array_equal(a["images"][:], b["images"][:])
+
+
+def test_local_cluster_fetches_the_same_cube(sky, tmp_path, cluster_client):
+    _, index, _ = sky
+    one, two = workspace(sky, tmp_path / "one", outside=3), workspace(sky, tmp_path / "two", outside=3)
+    with serve_in_background(build_server_config(None, error_rate=0.1, seed=2), index=index) as server:
+        fetch(args_for(one, server.url, retries=8))
+        m = fetch(args_for(two, server.url, retries=8), client=cluster_client)
+    assert m.outputs["shards"] > 2
+    a = zarr.open_group(str(one / "cube.zarr"), mode="r")
+    b = zarr.open_group(str(two / "cube.zarr"), mode="r")
+    np.testing.assert_array_equal(a["status"][:], b["status"][:])
+    np.testing.assert_array_equal(a["images"][:], b["images"][:])
+    assert set(read_cube_status(two)) == {"ok", "no_coverage"}

@@ -140,15 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = stages.add_parser(
         "run",
-        help="the main job: offline sky (or --catalog) -> ingest -> label",
+        help="the main job: offline sky (or --catalog) -> ingest -> label -> fetch",
         description="Run every stage on the embedded default: without --catalog, an offline NSA-like sky "
-        "of --n galaxies is generated into WS/sky/ first.",
+        "of --n galaxies is generated into WS/sky/ first; without --cutout-url, cutouts come from an offline "
+        "sky server started on 127.0.0.1 for the catalog being run (synthetic images, no network).",
     )
     _workspace_arg(run)
     run.add_argument("--catalog", nargs="+", metavar="CATALOG", help="catalog files instead of the offline sky")
     run.add_argument("--n", type=int, default=20_000, help="galaxies in the offline sky (default 20000)")
     run.add_argument("--seed", type=int, default=0, help="offline sky seed (default 0)")
     _label_args(run)
+    _fetch_args(run, url_required=False)
     run.set_defaults(handler=_run)
     return parser
 
@@ -293,10 +295,15 @@ def _label(ns: argparse.Namespace, raw: dict, client: Any) -> None:
     _print_summary("label", manifest.to_dict())
 
 
+OFFLINE_RATE, OFFLINE_CONCURRENCY = 2000.0, 64  # the local server is ours: no politeness limit needed
+
+
 def _run(ns: argparse.Namespace, raw: dict, client: Any) -> None:
+    from pipeline.fetch import fetch
     from pipeline.ingest import ingest
     from pipeline.label import label
     from pipeline.synthetic.catalog import SKY_FITS, make_sky
+    from pipeline.synthetic.server import build_server_config, serve_in_background
 
     label_args = _label_args_from(ns, raw)  # validates the workspace and label options first
     inputs = ns.catalog
@@ -307,6 +314,14 @@ def _run(ns: argparse.Namespace, raw: dict, client: Any) -> None:
         inputs = [str(sky_dir / SKY_FITS)]
     _print_summary("ingest", ingest(_ingest_args(ns, raw, inputs), client=client).to_dict())
     _print_summary("label", label(label_args, client=client).to_dict())
+    if ns.cutout_url or raw.get("fetch", {}).get("cutout_url"):
+        _print_summary("fetch", fetch(_fetch_args_from(ns, raw), client=client).to_dict())
+        return
+    with serve_in_background(build_server_config(raw.get("serve"), catalog=tuple(inputs))) as server:
+        print(f"\noffline cutout server for {', '.join(Path(p).name for p in inputs)}: {server.url}")
+        ns.rate = ns.rate or OFFLINE_RATE
+        ns.concurrency = ns.concurrency or OFFLINE_CONCURRENCY
+        _print_summary("fetch", fetch(_fetch_args_from(ns, raw, cutout_url=server.url), client=client).to_dict())
 
 
 def _print_summary(stage: str, m: dict) -> None:
@@ -316,8 +331,14 @@ def _print_summary(stage: str, m: dict) -> None:
     rows.append(("rows out", f"{m.get('rows_out', 0):,}"))
     for name, n in (extra.get("classes") or extra.get("class_counts") or {}).items():
         rows.append((f"  class {name}", f"{n:,}"))
+    for name, n in extra.get("status", {}).items():
+        rows.append((f"  status {name}", f"{n:,}"))
+    this_run = extra.get("this_run")
+    if this_run:
+        rows.append(("this run", f"{this_run['rows_requested']:,} rows requested, {this_run['requests']:,} requests, "
+                                 f"{this_run['retries']:,} retries, {this_run['throttled']:,} throttled"))  # fmt: skip
     dropped = m.get("dropped", {})
-    if m.get("rows_in"):
+    if m.get("rows_in") and "status" not in extra:
         rows.append(("dropped", f"{sum(dropped.values()):,}"))
         by_line = extra.get("problems_by_line")
         if by_line:

@@ -6,6 +6,7 @@ import sys
 
 import pandas as pd
 import pytest
+import zarr
 from conftest import nsa_rows, write_nsa_fits
 
 from pipeline.cli import main, parse_columns
@@ -48,16 +49,21 @@ def test_bad_cluster_spec(tmp_path, capsys):
 
 
 def test_run_is_the_whole_main_job(tmp_path, capsys):
-    """`agnsurvey run` on the offline sky: sky → ingest → label, with manifests, labels and plots."""
+    """`agnsurvey run` on the offline sky: sky → ingest → label → fetch, with manifests, labels, plots, cube."""
     ws = tmp_path / "ws"
-    assert main(["--quiet", "--workers", "2", "run", "--workspace", str(ws), "--n", "3000", "--seed", "4"]) == 0
+    assert main(["--quiet", "--workers", "2", "run", "--workspace", str(ws), "--n", "1500", "--seed", "4"]) == 0
     out = capsys.readouterr().out
     assert "sky make" in out and "ingest" in out and "label" in out and "class sf" in out
     ingest_m = json.loads((ws / "manifests" / "ingest.json").read_text())
     label_m = json.loads((ws / "manifests" / "label.json").read_text())
-    assert ingest_m["rows_in"] == 3000 and ingest_m["inputs"][0]["path"].endswith("nsa_sky.fits")
+    assert ingest_m["rows_in"] == 1500 and ingest_m["inputs"][0]["path"].endswith("nsa_sky.fits")
     assert label_m["rows_in"] == ingest_m["rows_out"]
     assert label_m["rows_out"] + sum(label_m["dropped"].values()) == label_m["rows_in"]
     assert sorted(p.name for p in (ws / "reports").iterdir()) == ["bpt_agn.png", "bpt_all.png", "bpt_sf.png"]
     labels = pd.read_parquet(ws / "labels")
     assert len(labels) == label_m["rows_out"] and set(labels["label"]) == {0, 1}
+    fetch_m = json.loads((ws / "manifests" / "fetch.json").read_text())
+    assert fetch_m["rows_in"] == len(labels) and fetch_m["extra"]["status"]["ok"] == len(labels)
+    assert fetch_m["parameters"]["cutout_url"].startswith("http://127.0.0.1:")
+    assert zarr.open_group(str(ws / "cube.zarr"), mode="r")["images"].shape == (len(labels), 128, 128, 3)
+    assert "fetch" in out and "status ok" in out

@@ -82,8 +82,11 @@ def git_commit(repo: Path | None = None) -> dict[str, Any]:
     return {"commit": head, "dirty": bool(status.strip())}
 
 
-def machine_info() -> dict[str, Any]:
-    """Where the numbers were measured: hardware, OS, software versions, code version."""
+def machine_info(extra_packages: Sequence[str] = ()) -> dict[str, Any]:
+    """Where the numbers were measured: hardware, OS, software versions, code version.
+
+    ``extra_packages``: more distributions whose versions matter to this benchmark (e.g. aiohttp).
+    """
     mem = memory_bytes()
     return {
         "cpu_model": cpu_model(),
@@ -93,7 +96,7 @@ def machine_info() -> dict[str, Any]:
         "os": platform.platform(),
         "hostname": platform.node(),
         "python": platform.python_version(),
-        "packages": package_versions(),
+        "packages": package_versions(tuple(PACKAGES) + tuple(n for n in extra_packages if n not in PACKAGES)),
         "git": git_commit(),
     }
 

@@ -198,6 +198,11 @@ async def _attempt(session: aiohttp.ClientSession, url: str, settings: ClientSet
     except aiohttp.ClientError as exc:
         return Outcome(FAILED, reason=f"{type(exc).__name__}: {exc}"[:200], retry=True, backoff=True)
     stats.bytes += len(body)
+    return await asyncio.to_thread(_judge, body, settings)  # Pillow releases the GIL: decode off the loop
+
+
+def _judge(body: bytes, settings: ClientSettings) -> Outcome:
+    """The verdict on a 200's body: ok (decoded, resized), no coverage, or a failure."""
     try:
         image = decode_jpeg(body, settings.size)
     except ValueError as exc:  # a truncated body may come out whole next time; a wrong size will not

@@ -95,8 +95,8 @@ def create_cube(
         "images",
         shape=(n, s, s, 3),
         dtype="uint8",
-        chunks=(min(layout.inner_images, max(n, 1)), s, s, 3),
-        shards=(min(k, max(n, 1)), s, s, 3),
+        chunks=(layout.inner_images, s, s, 3),
+        shards=(k, s, s, 3),  # may exceed a small cube: Zarr clips the grid to the shape
         fill_value=0,
         dimension_names=("row", "y", "x", "band"),
     )
@@ -105,9 +105,7 @@ def create_cube(
         ("objid", "int64", objid),
         ("pixscale", "float32", pixscale),
     ):
-        array = group.create_array(
-            name, shape=(n,), dtype=dtype, chunks=(min(k, max(n, 1)),), fill_value=0, dimension_names=("row",)
-        )
+        array = group.create_array(name, shape=(n,), dtype=dtype, chunks=(k,), fill_value=0, dimension_names=("row",))
         array[:] = np.asarray(values, dtype=dtype)
     group.attrs.update(
         {

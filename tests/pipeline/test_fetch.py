@@ -158,3 +158,13 @@ def test_changed_labels_need_restart(tmp_path):
             fetch(FetchArgs(workspace=tmp_path / "a", cutout_url=url, size=48, image_size=32, rate=500))
         m = fetch(FetchArgs(workspace=tmp_path / "a", cutout_url=url, size=48, image_size=32, rate=500, restart=True))
     assert m.rows_out == 2
+
+
+def test_small_cube_with_the_default_layout(tmp_path):
+    """13 rows: fewer than a shard and not a multiple of the 8-image inner chunk."""
+    write_labels(tmp_path, np.linspace(150, 151, 13), np.full(13, 2.0), np.full(13, 10.0))
+    with noise_server() as (url, _):
+        m = fetch(FetchArgs(workspace=tmp_path, cutout_url=url, size=64, rate=500))
+    images = zarr.open_group(str(tmp_path / "cube.zarr"), mode="r")["images"]
+    assert m.rows_out == 13 and images.shape == (13, 128, 128, 3) and images.chunks == (8, 128, 128, 3)
+    assert images[12].any()

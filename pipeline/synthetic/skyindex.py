@@ -102,7 +102,7 @@ class SkyIndex:
         Rows with non-finite or out-of-range coordinates, or a radius that is not a positive
         number, are dropped and counted. Missing flux columns mean NaN fluxes (the renderer's
         ``agn_weight_from_fluxes`` decides what that draws like); ``sim_class`` (the synthetic
-        catalog's true class) takes precedence over the fluxes where given.
+        catalog's true class) is the fallback for rows whose four fluxes are not all positive.
         """
         n = len(frame)
 

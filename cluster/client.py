@@ -39,7 +39,11 @@ def connect(
         elif spec.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
             client = stack.enter_context(Client(spec, timeout="20s"))
         elif Path(spec).is_file():
-            client = stack.enter_context(Client(scheduler_file=spec, timeout="20s"))
+            try:
+                client = stack.enter_context(Client(scheduler_file=spec, timeout="20s"))
+            except ValueError as exc:  # not JSON, or no address in it
+                raise ClusterSpecError(f"scheduler file {spec} is not readable ({exc}); pass the file that "
+                                       "`dask scheduler --scheduler-file` wrote") from None  # fmt: skip
         else:
             raise ClusterSpecError(
                 f"cluster spec {spec!r} is not 'local', 'local-cuda', a scheduler address "

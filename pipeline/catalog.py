@@ -193,6 +193,13 @@ def _fits_schema(path: str) -> tuple[dict[str, ColumnKind], int, int]:
             for number, hdu in enumerate(hdul):
                 if isinstance(hdu, fits.BinTableHDU | fits.TableHDU):
                     kinds = {c.name: _fits_kind(c.format) for c in hdu.columns}
+                    info = hdu.fileinfo()
+                    needed = info["datLoc"] + int(hdu.header["NAXIS1"]) * int(hdu.header.get("NAXIS2", 0))
+                    if not path.endswith(".gz") and os.path.getsize(path) < needed:
+                        raise CatalogError(
+                            f"{path}: FITS table is truncated ({os.path.getsize(path):,} of {needed:,} bytes); "
+                            "the file is incomplete: re-download it"
+                        )
                     return kinds, int(hdu.header.get("NAXIS2", 0)), number
     except (OSError, ValueError, TypeError) as exc:
         raise CatalogError(
@@ -240,9 +247,16 @@ def _parquet_schema(path: str) -> tuple[dict[str, ColumnKind], int, int]:
     return {f.name: _arrow_kind(f.type) for f in schema}, meta.num_rows, 0
 
 
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
+
+
+def _csv_separator(path: str) -> str:
+    return "\t" if path.lower().removesuffix(".gz").endswith(".tsv") else ","
+
+
 def _csv_schema(path: str) -> tuple[dict[str, ColumnKind], int | None, int]:
     try:
-        sample = pd.read_csv(path, nrows=2000, low_memory=False)
+        sample = pd.read_csv(path, nrows=2000, low_memory=False, sep=_csv_separator(path))
     except pd.errors.EmptyDataError:
         raise CatalogError(f"{path}: CSV file has no header or rows; re-create it") from None
     except (UnicodeDecodeError, pd.errors.ParserError) as exc:
@@ -345,6 +359,8 @@ def plan_chunks(source: CatalogSource, chunk_rows: int) -> list[Chunk]:
             chunks.append(Chunk(source, len(chunks), 0, rows, tuple(group)))
         return chunks
     size = source.n_bytes
+    if source.path.lower().endswith(COMPRESSED_SUFFIXES):  # no byte ranges in a compressed stream: one task
+        return [Chunk(source, 0, 0, size)]
     return [Chunk(source, i, a, min(a + CSV_CHUNK_BYTES, size)) for i, a in enumerate(range(0, size, CSV_CHUNK_BYTES))]
 
 
@@ -380,7 +396,16 @@ def _read_fits_rows(src: CatalogSource, wanted: list[str], start: int, stop: int
 
 
 def _read_csv_range(src: CatalogSource, wanted: list[str], start: int, stop: int) -> pd.DataFrame:
-    """Rows whose line starts in bytes [start, stop) (the first line of the file is the header)."""
+    """Rows whose line starts in bytes [start, stop) (the first line of the file is the header);
+    a compressed file is read whole. String ids are read as text (keeps leading zeros)."""
+    options = {
+        "usecols": lambda c: c in set(wanted),
+        "low_memory": False,
+        "sep": _csv_separator(src.path),
+        "dtype": {src.mapping["objid"]: str} if src.string_id else None,
+    }
+    if src.path.lower().endswith(COMPRESSED_SUFFIXES):
+        return pd.read_csv(src.path, **options)
     with open(src.path, "rb") as fh:
         header = fh.readline()
         if start > 0:
@@ -394,7 +419,7 @@ def _read_csv_range(src: CatalogSource, wanted: list[str], start: int, stop: int
     if not body.strip():
         return pd.DataFrame({name: pd.Series(dtype="float64") for name in wanted})
     try:
-        return pd.read_csv(io.BytesIO(header + body), usecols=lambda c: c in set(wanted), low_memory=False)
+        return pd.read_csv(io.BytesIO(header + body), **options)
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise CatalogError(f"{src.path}: malformed CSV near byte {begin} ({exc}); fix the file") from None
 
@@ -405,6 +430,14 @@ def canonical_frame(raw: Mapping[str, np.ndarray] | pd.DataFrame, src: CatalogSo
     out: dict[str, np.ndarray | pd.Series] = {}
     id_values = raw[src.mapping["objid"]]
     if src.string_id:
+        missing = pd.isna(pd.Series(np.asarray(id_values, dtype=object))) | (
+            pd.Series(np.asarray(id_values, dtype=object)).astype(str).str.strip() == ""
+        )
+        if missing.any():
+            raise CatalogError(
+                f"{src.path}: id column {src.mapping['objid']!r} is empty in {int(missing.sum())} rows; every row "
+                "needs an id (fill them, or map a complete id with --column objid=NAME)"
+            )
         ids = np.asarray(id_values, dtype=object).astype(str)
         out["objid"] = stable_id_hash(ids)
         out["source_id"] = pd.array(ids, dtype="string")

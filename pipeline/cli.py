@@ -319,8 +319,8 @@ def _run(ns: argparse.Namespace, raw: dict, client: Any) -> None:
         return
     with serve_in_background(build_server_config(raw.get("serve"), catalog=tuple(inputs))) as server:
         print(f"\noffline cutout server for {', '.join(Path(p).name for p in inputs)}: {server.url}")
-        ns.rate = ns.rate or OFFLINE_RATE
-        ns.concurrency = ns.concurrency or OFFLINE_CONCURRENCY
+        ns.rate = ns.rate or raw.get("fetch", {}).get("rate") or OFFLINE_RATE
+        ns.concurrency = ns.concurrency or raw.get("fetch", {}).get("concurrency") or OFFLINE_CONCURRENCY
         _print_summary("fetch", fetch(_fetch_args_from(ns, raw, cutout_url=server.url), client=client).to_dict())
 
 

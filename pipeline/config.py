@@ -104,7 +104,7 @@ class IngestArgs:
     format: Literal["auto", "fits", "parquet", "csv"] = "auto"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "workspace", as_workspace(self.workspace))
+        object.__setattr__(self, "workspace", _workspace(self.workspace))
         object.__setattr__(self, "inputs", tuple(str(p) for p in self.inputs))
         object.__setattr__(self, "columns", dict(self.columns))
         if not self.inputs:
@@ -136,7 +136,7 @@ class LabelArgs:
     plots: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "workspace", as_workspace(self.workspace))
+        object.__setattr__(self, "workspace", _workspace(self.workspace))
         object.__setattr__(self, "split", tuple(float(s) for s in self.split))
         if self.scheme not in SCHEMES:
             raise ConfigError(f"label.scheme must be one of {', '.join(SCHEMES)} (got {self.scheme!r})")
@@ -178,7 +178,7 @@ class FetchArgs:
     restart: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "workspace", as_workspace(self.workspace))
+        object.__setattr__(self, "workspace", _workspace(self.workspace))
         object.__setattr__(self, "pixscale_bounds", tuple(float(b) for b in self.pixscale_bounds))
         for key in ("size", "image_size", "concurrency", "shard_images", "inner_images"):
             _positive(f"fetch.{key}", getattr(self, key))
@@ -200,6 +200,13 @@ class FetchArgs:
                 f"fetch.shard_images ({self.shard_images}) must be a multiple of "
                 f"fetch.inner_images ({self.inner_images})"
             )
+
+
+def _workspace(value: Workspace | str | Path) -> Workspace:
+    try:
+        return as_workspace(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _positive(key: str, value: int | None, optional: bool = False) -> None:
@@ -241,6 +248,8 @@ def load_config(path: Path | str | None) -> dict[str, Any]:
                     allowed = sorted(set(hints) - {"workspace", "inputs", "out"})
                     raise ConfigError(f"{path}: unknown key {key}.{sub}; known keys of [{key}]: {', '.join(allowed)}")
                 _check_type(f"{key}.{sub}", subvalue, hints[sub], path)
+        elif key == "workspace" and not isinstance(value, str):
+            raise ConfigError(f'{path}: workspace = {value!r} must be a path in quotes, e.g. workspace = "ws"')
         elif key not in TOP_LEVEL_KEYS | SELF_CHECKED_TABLES:
             known = ", ".join(sorted(TOP_LEVEL_KEYS | SELF_CHECKED_TABLES | set(SECTIONS)))
             raise ConfigError(f"{path}: unknown key {key!r}; known top-level keys and tables: {known}")
@@ -260,7 +269,11 @@ def _matches(value: Any, hint: Any) -> bool:
     if origin is Literal:
         return value in get_args(hint)
     if origin in (tuple,):
-        return isinstance(value, list | tuple) and all(_matches(v, get_args(hint)[0]) for v in value)
+        args = get_args(hint)
+        fixed = len(args) != 2 or args[1] is not Ellipsis
+        if not isinstance(value, list | tuple) or (fixed and len(value) != len(args)):
+            return False
+        return all(_matches(v, args[0]) for v in value)
     if origin in (Mapping, dict):
         return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
     if hint is float:
@@ -281,7 +294,8 @@ def _describe(hint: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(hint))
     if origin is tuple:
-        return "a list of numbers"
+        args = get_args(hint)
+        return "a list of values" if len(args) == 2 and args[1] is Ellipsis else f"a list of {len(args)} numbers"
     if origin in (Mapping, dict):
         return "a table of strings"
     return getattr(hint, "__name__", str(hint))

@@ -16,12 +16,15 @@ constant image (all black outside the survey footprint) means no coverage.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import email.utils
 import io
+import math
 import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import aiohttp
@@ -184,7 +187,8 @@ async def _attempt(session: aiohttp.ClientSession, url: str, settings: ClientSet
             stats.http[code] = stats.http.get(code, 0) + 1
             if code == 429:
                 stats.throttled += 1
-                wait = retry_after_seconds(response.headers.get("Retry-After"), settings.backoff_s)
+                wait = min(retry_after_seconds(response.headers.get("Retry-After"), settings.backoff_s),
+                           settings.deadline_s)  # fmt: skip
                 pacer.pause(wait)
                 return Outcome(FAILED, reason=f"HTTP 429 (Retry-After {wait:g}s)", http_status=code, retry=True)
             if code in RETRYABLE_HTTP:
@@ -222,12 +226,14 @@ async def _fetch_one(
     rng: random.Random,
 ) -> Outcome:
     """Try one cutout until it is final, the retries are spent or its deadline has passed."""
-    deadline = time.monotonic() + settings.deadline_s
+    deadline = math.inf  # starts with the first attempt: time queued behind the rate limit is not counted
     outcome = Outcome(FAILED, reason="never attempted")
     attempts, failures = 0, 0  # a 429 costs no retry: it is the service pacing us, bounded by the deadline
     while failures <= settings.retries:
         async with slots:
             await pacer.wait()
+            if attempts == 0:
+                deadline = time.monotonic() + settings.deadline_s
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 outcome.reason = f"deadline of {settings.deadline_s:g}s passed; last: {outcome.reason}"
@@ -270,18 +276,34 @@ async def fetch_many(urls: Sequence[str], settings: ClientSettings, seed: int = 
     return list(outcomes), stats
 
 
-async def probe(url: str, timeout_s: float = 10.0, attempts: int = 3) -> int:
-    """HTTP status of one tiny cutout request; FetchError when the server cannot be reached."""
+def run_async(coro: Any) -> Any:
+    """``asyncio.run(coro)``, also from code already inside an event loop (a notebook): then in a thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+async def probe(url: str, layer: str = "ls-dr10", timeout_s: float = 10.0, attempts: int = 3) -> int:
+    """HTTP status of one tiny cutout request; FetchError when the server cannot be reached or
+    answers that the endpoint or layer does not exist (4xx other than 429)."""
     last: Exception | None = None
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
     for _ in range(attempts):
         try:
             async with (
                 aiohttp.ClientSession() as session,
-                session.get(
-                    cutout_url(url, 180.0, 30.0, 8, 1.0, "ls-dr10"), timeout=aiohttp.ClientTimeout(total=timeout_s)
-                ) as r,
+                session.get(cutout_url(url, 180.0, 30.0, 8, 1.0, layer), timeout=timeout) as response,
             ):
-                return r.status
+                if 400 <= response.status < 500 and response.status != 429:
+                    text = (await response.text(errors="replace"))[:200].strip()
+                    raise FetchError(
+                        f"the cutout service at {url} answered HTTP {response.status} ({text}) to a test request; "
+                        "check the endpoint path (…/viewer/cutout.jpg) and --layer"
+                    )
+                return response.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             last = exc
     raise FetchError(

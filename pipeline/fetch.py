@@ -13,12 +13,12 @@ most the shards in flight. Failures, with their reasons, go to ``WS/cube_failure
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,15 @@ from distributed import Client, as_completed
 
 from cluster.client import progress_enabled
 from pipeline.config import FetchArgs
-from pipeline.cutouts import ClientSettings, check_cutout_url, cutout_url, fetch_many, pixscale_for, probe
+from pipeline.cutouts import (
+    ClientSettings,
+    check_cutout_url,
+    cutout_url,
+    fetch_many,
+    pixscale_for,
+    probe,
+    run_async,
+)
 from pipeline.errors import FetchError, WorkspaceError
 from storage.cube import (
     FINAL_CODES,
@@ -79,7 +87,7 @@ def fetch_shard(job: ShardJob) -> ShardResult:
     if images is None:
         size = cube.layout.image_size
         images = np.zeros((len(rows), size, size, 3), dtype=np.uint8)
-    outcomes, stats = asyncio.run(fetch_many(job.urls, job.settings, seed=job.shard))
+    outcomes, stats = run_async(fetch_many(job.urls, job.settings, seed=job.shard))
     result = ShardResult(job.shard, {}, requests=stats.requests, retries=stats.retries,
                          throttled=stats.throttled, bytes=stats.bytes)  # fmt: skip
     objid = cube.objid[rows.start : rows.stop]
@@ -105,6 +113,8 @@ def read_fetch_inputs(ws: Workspace) -> pd.DataFrame:
         raise WorkspaceError(
             f"{ws.root} has no labels; run `agnsurvey ingest` and `agnsurvey label --workspace {ws.root}` first"
         )
+    if not any(ws.labels.glob("*.parquet")):
+        raise WorkspaceError(f"{ws.labels} holds no labelled galaxies; see {ws.manifest_path('label')} for why")
     columns = ["cube_index", "objid", "ra", "dec", "radius_arcsec"]
     labels = pd.read_parquet(ws.labels, columns=columns).sort_values("cube_index").reset_index(drop=True)
     if not np.array_equal(labels["cube_index"].to_numpy(), np.arange(len(labels))):
@@ -117,11 +127,15 @@ def prepare_cube(args: FetchArgs, labels: pd.DataFrame) -> Cube:
     ws = args.workspace
     pixscale, usable = pixscale_for(labels["radius_arcsec"].to_numpy(), args.size, args.radius_scale,
                                     args.pixscale_bounds)  # fmt: skip
-    attrs = {"layer": args.layer, "size": args.size, "radius_scale": args.radius_scale, "pixscale_unit": "arcsec/pixel"}
+    attrs = {"layer": args.layer, "size": args.size, "radius_scale": args.radius_scale,
+             "pixscale_bounds": list(args.pixscale_bounds), "pixscale_unit": "arcsec/pixel"}  # fmt: skip
     layout = CubeLayout(len(labels), args.image_size, args.shard_images, args.inner_images)
     if ws.cube.exists() and not args.restart:
-        cube = open_cube(ws.cube)
-        mismatch = _mismatch(cube, layout, attrs, labels["objid"].to_numpy())
+        try:
+            cube = open_cube(ws.cube)
+        except (KeyError, FileNotFoundError, ValueError) as exc:
+            raise FetchError(f"{ws.cube} is incomplete ({exc!r}); pass --restart to make it anew") from None
+        mismatch = _mismatch(cube, layout, attrs, labels["objid"].to_numpy(), pixscale)
         if mismatch:
             raise FetchError(
                 f"{ws.cube} was made for other inputs ({mismatch}); pass --restart to discard it and fetch anew"
@@ -131,7 +145,7 @@ def prepare_cube(args: FetchArgs, labels: pd.DataFrame) -> Cube:
     return create_cube(ws.cube, layout, labels["objid"].to_numpy(), pixscale, status, attrs)
 
 
-def _mismatch(cube: Cube, layout: CubeLayout, attrs: dict, objid: np.ndarray) -> str:
+def _mismatch(cube: Cube, layout: CubeLayout, attrs: dict, objid: np.ndarray, pixscale: np.ndarray) -> str:
     if cube.layout != layout:
         return f"layout {cube.layout} != {layout}"
     for key, value in attrs.items():
@@ -139,16 +153,24 @@ def _mismatch(cube: Cube, layout: CubeLayout, attrs: dict, objid: np.ndarray) ->
             return f"{key} {cube.attrs.get(key)!r} != {value!r}"
     if not np.array_equal(cube.objid[:], objid):
         return "the labelled galaxies differ"
+    if not np.array_equal(cube.pixscale[:], pixscale.astype(np.float32), equal_nan=True):
+        return "the radii, hence the pixscales, differ"
     return ""
 
 
+def tasks_at_once(args: FetchArgs, n_jobs: int, threads: int) -> int:
+    """Fetch tasks running together: one per worker thread, at most one per job and per request slot."""
+    return max(1, min(threads, n_jobs, args.concurrency))
+
+
 def plan_jobs(args: FetchArgs, cube: Cube, labels: pd.DataFrame, parallel: int) -> list[ShardJob]:
-    """One job per shard that has rows without a final status; rate and concurrency shared out."""
+    """One job per shard that has rows without a final status; rate and concurrency shared out
+    over the ``parallel`` tasks that run at once."""
     status = cube.status[:]
     todo = ~np.isin(status, FINAL_CODES)
     pixscale = cube.pixscale[:]
     shards = sorted({int(r) // cube.layout.shard_images for r in np.flatnonzero(todo)})
-    share = max(1, min(parallel, len(shards)))
+    share = tasks_at_once(args, len(shards), parallel)
     settings = ClientSettings(
         cutout_url=args.cutout_url,
         layer=args.layer,
@@ -170,14 +192,23 @@ def plan_jobs(args: FetchArgs, cube: Cube, labels: pd.DataFrame, parallel: int) 
     return jobs
 
 
-def _run_jobs(jobs: list[ShardJob], client: Client | None) -> Iterator[ShardResult]:
-    """Results as shards finish: on the cluster, or one after another in this process."""
+def _run_jobs(jobs: list[ShardJob], client: Client | None, at_once: int) -> Iterator[ShardResult]:
+    """Results as shards finish: on the cluster with at most ``at_once`` tasks running (the totals
+    for rate and concurrency were shared out over that many), or one after another in this process."""
     if client is None:
         yield from map(fetch_shard, jobs)
         return
-    futures = client.map(fetch_shard, jobs, pure=False)
-    for future in as_completed(futures):
-        yield future.result()
+    pending = iter(jobs)
+    running = as_completed([client.submit(fetch_shard, job, pure=False) for job in islice(pending, at_once)])
+    try:
+        for future in running:
+            result = future.result()
+            for job in islice(pending, 1):
+                running.add(client.submit(fetch_shard, job, pure=False))
+            yield result
+    except BaseException:
+        client.cancel(list(running.futures))
+        raise
 
 
 def fetch(args: FetchArgs, client: Client | None = None) -> Manifest:
@@ -185,17 +216,21 @@ def fetch(args: FetchArgs, client: Client | None = None) -> Manifest:
     check_cutout_url(args.cutout_url)
     ws = args.workspace
     labels = read_fetch_inputs(ws)
-    asyncio.run(probe(args.cutout_url))
     manifest = Manifest(stage="fetch", parameters=_parameters(args))
     manifest.inputs = [{"path": str(ws.labels), "rows": len(labels)}]
+    fresh = args.restart or not ws.cube.exists()
+    if fresh:  # before a cube is made: an unreachable service leaves the workspace as it was
+        run_async(probe(args.cutout_url, args.layer))
     cube = prepare_cube(args, labels)
-    parallel = sum(client.nthreads().values()) if client is not None else 1
-    jobs = plan_jobs(args, cube, labels, parallel)
+    threads = sum(client.nthreads().values()) if client is not None else 1
+    jobs = plan_jobs(args, cube, labels, threads)
+    if jobs and not fresh:  # a finished cube needs no network to confirm it
+        run_async(probe(args.cutout_url, args.layer))
     requested = sum(len(j.rows) for j in jobs)
     totals = ShardResult(-1, {})
     started = time.monotonic()
     show = progress_enabled()
-    for result in _run_jobs(jobs, client):
+    for result in _run_jobs(jobs, client, tasks_at_once(args, len(jobs), threads)):
         for key, n in result.statuses.items():
             totals.statuses[key] = totals.statuses.get(key, 0) + n
         totals.failures.extend(result.failures)

@@ -165,11 +165,11 @@ def ingest(args: IngestArgs, client: Client | None = None) -> Manifest:
             writes.append(delayed(_sort_and_write)(pieces, starts[group.start : group.stop], paths))
         compute(*writes, client=client)
         shard_rows = finish_shards(tmp)
+        if sum(shard_rows) != kept:  # inside the block: a wrong catalog never replaces a good one
+            raise RuntimeError(f"ingest wrote {sum(shard_rows)} rows but kept {kept}: a bug, please report")
     if client is not None:
         client.cancel(list(parts))
     manifest.rows_out = sum(shard_rows)
-    if manifest.rows_out != kept:
-        raise RuntimeError(f"ingest wrote {manifest.rows_out} rows but kept {kept}: a bug, please report")
     manifest.outputs = {
         "catalog": str(ws.catalog),
         "shards": len(shard_rows),

@@ -26,10 +26,15 @@ def write_shard(frame: pd.DataFrame, path: Path, dictionary_columns: Sequence[st
     return table.num_rows
 
 
+def shard_number(path: Path) -> int:
+    """The k of ``part-k.parquet``."""
+    return int(path.stem.removeprefix("part-"))
+
+
 def finish_shards(directory: Path) -> list[int]:
     """Remove zero-row shards and renumber the rest in order; returns the rows of each shard."""
     rows = []
-    for path in sorted(directory.glob(SHARD_GLOB)):
+    for path in sorted(directory.glob(SHARD_GLOB), key=shard_number):  # numeric: part-100000 after part-99999
         n = pq.read_metadata(path).num_rows
         if n == 0:
             path.unlink()

@@ -26,7 +26,14 @@ class Workspace:
     root: Path
 
     def __post_init__(self) -> None:
+        if "://" in str(self.root):
+            raise ValueError(
+                f"workspace {self.root!r}: only local paths are supported so far (mount the bucket, or use a "
+                "shared file system that every worker sees)"
+            )
         object.__setattr__(self, "root", Path(self.root).expanduser().absolute())
+        if self.root.exists() and not self.root.is_dir():
+            raise ValueError(f"workspace {self.root} is a file; give a directory (it is created if missing)")
 
     @property
     def catalog(self) -> Path:
@@ -69,7 +76,7 @@ class Workspace:
 
 def as_workspace(value: Workspace | str | Path) -> Workspace:
     """A :class:`Workspace` from itself or from a path."""
-    return value if isinstance(value, Workspace) else Workspace(Path(value))
+    return value if isinstance(value, Workspace) else Workspace(value)
 
 
 @contextmanager
@@ -80,7 +87,10 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     hidden ``.final.tmp-*`` directory that the next run removes.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".{final.name}.tmp-*"):
+    olds = sorted(final.parent.glob(f".{final.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds and not final.exists():  # killed between the two renames last time: put the old output back
+        os.replace(olds.pop(), final)
+    for stale in [*olds, *final.parent.glob(f".{final.name}.tmp-*")]:
         shutil.rmtree(stale, ignore_errors=True)
     tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()

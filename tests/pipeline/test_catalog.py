@@ -196,3 +196,38 @@ def test_fits_chunk_reads_only_its_rows_and_columns(tmp_path):
     tracemalloc.stop()
     assert len(frame) == 1000 and frame["objid"].iloc[0] == rows["NSAID"][57_000]
     assert peak < 1e6, f"reading 1,000 rows allocated {peak / 1e6:.1f} MB"
+
+
+def test_csv_string_ids_keep_leading_zeros_in_every_chunk(tmp_path, monkeypatch):
+    rows = rows_frame(nsa_rows(400)).drop(columns="NSAID")
+    rows["name"] = [f"{i:05d}" if i % 50 else f"X{i:04d}" for i in range(400)]  # numeric-looking, mostly
+    rows.to_csv(tmp_path / "ids.csv", index=False)
+    monkeypatch.setattr(catalog, "CSV_CHUNK_BYTES", 2048)
+    frame = read_all(str(tmp_path / "ids.csv"), columns={"objid": "name"})
+    assert list(frame["source_id"]) == list(rows["name"])
+
+
+def test_missing_string_ids_are_an_error(tmp_path):
+    rows = rows_frame(nsa_rows(5)).drop(columns="NSAID")
+    rows["name"] = ["a", "", "c", None, "e"]
+    rows.to_csv(tmp_path / "gaps.csv", index=False)
+    with pytest.raises(CatalogError, match=r"gaps.csv: id column 'name' is empty in 2 rows"):
+        read_all(str(tmp_path / "gaps.csv"), columns={"objid": "name"})
+
+
+def test_compressed_and_tab_separated_csv(tmp_path, nsa_fits):
+    path, rows = nsa_fits
+    table = rows_frame(rows)
+    table.to_csv(tmp_path / "cat.csv.gz", index=False)
+    table.to_csv(tmp_path / "cat.tsv", index=False, sep="\t")
+    want = read_all(str(path))
+    for name in ("cat.csv.gz", "cat.tsv"):
+        pd.testing.assert_frame_equal(read_all(str(tmp_path / name)), want, rtol=1e-6)
+
+
+def test_truncated_fits_is_named_as_such(tmp_path, nsa_fits):
+    path, _ = nsa_fits
+    half = tmp_path / "half.fits"
+    half.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CatalogError, match=r"half.fits: FITS table is truncated .*re-download"):
+        inspect_all([str(half)])

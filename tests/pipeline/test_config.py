@@ -72,3 +72,18 @@ def test_missing_workspace(tmp_path):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match=r"does not exist"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_fixed_length_lists_and_workspace_type(tmp_path):
+    with pytest.raises(ConfigError, match=r"fetch.pixscale_bounds = \[0.5\] has the wrong type; expected a list of 2"):
+        load_config(write(tmp_path, "[fetch]\npixscale_bounds = [0.5]\n"))
+    with pytest.raises(ConfigError, match=r"workspace = 5 must be a path in quotes"):
+        load_config(write(tmp_path, "workspace = 5\n"))
+
+
+def test_workspace_must_be_a_local_directory(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match=r"is a file; give a directory"):
+        LabelArgs(workspace=tmp_path / "afile")
+    with pytest.raises(ConfigError, match=r"only local paths are supported"):
+        LabelArgs(workspace="s3://bucket/ws")

@@ -149,3 +149,26 @@ def test_client_rate_limit_spaces_requests():
         asyncio.run(fetch_many(urls, ClientSettings(url, size=16, image_size=16, concurrency=8, rate=20.0)))
     times = sorted(t for t, _ in log)
     assert times[-1] - times[0] >= 10 / 20.0 * 0.95  # 11 starts at 20/s need >= 0.5 s
+
+
+def test_deadline_does_not_count_time_queued_behind_the_rate_limit():
+    image = np.random.default_rng(4).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+
+    async def handler(request):
+        return web.Response(body=jpeg(image), content_type="image/jpeg")
+
+    with serve_in_thread(handler) as (url, _):
+        urls = [cutout_url(url, 1.0 + i, 0.0, 16, 0.2, "x") for i in range(30)]
+        settings = ClientSettings(url, size=16, image_size=16, concurrency=4, rate=20.0, deadline_s=0.5)
+        outcomes, _ = asyncio.run(fetch_many(urls, settings))  # the last starts ~1.5 s in: past 0.5 s, yet ok
+    assert [o.status for o in outcomes] == ["ok"] * 30
+
+
+def test_probe_refuses_a_wrong_endpoint():
+    async def handler(request):
+        return web.Response(status=404, text="Not Found")
+
+    from pipeline.cutouts import probe
+
+    with serve_in_thread(handler) as (url, _), pytest.raises(FetchError, match=r"answered HTTP 404 .*endpoint path"):
+        asyncio.run(probe(url))

@@ -168,3 +168,43 @@ def test_small_cube_with_the_default_layout(tmp_path):
     images = zarr.open_group(str(tmp_path / "cube.zarr"), mode="r")["images"]
     assert m.rows_out == 13 and images.shape == (13, 128, 128, 3) and images.chunks == (8, 128, 128, 3)
     assert images[12].any()
+
+
+def test_resume_refuses_a_cube_made_for_other_radii(tmp_path):
+    write_labels(tmp_path, [150.0, 150.1], [2.0, 2.0], [10.0, 10.0])
+    with noise_server() as (url, _):
+        fetch(FetchArgs(workspace=tmp_path, cutout_url=url, size=64, image_size=32, rate=500))
+        labels = pd.read_parquet(tmp_path / "labels")
+        labels["radius_arcsec"] = np.float32(4.0)  # re-labelled with another radius column
+        labels.to_parquet(tmp_path / "labels" / "part-00000.parquet")
+        (tmp_path / "labels" / "part-00001.parquet").unlink()
+        with pytest.raises(FetchError, match=r"radii, hence the pixscales, differ.*--restart"):
+            fetch(FetchArgs(workspace=tmp_path, cutout_url=url, size=64, image_size=32, rate=500))
+
+
+def test_fetch_from_inside_an_event_loop(tmp_path):
+    """A notebook runs code inside an event loop; the stage must still work there."""
+    import asyncio
+
+    write_labels(tmp_path, [150.0, 150.1], [2.0, 2.0], [10.0, 10.0])
+
+    async def notebook_cell(url):
+        return fetch(FetchArgs(workspace=tmp_path, cutout_url=url, size=64, image_size=32, rate=500))
+
+    with noise_server() as (url, _):
+        assert asyncio.run(notebook_cell(url)).rows_out == 2
+
+
+def test_empty_labels_are_a_clear_error(tmp_path):
+    (tmp_path / "labels").mkdir()
+    with pytest.raises(WorkspaceError, match=r"holds no labelled galaxies"):
+        fetch(FetchArgs(workspace=tmp_path, cutout_url="http://127.0.0.1:9/viewer/cutout.jpg"))
+
+
+def test_tasks_at_once_never_exceed_the_request_slots(tmp_path):
+    from pipeline.fetch import tasks_at_once
+
+    args = FetchArgs(workspace=tmp_path, cutout_url="http://h/c.jpg", concurrency=4)
+    assert tasks_at_once(args, n_jobs=50, threads=16) == 4
+    assert tasks_at_once(args, n_jobs=2, threads=16) == 2
+    assert tasks_at_once(args, n_jobs=50, threads=1) == 1

@@ -165,3 +165,13 @@ def test_min_snr_needs_error_columns(tmp_path, synchronous):
 def test_label_without_ingest(tmp_path):
     with pytest.raises(WorkspaceError, match=r"run `agnsurvey ingest CATALOG --workspace"):
         label(LabelArgs(workspace=tmp_path / "empty"))
+
+
+def test_no_labelled_galaxy_is_an_error_and_keeps_old_labels(tmp_path, synchronous):
+    rows = nsa_rows(20)
+    ws = ingested(tmp_path, rows)
+    label(LabelArgs(workspace=ws, plots=False))
+    before = read_labels(Workspace(ws))
+    with pytest.raises(CatalogError, match=r"no galaxy in .* passed the flux cuts \(low S/N.*lower --min-snr"):
+        label(LabelArgs(workspace=ws, min_snr=1e6, plots=False))
+    pd.testing.assert_frame_equal(read_labels(Workspace(ws)), before)

@@ -1,0 +1,43 @@
+"""Atomic directory replacement: a killed or failed run never loses the previous complete output."""
+
+import os
+
+import pandas as pd
+import pytest
+
+from storage.shards import finish_shards
+from storage.workspace import atomic_directory
+
+
+def test_failure_keeps_the_old_output(tmp_path):
+    final = tmp_path / "labels"
+    with atomic_directory(final) as tmp:
+        (tmp / "a").write_text("old")
+    with pytest.raises(RuntimeError), atomic_directory(final) as tmp:
+        (tmp / "a").write_text("half")
+        raise RuntimeError("killed")
+    assert (final / "a").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["labels"]
+
+
+def test_kill_between_the_two_renames_is_repaired(tmp_path):
+    final = tmp_path / "labels"
+    with atomic_directory(final) as tmp:
+        (tmp / "a").write_text("old")
+    os.replace(final, tmp_path / ".labels.old-12345678")  # as if killed right after the first rename
+    (tmp_path / ".labels.tmp-abcdef12").mkdir()
+    with pytest.raises(RuntimeError), atomic_directory(final):
+        raise RuntimeError("this run fails too")
+    assert (final / "a").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels"]
+
+
+def test_finish_shards_renumbers_in_numeric_order(tmp_path):
+    for k, n in ((3, 2), (99_999, 1), (100_000, 4), (7, 0)):
+        pd.DataFrame({"x": range(n)}).to_parquet(tmp_path / f"part-{k:05d}.parquet")
+    assert finish_shards(tmp_path) == [2, 1, 4]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "part-00000.parquet",
+        "part-00001.parquet",
+        "part-00002.parquet",
+    ]
+    assert len(pd.read_parquet(tmp_path / "part-00002.parquet")) == 4

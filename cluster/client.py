@@ -7,7 +7,6 @@ GPU; falls back to ``local`` with a warning when CUDA or dask-cuda is missing), 
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -16,8 +15,6 @@ from typing import Any
 
 import dask
 from distributed import Client, LocalCluster
-
-log = logging.getLogger(__name__)
 
 
 class ClusterSpecError(ValueError):

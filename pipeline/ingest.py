@@ -17,7 +17,6 @@ leaves the previous catalog intact.
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -34,8 +33,6 @@ from pipeline.healpix import HEALPIX_ORDER, healpix29
 from storage.manifest import Manifest, file_checksum
 from storage.shards import SHARD_NAME, finish_shards, write_shard
 from storage.workspace import Workspace, as_workspace, atomic_directory
-
-log = logging.getLogger(__name__)
 
 DROP_BAD_COORDINATES = "bad_coordinates"
 DROP_DUPLICATE_ID = "duplicate_objid"

@@ -163,15 +163,14 @@ def label(args: LabelArgs, client: Client | None = None) -> Manifest:
         shard_rows = finish_shards(tmp)
         if [t[2] for t in tallies] != list(labelled):
             raise RuntimeError("label wrote other row counts than it counted: a bug, please report")
+        summary = pd.concat([t[0] for t in tallies], ignore_index=True)
         if not shard_rows:  # raised inside the block: the previous labels stay
-            summary = pd.concat([t[0] for t in tallies], ignore_index=True)
             reasons = summary.groupby("_problems")["n"].sum().sort_values(ascending=False)
             worst = "; ".join(f"{describe_problems(int(m))}: {int(n):,}" for m, n in reasons.head(4).items())
             raise CatalogError(
                 f"no galaxy in {ws.catalog} passed the flux cuts ({worst}); check the line-flux column map"
                 + (" or lower --min-snr" if args.min_snr is not None else "")
             )
-    summary = pd.concat([t[0] for t in tallies], ignore_index=True)
     hist = plots.sum_counts([t[1] for t in tallies])
 
     totals = summary.groupby(["_problems", "bpt_class"])["n"].sum().reset_index()

@@ -7,6 +7,9 @@ GPU; falls back to ``local`` with a warning when CUDA or dask-cuda is missing), 
 
 from __future__ import annotations
 
+import json
+import logging
+import signal
 import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -14,11 +17,27 @@ from pathlib import Path
 from typing import Any
 
 import dask
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, WorkerPlugin
 
 
 class ClusterSpecError(ValueError):
     """The cluster spec names nothing we can connect to."""
+
+
+class QuietWorkers(WorkerPlugin):
+    """For workers this process started: Ctrl-C is the client's to handle (a terminal sends SIGINT
+    to the whole process group; workers that die of it print tracebacks), and a task's error is
+    reported once, by the client, not also as the worker's "Compute Failed" log block."""
+
+    name = "agnsurvey-quiet-workers"
+
+    def __init__(self, debug: bool = False):
+        self.debug = debug
+
+    def setup(self, worker: Any) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # worker plugins are set up on the worker's main thread
+        if not self.debug:
+            logging.getLogger("distributed.worker").setLevel(logging.CRITICAL)
 
 
 @contextmanager
@@ -27,26 +46,47 @@ def connect(
     n_workers: int | None = None,
     threads_per_worker: int | None = None,
     memory_limit: str = "auto",
+    debug: bool = False,
 ) -> Iterator[Client]:
-    """Yield a connected :class:`distributed.Client`; embedded clusters are closed on exit."""
+    """Yield a connected :class:`distributed.Client`; embedded clusters are closed on exit.
+
+    Workers of an embedded cluster ignore Ctrl-C (the client stops them) and, unless ``debug``,
+    do not log a task's error a second time.
+    """
     with ExitStack() as stack:
         if spec in ("local", "local-cuda"):
-            cluster = stack.enter_context(_local_cluster(spec, n_workers, threads_per_worker, memory_limit))
+            default_sigint = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the worker processes started now
+            try:
+                cluster = stack.enter_context(_local_cluster(spec, n_workers, threads_per_worker, memory_limit))
+            finally:
+                signal.signal(signal.SIGINT, default_sigint)
             client = stack.enter_context(Client(cluster))
+            client.register_plugin(QuietWorkers(debug))  # also applied to workers that restart later
         elif spec.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
             client = stack.enter_context(Client(spec, timeout="20s"))
         elif Path(spec).is_file():
-            try:
-                client = stack.enter_context(Client(scheduler_file=spec, timeout="20s"))
-            except ValueError as exc:  # not JSON, or no address in it
-                raise ClusterSpecError(f"scheduler file {spec} is not readable ({exc}); pass the file that "
-                                       "`dask scheduler --scheduler-file` wrote") from None  # fmt: skip
+            client = stack.enter_context(Client(scheduler_file=scheduler_address(spec), timeout="20s"))
         else:
             raise ClusterSpecError(
                 f"cluster spec {spec!r} is not 'local', 'local-cuda', a scheduler address "
                 "(tcp://host:8786) or an existing scheduler file; fix --cluster"
             )
         yield client
+
+
+def scheduler_address(path: str) -> str:
+    """``path`` after checking it is a scheduler file (JSON with an ``address``); a clear error if not."""
+    fix = "pass the file that `dask scheduler --scheduler-file FILE` wrote, or the address tcp://host:8786"
+    try:
+        info = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ClusterSpecError(f"scheduler file {path} cannot be read ({exc.strerror}); {fix}") from None
+    except (ValueError, UnicodeDecodeError):
+        raise ClusterSpecError(f"scheduler file {path} is not JSON; {fix}") from None
+    if not isinstance(info, dict) or not isinstance(info.get("address"), str):
+        raise ClusterSpecError(f"scheduler file {path} has no scheduler address in it; {fix}")
+    return path
 
 
 def _local_cluster(spec: str, n_workers: int | None, threads: int | None, memory_limit: str) -> Any:

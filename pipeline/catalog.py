@@ -6,8 +6,14 @@ anything else. Matching is case-insensitive. Files are inspected (header / schem
 data is read, so a missing or mistyped column fails at once, naming the file, the column and a fix.
 
 Reading is by chunks of rows: a FITS table is memory-mapped and only the needed columns of one
-chunk are copied (native byte order); Parquet is read by row groups; CSV by byte ranges cut at line
-ends. Each chunk becomes one Dask partition, so a 3 GB file never sits in one process's memory.
+chunk are copied (native byte order); Parquet is read by row groups; CSV by byte ranges that start
+where a record starts (a scan of the quotes finds them; a file whose quoting cannot be followed
+exactly is read by one task). Each chunk becomes one Dask partition, so a 3 GB file never sits in
+one process's memory.
+
+Ids are never changed silently: an integer id column must hold exact int64 integers in every row
+(an error names the file, column, row and value otherwise); ids that are text (``--id-kind
+string``, or a text column) are kept exactly as ``source_id`` with their stable hash as ``objid``.
 """
 
 from __future__ import annotations
@@ -17,20 +23,25 @@ import glob
 import hashlib
 import io
 import os
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import CANONICAL_COLUMNS
 from pipeline.errors import CatalogError
 
 Format = Literal["fits", "parquet", "csv"]
+IdKind = Literal["auto", "int", "string"]
+ID_KINDS: tuple[str, ...] = ("auto", "int", "string")
 
 LINE_COLUMNS: tuple[str, ...] = ("ha_flux", "nii_flux", "hb_flux", "oiii_flux")
 ERROR_COLUMNS: tuple[str, ...] = tuple(f"{c}_err" for c in LINE_COLUMNS)
@@ -59,6 +70,8 @@ FLOAT64_COLUMNS = ("ra", "dec")
 FLOAT32_COLUMNS = tuple(c for c in CANONICAL_COLUMNS if c not in ("objid", "ra", "dec"))
 
 CSV_CHUNK_BYTES = 64 << 20
+CSV_SAMPLE_ROWS = 2000  # rows read to tell the type of a CSV column
+INT64_MAX = np.iinfo(np.int64).max
 
 
 @dataclass(frozen=True)
@@ -76,7 +89,12 @@ class CatalogSource:
 
     @property
     def has_lines(self) -> bool:
-        return all(c in self.mapping for c in LINE_COLUMNS)
+        return not self.missing_lines
+
+    @property
+    def missing_lines(self) -> tuple[str, ...]:
+        """The canonical line-flux columns this file has no source column for."""
+        return tuple(c for c in LINE_COLUMNS if c not in self.mapping)
 
     @property
     def looks_like_nsa_v1(self) -> bool:
@@ -87,6 +105,7 @@ class CatalogSource:
         return {
             "path": self.path,
             "format": self.format,
+            **({"hdu": self.hdu} if self.format == "fits" else {}),
             "bytes": self.n_bytes,
             "rows": self.n_rows,
             "columns": dict(self.mapping),
@@ -98,7 +117,8 @@ class CatalogSource:
 
 @dataclass(frozen=True)
 class Chunk:
-    """A slice of one source that one task reads: rows [start, stop) or a byte range for CSV."""
+    """A slice of one source that one task reads: rows [start, stop) of a FITS or Parquet file
+    (Parquet: whole ``row_groups``), or for CSV the bytes [start, stop), where records start."""
 
     source: CatalogSource
     number: int
@@ -158,18 +178,35 @@ def inspect_source(
     columns: Mapping[str, str] | None = None,
     radius_column: str = DEFAULT_RADIUS_COLUMN,
     fmt: str = "auto",
+    hdu: int | None = None,
+    id_kind: IdKind = "auto",
 ) -> CatalogSource:
-    """Read a file's header or schema (no data) and resolve + type-check the canonical columns."""
+    """Read a file's header or schema (no data) and resolve + type-check the canonical columns.
+
+    ``hdu``: the FITS extension holding the table (None: the first table HDU). ``id_kind``:
+    ``string`` keeps ids as text (``source_id``), ``int`` requires integers, ``auto`` goes by the
+    column's type (a CSV column is text when none of its first values is a plain number).
+    """
     kind: Format = sniff_format(path) if fmt == "auto" else fmt  # type: ignore[assignment]
     n_bytes = os.path.getsize(path)
     if n_bytes == 0:
         raise CatalogError(f"{path}: file is empty; re-create or re-download it")
-    reader = {"fits": _fits_schema, "parquet": _parquet_schema, "csv": _csv_schema}[kind]
-    kinds, n_rows, hdu = reader(path)
+    if hdu is not None and kind != "fits":
+        raise CatalogError(f"{path}: --hdu applies to FITS files only; this one is {kind}")
+    tables: list[tuple[int, str, int]] = []
+    if kind == "fits":
+        kinds, n_rows, hdu, tables = _fits_schema(path, hdu)
+    else:
+        kinds, n_rows, hdu = (_parquet_schema if kind == "parquet" else _csv_schema)(path)
     if n_rows == 0:
         raise CatalogError(f"{path}: catalog has no rows; remove it from the inputs")
-    mapping = resolve_columns(path, list(kinds), columns or {}, radius_column)
-    string_id = _check_types(path, mapping, kinds)
+    try:
+        mapping = resolve_columns(path, list(kinds), columns or {}, radius_column)
+    except CatalogError as exc:
+        if len(tables) > 1 or (tables and hdu != 1):
+            raise CatalogError(f"{exc}\n  {_hdu_note(hdu, tables)}") from None
+        raise
+    string_id = _check_types(path, mapping, kinds, id_kind)
     return CatalogSource(
         path=path,
         format=kind,
@@ -185,28 +222,49 @@ def inspect_source(
 ColumnKind = Literal["int", "float", "string", "bool", "array"]
 
 
-def _fits_schema(path: str) -> tuple[dict[str, ColumnKind], int, int]:
+def _fits_schema(path: str, wanted: int | None) -> tuple[dict[str, ColumnKind], int, int, list[tuple[int, str, int]]]:
+    """Column kinds, rows and number of the table HDU read (``wanted``, or the first table),
+    and every table HDU of the file as (number, name, rows) for messages."""
     from astropy.io import fits
 
     try:
         with fits.open(path, memmap=True) as hdul:
-            for number, hdu in enumerate(hdul):
-                if isinstance(hdu, fits.BinTableHDU | fits.TableHDU):
-                    kinds = {c.name: _fits_kind(c.format) for c in hdu.columns}
-                    info = hdu.fileinfo()
-                    needed = info["datLoc"] + int(hdu.header["NAXIS1"]) * int(hdu.header.get("NAXIS2", 0))
-                    if not path.endswith(".gz") and os.path.getsize(path) < needed:
-                        raise CatalogError(
-                            f"{path}: FITS table is truncated ({os.path.getsize(path):,} of {needed:,} bytes); "
-                            "the file is incomplete: re-download it"
-                        )
-                    return kinds, int(hdu.header.get("NAXIS2", 0)), number
+            tables = [
+                (number, hdu.name, int(hdu.header.get("NAXIS2", 0)))
+                for number, hdu in enumerate(hdul)
+                if isinstance(hdu, fits.BinTableHDU | fits.TableHDU)
+            ]
+            if not tables:
+                raise CatalogError(
+                    f"{path}: FITS file has no table HDU (it has {len(hdul)} HDUs, none a table); "
+                    "the NSA catalog keeps its table in HDU 1"
+                )
+            number = tables[0][0] if wanted is None else wanted
+            if number not in [t[0] for t in tables]:
+                what = "does not exist" if not 0 <= number < len(hdul) else "is not a table"
+                raise CatalogError(f"{path}: HDU {number} {what}. {_hdu_note(None, tables)}")
+            hdu = hdul[number]
+            kinds = {c.name: _fits_kind(c.format) for c in hdu.columns}
+            info = hdu.fileinfo()
+            needed = info["datLoc"] + int(hdu.header["NAXIS1"]) * int(hdu.header.get("NAXIS2", 0))
+            if not path.endswith(".gz") and os.path.getsize(path) < needed:
+                raise CatalogError(
+                    f"{path}: FITS table is truncated ({os.path.getsize(path):,} of {needed:,} bytes); "
+                    "the file is incomplete: re-download it"
+                )
+            return kinds, int(hdu.header.get("NAXIS2", 0)), number, tables
     except (OSError, ValueError, TypeError) as exc:
         raise CatalogError(
             f"{path}: not a readable FITS file ({exc}); check it is complete (re-download) "
             "or give --format if it is not FITS"
         ) from None
-    raise CatalogError(f"{path}: FITS file has no table HDU; the NSA catalog keeps its table in HDU 1")
+
+
+def _hdu_note(read: int | None, tables: Sequence[tuple[int, str, int]]) -> str:
+    """Which HDU was read and which hold tables, with the option that picks another."""
+    listed = ", ".join(f"HDU {n} {name!r} ({rows:,} rows)" for n, name, rows in tables)
+    head = f"Read the table in HDU {read}; " if read is not None else ""
+    return f"{head}tables in this file: {listed}. Pick another with --hdu N."
 
 
 def _fits_kind(tform: object) -> ColumnKind:
@@ -255,25 +313,35 @@ def _csv_separator(path: str) -> str:
 
 
 def _csv_schema(path: str) -> tuple[dict[str, ColumnKind], int | None, int]:
+    """Column kinds from the first rows, read as text: ``string`` when no value is a plain number
+    (an integer with leading zeros, such as 00123, counts as text), ``int`` or ``float`` when every
+    value is one, ``mixed`` otherwise (numeric: each value is checked, and named, when read)."""
     try:
-        sample = pd.read_csv(path, nrows=2000, low_memory=False, sep=_csv_separator(path))
+        sample = pd.read_csv(path, nrows=CSV_SAMPLE_ROWS, dtype=str, sep=_csv_separator(path))
     except pd.errors.EmptyDataError:
         raise CatalogError(f"{path}: CSV file has no header or rows; re-create it") from None
     except (UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise CatalogError(f"{path}: not a readable CSV file ({exc}); check the file") from None
     if sample.empty:
         raise CatalogError(f"{path}: catalog has no rows; remove it from the inputs")
-    kinds: dict[str, ColumnKind] = {}
-    for name, dtype in sample.dtypes.items():
-        if pd.api.types.is_bool_dtype(dtype):
-            kinds[str(name)] = "bool"
-        elif pd.api.types.is_integer_dtype(dtype):
-            kinds[str(name)] = "int"
-        elif pd.api.types.is_float_dtype(dtype):
-            kinds[str(name)] = "float"
-        else:
-            kinds[str(name)] = "string"
-    return kinds, None, 0
+    return {str(name): _text_kind(sample[name]) for name in sample.columns}, None, 0
+
+
+_LEADING_ZERO = re.compile(r"^[+-]?0\d")
+_INTEGER = re.compile(r"^[+-]?\d+$")
+
+
+def _text_kind(values: pd.Series) -> ColumnKind:
+    present = values.dropna().str.strip()
+    present = present[present != ""]
+    if present.empty:
+        return "float"
+    numeric = pd.to_numeric(present, errors="coerce").notna() & ~present.str.match(_LEADING_ZERO)
+    if not numeric.any():
+        return "string"
+    if not numeric.all():
+        return "mixed"
+    return "int" if present.str.match(_INTEGER).all() else "float"
 
 
 def resolve_columns(path: str, available: Sequence[str], user: Mapping[str, str], radius_column: str) -> dict[str, str]:
@@ -314,26 +382,25 @@ def _missing_message(path: str, canonical: str, source: str, available: Sequence
     )
 
 
-def _check_types(path: str, mapping: Mapping[str, str], kinds: Mapping[str, ColumnKind]) -> bool:
-    """Raise on a non-numeric science column; returns True when the id column holds strings."""
+def _check_types(path: str, mapping: Mapping[str, str], kinds: Mapping[str, ColumnKind], id_kind: IdKind) -> bool:
+    """Raise on a non-numeric science column; returns True when ids are kept as text."""
     string_id = False
     for canonical, source in mapping.items():
         kind = kinds[source]
         if canonical == "objid":
-            if kind == "string":
-                string_id = True
-            elif kind not in ("int", "float"):
+            if kind not in ("int", "float", "mixed", "string"):
                 raise CatalogError(
                     f"{path}: id column {source!r} has type {kind}; map an integer or string id "
                     "with --column objid=NAME"
                 )
+            string_id = id_kind == "string" or (id_kind == "auto" and kind == "string")
             continue
         if kind == "array":
             raise CatalogError(
                 f"{path}: column {source!r} ({canonical}) holds several values per row; map a "
                 f"single-valued column with --column {canonical}=NAME"
             )
-        if kind not in ("int", "float"):
+        if kind not in ("int", "float", "mixed"):
             raise CatalogError(
                 f"{path}: column {source!r} ({canonical}) has type {kind}, not a number; map a "
                 f"numeric column with --column {canonical}=NAME"
@@ -348,20 +415,59 @@ def plan_chunks(source: CatalogSource, chunk_rows: int) -> list[Chunk]:
         return [Chunk(source, i, a, min(a + chunk_rows, n)) for i, a in enumerate(range(0, n, chunk_rows))]
     if source.format == "parquet":
         meta = pq.read_metadata(source.path)
-        chunks, group, rows = [], [], 0
+        chunks, group, first, rows = [], [], 0, 0
         for rg in range(meta.num_row_groups):
             group.append(rg)
             rows += meta.row_group(rg).num_rows
-            if rows >= chunk_rows:
-                chunks.append(Chunk(source, len(chunks), 0, rows, tuple(group)))
-                group, rows = [], 0
+            if rows - first >= chunk_rows:
+                chunks.append(Chunk(source, len(chunks), first, rows, tuple(group)))
+                group, first = [], rows
         if group:
-            chunks.append(Chunk(source, len(chunks), 0, rows, tuple(group)))
+            chunks.append(Chunk(source, len(chunks), first, rows, tuple(group)))
         return chunks
     size = source.n_bytes
     if source.path.lower().endswith(COMPRESSED_SUFFIXES):  # no byte ranges in a compressed stream: one task
         return [Chunk(source, 0, 0, size)]
-    return [Chunk(source, i, a, min(a + CSV_CHUNK_BYTES, size)) for i, a in enumerate(range(0, size, CSV_CHUNK_BYTES))]
+    edges = [0, *csv_record_starts(source.path, CSV_CHUNK_BYTES, _csv_separator(source.path)), size]
+    return [Chunk(source, i, a, b) for i, (a, b) in enumerate(zip(edges[:-1], edges[1:], strict=True))]
+
+
+QUOTE, NEWLINE, CR = ord('"'), ord("\n"), ord("\r")
+
+
+def csv_record_starts(path: str, step: int, sep: str = ",") -> list[int]:
+    """Byte offsets, about every ``step`` bytes, where a CSV record starts; [] when not safe to cut.
+
+    A line end is a record end when an even number of quote characters precede it (RFC 4180:
+    fields that hold separators, line breaks or quotes are quoted, and quotes inside are doubled).
+    That holds only if every quote sits where the format allows it: an opening quote right after a
+    separator or line start, a closing one right before a separator or line end. One quote
+    anywhere else (``5"``, ``, "x"``) and the parser's reading of the file can no longer be
+    followed by counting, so the whole file is read by one task: never a guessed cut.
+    """
+    size = os.path.getsize(path)
+    if size <= step:
+        return []
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    fences = np.array([ord(sep), NEWLINE, CR, QUOTE], dtype=np.uint8)
+    starts: list[int] = []
+    quotes_before = 0
+    for a in range(0, size, step):
+        block = data[a : a + step]
+        quotes = np.flatnonzero(block == QUOTE) + a
+        parity = (quotes_before + np.arange(len(quotes))) % 2
+        opening, closing = quotes[parity == 0], quotes[parity == 1]
+        opening = opening[opening > 0]
+        closing = closing[closing < size - 1]
+        if not (np.isin(data[opening - 1], fences).all() and np.isin(data[closing + 1], fences).all()):
+            return []
+        if a > 0:
+            ends = np.flatnonzero(block == NEWLINE) + a
+            even = (quotes_before + np.searchsorted(quotes, ends)) % 2 == 0
+            if even.any() and ends[even][0] + 1 < size:
+                starts.append(int(ends[even][0]) + 1)
+        quotes_before += len(quotes)
+    return starts
 
 
 def read_raw(chunk: Chunk, extra: Sequence[str] = ()) -> Mapping[str, np.ndarray] | pd.DataFrame:
@@ -377,7 +483,18 @@ def read_raw(chunk: Chunk, extra: Sequence[str] = ()) -> Mapping[str, np.ndarray
 
 def read_chunk(chunk: Chunk) -> pd.DataFrame:
     """The chunk's rows in the canonical schema, in file order."""
-    return canonical_frame(read_raw(chunk), chunk.source)
+    return canonical_frame(read_raw(chunk), chunk.source, first_row=lambda: rows_before(chunk))
+
+
+def rows_before(chunk: Chunk) -> int:
+    """Data rows of the file before the chunk's first (for messages; a CSV is counted by parsing)."""
+    src = chunk.source
+    if src.format != "csv" or chunk.start == 0:
+        return chunk.start if src.format != "csv" else 0
+    with open(src.path, "rb") as fh:
+        header = fh.readline()
+        body = fh.read(max(chunk.start - len(header), 0))
+    return len(pd.read_csv(io.BytesIO(header + body), usecols=[0], dtype=str, sep=_csv_separator(src.path)))
 
 
 def _read_fits_rows(src: CatalogSource, wanted: list[str], start: int, stop: int) -> dict[str, np.ndarray]:
@@ -396,26 +513,22 @@ def _read_fits_rows(src: CatalogSource, wanted: list[str], start: int, stop: int
 
 
 def _read_csv_range(src: CatalogSource, wanted: list[str], start: int, stop: int) -> pd.DataFrame:
-    """Rows whose line starts in bytes [start, stop) (the first line of the file is the header);
-    a compressed file is read whole. String ids are read as text (keeps leading zeros)."""
+    """The records in bytes [start, stop) (chunk edges from :func:`csv_record_starts`; the first line
+    of the file is the header); a compressed file is read whole. Ids are read as text, so that
+    they are parsed exactly (no float round trip) and text ids keep their leading zeros."""
     options = {
         "usecols": lambda c: c in set(wanted),
         "low_memory": False,
         "sep": _csv_separator(src.path),
-        "dtype": {src.mapping["objid"]: str} if src.string_id else None,
+        "dtype": {src.mapping["objid"]: str},
     }
     if src.path.lower().endswith(COMPRESSED_SUFFIXES):
         return pd.read_csv(src.path, **options)
     with open(src.path, "rb") as fh:
         header = fh.readline()
-        if start > 0:
-            fh.seek(start - 1)
-            fh.readline()  # finish the line that began before start
-        begin = max(fh.tell(), len(header))
+        begin = max(start, len(header))
         fh.seek(begin)
         body = fh.read(max(stop - begin, 0))
-        if body and not body.endswith(b"\n"):
-            body += fh.readline()
     if not body.strip():
         return pd.DataFrame({name: pd.Series(dtype="float64") for name in wanted})
     try:
@@ -424,62 +537,144 @@ def _read_csv_range(src: CatalogSource, wanted: list[str], start: int, stop: int
         raise CatalogError(f"{src.path}: malformed CSV near byte {begin} ({exc}); fix the file") from None
 
 
-def canonical_frame(raw: Mapping[str, np.ndarray] | pd.DataFrame, src: CatalogSource) -> pd.DataFrame:
-    """Rename and cast source columns to the canonical schema; absent optional columns are NaN."""
+class _BadValue(Exception):
+    """A value that cannot be stored as read: its column, row within the chunk (0-based) and why."""
+
+    def __init__(self, canonical: str, source: str, row: int, value: object, problem: str):
+        super().__init__(problem)
+        self.canonical, self.source, self.row, self.value, self.problem = canonical, source, row, value, problem
+
+    def message(self, path: str, row: int) -> str:
+        where = f"{path}: row {row + 1:,} (counting data rows from 1)"
+        if self.canonical == "objid":
+            holds = f"holds {self.value!r}, {self.problem}" if self.problem != MISSING_ID else MISSING_ID
+            return (
+                f"{where}: id column {self.source!r} {holds}. Ids are never changed "
+                "silently: correct the value in the file, or, if the ids are names rather than numbers, keep them "
+                "exactly as text with --id-kind string (stored as source_id; objid becomes their stable 64-bit hash)"
+            )
+        return (
+            f"{where}: column {self.source!r} ({self.canonical}) holds {self.value!r}, {self.problem}; clean the "
+            f"file or map another column with --column {self.canonical}=NAME"
+        )
+
+
+def canonical_frame(
+    raw: Mapping[str, np.ndarray] | pd.DataFrame, src: CatalogSource, first_row: Callable[[], int] = lambda: 0
+) -> pd.DataFrame:
+    """Rename and cast source columns to the canonical schema; absent optional columns are NaN.
+
+    ``first_row`` gives the file row of the first row of ``raw`` (called only to name a bad value).
+    """
+    try:
+        return _canonical_frame(raw, src)
+    except _BadValue as bad:
+        raise CatalogError(bad.message(src.path, first_row() + bad.row)) from None
+
+
+def _canonical_frame(raw: Mapping[str, np.ndarray] | pd.DataFrame, src: CatalogSource) -> pd.DataFrame:
     n = len(next(iter(raw.values()))) if isinstance(raw, Mapping) else len(raw)
     out: dict[str, np.ndarray | pd.Series] = {}
     id_values = raw[src.mapping["objid"]]
     if src.string_id:
-        missing = pd.isna(pd.Series(np.asarray(id_values, dtype=object))) | (
-            pd.Series(np.asarray(id_values, dtype=object)).astype(str).str.strip() == ""
-        )
+        text = pd.Series(np.asarray(id_values, dtype=object))
+        missing = text.isna() | (text.astype(str).str.strip() == "")
         if missing.any():
             raise CatalogError(
                 f"{src.path}: id column {src.mapping['objid']!r} is empty in {int(missing.sum())} rows; every row "
                 "needs an id (fill them, or map a complete id with --column objid=NAME)"
             )
-        ids = np.asarray(id_values, dtype=object).astype(str)
+        ids = text.astype(str).to_numpy()
         out["objid"] = stable_id_hash(ids)
         out["source_id"] = pd.array(ids, dtype="string")
     else:
-        out["objid"] = _integer_ids(src, id_values)
+        out["objid"] = integer_ids(id_values, src.mapping["objid"])
     for canonical in FLOAT64_COLUMNS + FLOAT32_COLUMNS:
         dtype = np.float64 if canonical in FLOAT64_COLUMNS else np.float32
         source = src.mapping.get(canonical)
         if source is None:
             out[canonical] = np.full(n, np.nan, dtype=dtype)
         else:
-            out[canonical] = _numeric(src, canonical, source, raw[source]).astype(dtype)
+            out[canonical] = _numeric(canonical, source, raw[source]).astype(dtype)
     columns = ["objid", *(["source_id"] if src.string_id else []), *FLOAT64_COLUMNS, *FLOAT32_COLUMNS]
     return pd.DataFrame({c: out[c] for c in columns})
 
 
-def _numeric(src: CatalogSource, canonical: str, source: str, values: object) -> np.ndarray:
+def _numeric(canonical: str, source: str, values: object) -> np.ndarray:
     arr = np.asarray(values)
     if arr.dtype.kind in "iufb":
         return arr
     converted = pd.to_numeric(pd.Series(arr), errors="coerce")
     bad = converted.isna() & pd.Series(arr).notna() & (pd.Series(arr).astype(str).str.strip() != "")
     if bad.any():
-        example = pd.Series(arr)[bad].iloc[0]
-        raise CatalogError(
-            f"{src.path}: column {source!r} ({canonical}) holds non-numeric values such as {example!r}; "
-            f"clean the file or map another column with --column {canonical}=NAME"
-        )
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise _BadValue(canonical, source, row, arr[row], "not a number")
     return converted.to_numpy(dtype=np.float64)
 
 
-def _integer_ids(src: CatalogSource, values: object) -> np.ndarray:
+def integer_ids(values: object, source: str = "objid") -> np.ndarray:
+    """Exact int64 ids from integers, integral floats or integer text; :class:`_BadValue` names the
+    first value that is missing, not an integer, or outside the int64 range (an unsigned 64-bit id
+    above 2**63 - 1 is refused, never wrapped)."""
     arr = np.asarray(values)
-    if arr.dtype.kind in "iu":
+    if arr.dtype.kind == "i":
         return arr.astype(np.int64)
-    as_float = _numeric(src, "objid", src.mapping["objid"], arr).astype(np.float64)
-    if not np.all(np.isfinite(as_float)) or not np.all(as_float == np.round(as_float)):
-        raise CatalogError(
-            f"{src.path}: id column {src.mapping['objid']!r} has missing or non-integer values; "
-            "every row needs an id (map a complete id with --column objid=NAME)"
-        )
-    return as_float.astype(np.int64)
+    if arr.dtype.kind == "u":
+        over = np.flatnonzero(arr > INT64_MAX)
+        if over.size:
+            raise _BadValue("objid", source, int(over[0]), int(arr[over[0]]), _TOO_BIG)
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            bad = np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr)) | (np.abs(arr) >= 2.0**63))
+        if bad.size:
+            value = arr[bad[0]]
+            problem = MISSING_ID if np.isnan(value) else "not an integer"
+            raise _BadValue("objid", source, int(bad[0]), value.item(), problem)
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "b":
+        raise _BadValue("objid", source, 0, arr[0].item(), "a boolean, not an id")
+    return _ids_from_text(arr, source)
+
+
+MISSING_ID = "is empty (or an NA marker such as n/a or NaN): every row needs an id"
+_TOO_BIG = f"above {INT64_MAX:,}, the largest 64-bit signed integer (unsigned 64-bit ids can be)"
+
+
+def _ids_from_text(text: np.ndarray, source: str) -> np.ndarray:
+    try:  # fast path: clean integer text
+        strings = pc.utf8_trim_whitespace(pa.array(text, type=pa.string(), from_pandas=True))
+        if strings.null_count == 0:
+            return pc.cast(strings, pa.int64()).to_numpy()
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    out = np.empty(len(text), dtype=np.int64)
+    for i, value in enumerate(text):
+        number = _exact_integer(value)
+        if number is None:
+            missing = value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == ""
+            problem = MISSING_ID if missing else "not an integer"
+            raise _BadValue("objid", source, i, value, problem)
+        if not -INT64_MAX - 1 <= number <= INT64_MAX:
+            raise _BadValue("objid", source, i, value, _TOO_BIG if number > 0 else "below the 64-bit integer range")
+        out[i] = number
+    return out
+
+
+def _exact_integer(value: object) -> int | None:
+    """The integer a text value spells exactly ('42', ' +42 ', '42.0'), else None."""
+    if value is None or isinstance(value, float):
+        return None
+    text = str(value).strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        return None
+    return int(number) if number.is_finite() and number == number.to_integral_value() else None
 
 
 def stable_id_hash(ids: np.ndarray) -> np.ndarray:
@@ -496,18 +691,30 @@ def inspect_all(
     columns: Mapping[str, str] | None = None,
     radius_column: str = DEFAULT_RADIUS_COLUMN,
     fmt: str = "auto",
+    hdu: int | None = None,
+    id_kind: IdKind = "auto",
 ) -> list[CatalogSource]:
     """Inspect every input (no data read); errors name the file. Sources keep the input order."""
     paths = expand_inputs(patterns)
-    sources = [inspect_source(p, columns, radius_column, fmt) for p in paths]
+    sources = [inspect_source(p, columns, radius_column, fmt, hdu, id_kind) for p in paths]
     kinds = {s.string_id for s in sources}
     if len(kinds) > 1:
         mixed = ", ".join(s.path for s in sources if s.string_id)
         raise CatalogError(
-            f"some inputs have string ids ({mixed}) and others integer ids; ingest them separately "
-            "or map ids of one kind with --column objid=NAME"
+            f"some inputs have text ids ({mixed}) and others integer ids; keep them all as text with "
+            "--id-kind string, ingest them separately, or map ids of one kind with --column objid=NAME"
         )
     return sources
+
+
+def missing_lines_text(path: str, missing: Sequence[str]) -> str:
+    """'a.fits has no column for hb_flux (HBFLUX), oiii_flux (O3FLUX)'."""
+    named = ", ".join(f"{c} ({NSA_V0_1_2[c]})" for c in missing)
+    return f"{Path(path).name} has no column for {named}"
+
+
+def map_lines_hint(missing: Sequence[str]) -> str:
+    return " ".join(f"--column {c}=NAME" for c in missing)
 
 
 def nsa_v1_message(paths: Sequence[str]) -> str:

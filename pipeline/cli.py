@@ -1,13 +1,18 @@
 """``agnsurvey <stage>``: parse arguments, build one validated config, call one stage function.
 
-Errors of the package (:class:`AgnSurveyError`) are printed without a traceback (``--debug``
-shows it) and exit with status 2.
+Exit codes: 0 done; 1 an unexpected failure (a bug: ``--debug`` shows the traceback); 2 an error
+(bad input, option, workspace or service: one line on stderr that says what to do); 3 incomplete
+(what could be done was written, some rows failed or are left pending: re-run the same command to
+continue); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -17,13 +22,13 @@ from typing import Any
 
 from pipeline import config as cfg
 from pipeline.errors import AgnSurveyError, ConfigError
+from storage.manifest import Manifest
 
-EPILOG = """\
-stages, in order (each writes into the workspace WS and a JSON manifest in WS/manifests/):
-  sky make   write an offline NSA-like catalog (FITS in the NSA v0_1_2 layout + Parquet)
-  ingest     catalog files -> WS/catalog/ Parquet shards, canonical schema, in sky order
-  label      WS/catalog/ -> WS/labels/ (BPT class, label, split, cube_index) + WS/reports/bpt_*.png
-  run        the main job: offline sky (or --catalog FILES) -> ingest -> label
+EXIT_OK, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 2, 3, 130
+
+EXAMPLES = """\
+exit codes: 0 done · 1 unexpected failure (a bug; --debug shows it) · 2 error (one line on stderr says why)
+            · 3 incomplete (rows failed or left pending: re-run the same command to continue) · 130 interrupted
 
 examples:
   agnsurvey run --workspace ws
@@ -39,7 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agnsurvey",
         description="Tell AGN hosts from star-forming galaxies by their images, at survey scale, on Dask.",
-        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", type=Path, help="TOML config file (tables [cluster], [ingest], [label], ...)")
@@ -115,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--shard-rows", type=int, help="target rows per output shard (default 50000)")
     ingest.add_argument("--chunk-rows", type=int, help="rows per read task (default 500000)")
     ingest.add_argument("--format", choices=["auto", "fits", "parquet", "csv"], help="input format (default auto)")
+    ingest.add_argument("--hdu", type=int, help="FITS extension holding the table (default: the first table, HDU 1)")
+    ingest.add_argument(
+        "--id-kind",
+        choices=["auto", "int", "string"],
+        help="string: keep ids exactly as text (source_id; objid = their stable hash), e.g. for unsigned 64-bit "
+        "ids above 2^63-1; int: every id must be an integer; auto (default): by the column's type",
+    )
     ingest.set_defaults(handler=_ingest)
 
     label = stages.add_parser(
@@ -152,7 +163,23 @@ def build_parser() -> argparse.ArgumentParser:
     _label_args(run)
     _fetch_args(run, url_required=False)
     run.set_defaults(handler=_run)
+    parser.epilog = _stage_list(stages) + "\n" + EXAMPLES
     return parser
+
+
+def _stage_list(stages: argparse._SubParsersAction) -> str:
+    """The epilog's list of every stage (and sky command), taken from the parsers themselves."""
+    lines = []
+    for action in stages._choices_actions:
+        sub = stages.choices[action.dest]
+        nested = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
+        if nested:
+            lines += [(f"{action.dest} {c.dest}", c.help) for c in nested[0]._choices_actions]
+        else:
+            lines.append((action.dest, action.help))
+    width = max(len(name) for name, _ in lines)
+    body = "\n".join(f"  {name:<{width}}  {text}" for name, text in lines)
+    return f"stages (each writes into the workspace WS and a JSON manifest in WS/manifests/):\n{body}\n"
 
 
 def _workspace_arg(parser: argparse.ArgumentParser) -> None:
@@ -171,6 +198,13 @@ def _fetch_args(parser: argparse.ArgumentParser, url_required: bool = True) -> N
     parser.add_argument("--concurrency", type=int, help="requests in flight over all workers (default 32)")
     parser.add_argument("--rate", type=float, help="requests per second over all workers (default 20; be polite)")
     parser.add_argument("--retries", type=int, help="retries per image on 5xx, timeouts, corrupt bodies (default 5)")
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        dest="deadline_s",
+        help="seconds one image may take, retries included (default 300); a service asking (Retry-After) "
+        "for a longer wait ends the run, rows left pending",
+    )
     parser.add_argument("--restart", action="store_true", default=None, help="discard an existing cube")
 
 
@@ -195,27 +229,33 @@ def _fractions(text: str) -> tuple[float, ...]:
 
 def parse_columns(pairs: Sequence[str]) -> dict[str, str]:
     """``["ha_flux=H_ALPHA", ...]`` → ``{"ha_flux": "H_ALPHA"}``, with errors naming the bad pair."""
-    out = {}
+    out: dict[str, str] = {}
     for pair in pairs:
         canonical, sep, source = pair.partition("=")
         if not sep or not canonical.strip() or not source.strip():
             raise ConfigError(f"--column {pair!r}: write CANONICAL=SOURCE, e.g. --column ha_flux=h_alpha_flux")
-        out[canonical.strip()] = source.strip()
+        canonical, source = canonical.strip(), source.strip()
+        if canonical in out:
+            raise ConfigError(
+                f"--column maps {canonical} twice ({canonical}={out[canonical]} and {canonical}={source}); "
+                "give one source column per canonical column"
+            )
+        out[canonical] = source
     return out
 
 
 # --- handlers: build the stage's arguments, call the stage, print its summary --------------------
+# ``client()`` connects to the cluster on first use: arguments are validated before a cluster starts.
 
 
-def _sky_make(ns: argparse.Namespace, raw: dict, client: Any) -> None:
+def _sky_make(ns: argparse.Namespace, raw: dict, client: ClientFactory) -> list[Manifest]:
     from pipeline.synthetic.catalog import make_sky
 
     args = cfg.build(cfg.SkyArgs, raw, "sky", out=ns.out, n=ns.n, seed=ns.seed, partition_rows=ns.partition_rows)
-    manifest = make_sky(args, client=client)
-    _print_summary("sky make", manifest.to_dict())
+    return [_print_summary("sky make", make_sky(args, client=client()))]
 
 
-def _sky_serve(ns: argparse.Namespace, raw: dict, client: Any) -> None:
+def _sky_serve(ns: argparse.Namespace, raw: dict, client: ClientFactory) -> list[Manifest]:
     from pipeline.synthetic.server import build_server_config, serve
 
     keys = ("host", "port", "tolerance_arcsec", "seed", "executor", "latency_s", "jitter_s", "error_rate",
@@ -228,6 +268,7 @@ def _sky_serve(ns: argparse.Namespace, raw: dict, client: Any) -> None:
         **{key: getattr(ns, key) for key in keys},
     )
     serve(config, url_file=ns.url_file)
+    return []
 
 
 def _ingest_args(ns: argparse.Namespace, raw: dict, inputs: Sequence[str]) -> cfg.IngestArgs:
@@ -242,6 +283,8 @@ def _ingest_args(ns: argparse.Namespace, raw: dict, inputs: Sequence[str]) -> cf
         shard_rows=getattr(ns, "shard_rows", None),
         chunk_rows=getattr(ns, "chunk_rows", None),
         format=getattr(ns, "format", None),
+        hdu=getattr(ns, "hdu", None),
+        id_kind=getattr(ns, "id_kind", None),
     )
 
 
@@ -271,61 +314,78 @@ def _fetch_args_from(ns: argparse.Namespace, raw: dict, cutout_url: str | None =
         concurrency=ns.concurrency,
         rate=ns.rate,
         retries=ns.retries,
+        deadline_s=ns.deadline_s,
         restart=ns.restart,
     )
 
 
-def _fetch(ns: argparse.Namespace, raw: dict, client: Any) -> None:
+def _fetch(ns: argparse.Namespace, raw: dict, client: ClientFactory) -> list[Manifest]:
     from pipeline.fetch import fetch
 
-    _print_summary("fetch", fetch(_fetch_args_from(ns, raw), client=client).to_dict())
+    args = _fetch_args_from(ns, raw)
+    return [_print_summary("fetch", fetch(args, client=client()))]
 
 
-def _ingest(ns: argparse.Namespace, raw: dict, client: Any) -> None:
+def _ingest(ns: argparse.Namespace, raw: dict, client: ClientFactory) -> list[Manifest]:
     from pipeline.ingest import ingest
 
-    manifest = ingest(_ingest_args(ns, raw, ns.catalogs), client=client)
-    _print_summary("ingest", manifest.to_dict())
+    args = _ingest_args(ns, raw, ns.catalogs)
+    return [_print_summary("ingest", ingest(args, client=client()))]
 
 
-def _label(ns: argparse.Namespace, raw: dict, client: Any) -> None:
+def _label(ns: argparse.Namespace, raw: dict, client: ClientFactory) -> list[Manifest]:
     from pipeline.label import label
 
-    manifest = label(_label_args_from(ns, raw), client=client)
-    _print_summary("label", manifest.to_dict())
+    args = _label_args_from(ns, raw)
+    return [_print_summary("label", label(args, client=client()))]
 
 
+ClientFactory = Callable[[], Any]
 OFFLINE_RATE, OFFLINE_CONCURRENCY = 2000.0, 64  # the local server is ours: no politeness limit needed
 
 
-def _run(ns: argparse.Namespace, raw: dict, client: Any) -> None:
+def _run(ns: argparse.Namespace, raw: dict, connect: ClientFactory) -> list[Manifest]:
     from pipeline.fetch import fetch
     from pipeline.ingest import ingest
     from pipeline.label import label
+    from pipeline.stage import check_run_inputs, writing
     from pipeline.synthetic.catalog import SKY_FITS, make_sky
     from pipeline.synthetic.server import build_server_config, serve_in_background
 
     label_args = _label_args_from(ns, raw)  # validates the workspace and label options first
-    inputs = ns.catalog
-    if not inputs:
-        sky_dir = label_args.workspace.root / "sky"
-        sky = make_sky(cfg.SkyArgs(out=sky_dir, n=ns.n, seed=ns.seed), client=client)
-        _print_summary("sky make", sky.to_dict())
-        inputs = [str(sky_dir / SKY_FITS)]
-    _print_summary("ingest", ingest(_ingest_args(ns, raw, inputs), client=client).to_dict())
-    _print_summary("label", label(label_args, client=client).to_dict())
-    if ns.cutout_url or raw.get("fetch", {}).get("cutout_url"):
-        _print_summary("fetch", fetch(_fetch_args_from(ns, raw), client=client).to_dict())
-        return
-    with serve_in_background(build_server_config(raw.get("serve"), catalog=tuple(inputs))) as server:
-        print(f"\noffline cutout server for {', '.join(Path(p).name for p in inputs)}: {server.url}")
-        ns.rate = ns.rate or raw.get("fetch", {}).get("rate") or OFFLINE_RATE
-        ns.concurrency = ns.concurrency or raw.get("fetch", {}).get("concurrency") or OFFLINE_CONCURRENCY
-        _print_summary("fetch", fetch(_fetch_args_from(ns, raw, cutout_url=server.url), client=client).to_dict())
+    _fetch_args_from(ns, raw, cutout_url=ns.cutout_url or "http://127.0.0.1/check")  # and the fetch options
+    ws = label_args.workspace
+    sky_dir = ws.root / "sky"
+    inputs = ns.catalog or [str(sky_dir / SKY_FITS)]
+    ingest_args = _ingest_args(ns, raw, inputs)
+    source = {"catalog": [str(Path(p).absolute()) for p in ns.catalog]} if ns.catalog else {
+        "sky": {"n": ns.n, "seed": ns.seed}}  # fmt: skip
+    kept = "every stage that finished is complete; the one that was running kept its previous output"
+    with writing(ws, "run", "run", kept=kept):
+        check_run_inputs(ws, {**source, "label": _label_inputs(label_args)}, restart=bool(ns.restart))
+        client = connect()
+        done = []
+        if not ns.catalog:
+            done.append(_print_summary("sky make", make_sky(cfg.SkyArgs(out=sky_dir, n=ns.n, seed=ns.seed), client)))
+        done.append(_print_summary("ingest", ingest(ingest_args, client=client)))
+        done.append(_print_summary("label", label(label_args, client=client)))
+        if ns.cutout_url or raw.get("fetch", {}).get("cutout_url"):
+            return [*done, _print_summary("fetch", fetch(_fetch_args_from(ns, raw), client=client))]
+        with serve_in_background(build_server_config(raw.get("serve"), catalog=tuple(inputs))) as server:
+            print(f"\noffline cutout server for {', '.join(Path(p).name for p in inputs)}: {server.url}")
+            ns.rate = ns.rate or raw.get("fetch", {}).get("rate") or OFFLINE_RATE
+            ns.concurrency = ns.concurrency or raw.get("fetch", {}).get("concurrency") or OFFLINE_CONCURRENCY
+            fetched = fetch(_fetch_args_from(ns, raw, cutout_url=server.url), client=client)
+        return [*done, _print_summary("fetch", fetched)]
 
 
-def _print_summary(stage: str, m: dict) -> None:
-    """A short table: rows in/out, classes, drops by reason, speed, outputs."""
+def _label_inputs(args: cfg.LabelArgs) -> dict:
+    return {"scheme": args.scheme, "min_snr": args.min_snr, "split": list(args.split)}
+
+
+def _print_summary(stage: str, manifest: Manifest) -> Manifest:
+    """A short table: rows in/out, classes, drops by reason, speed, outputs; then any warnings."""
+    m = manifest.to_dict()
     extra = m.get("extra", {})
     rows: list[tuple[str, str]] = [("rows in", f"{m['rows_in']:,}")] if m.get("rows_in") else []
     rows.append(("rows out", f"{m.get('rows_out', 0):,}"))
@@ -359,6 +419,9 @@ def _print_summary(stage: str, m: dict) -> None:
     print(f"\n{stage}")
     for key, value in rows:
         print(f"  {key:<{width}}  {value}")
+    for warning in manifest.warnings:
+        print(f"agnsurvey: warning: {warning}", file=sys.stderr)
+    return manifest
 
 
 def _configure_logging(debug: bool) -> None:
@@ -374,10 +437,11 @@ def _configure_logging(debug: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one stage; returns the exit code (see the module docstring)."""
     parser = build_parser()
     ns = parser.parse_args(argv)
     _configure_logging(ns.debug)
-    handler: Callable[..., None] = ns.handler
+    handler: Callable[..., list[Manifest]] = ns.handler
     try:
         raw = cfg.load_config(ns.config)
         cluster = cfg.build(
@@ -388,22 +452,78 @@ def main(argv: Sequence[str] | None = None) -> int:
             from cluster.client import ClusterSpecError, connect, show_progress
 
             show_progress(not ns.quiet and sys.stderr.isatty())
-            if not getattr(ns, "needs_cluster", True):
-                handler(ns, raw, None)
-                return 0
+            clients: list[Any] = []
+
+            def client() -> Any:
+                """The cluster's client, connected on first use (None for stages that need none)."""
+                if not clients and getattr(ns, "needs_cluster", True):
+                    try:
+                        clients.append(stack.enter_context(
+                            connect(cluster.spec, cluster.n_workers, cluster.threads_per_worker,
+                                    cluster.memory_limit, debug=ns.debug)
+                        ))  # fmt: skip
+                    except (ClusterSpecError, OSError, TimeoutError) as exc:
+                        raise ConfigError(f"cannot connect to cluster {cluster.spec!r}: {exc}") from None
+                return clients[0] if clients else None
+
             try:
-                client = stack.enter_context(
-                    connect(cluster.spec, cluster.n_workers, cluster.threads_per_worker, cluster.memory_limit)
-                )
-            except (ClusterSpecError, OSError, TimeoutError) as exc:
-                raise ConfigError(f"cannot connect to cluster {cluster.spec!r}: {exc}") from None
-            handler(ns, raw, client)
-    except AgnSurveyError as exc:
+                manifests = handler(ns, raw, client)
+            except KeyboardInterrupt:
+                signal.signal(signal.SIGINT, _leave_now)  # a second Ctrl-C while the cluster closes: leave at once
+                raise
+    except KeyboardInterrupt as exc:
+        _stop_children()
+        print(f"agnsurvey: {str(exc) or 'interrupted; re-run the same command to continue'}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
         if ns.debug:
             raise
-        print(f"agnsurvey: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        print(f"agnsurvey: error: {_explain(exc, ns)}", file=sys.stderr)
+        return EXIT_ERROR if isinstance(exc, AgnSurveyError | OSError | MemoryError) else 1
+    unfinished = [m.unfinished for m in manifests if m.unfinished]
+    for text in unfinished:
+        print(f"agnsurvey: incomplete: {text}", file=sys.stderr)
+    return EXIT_INCOMPLETE if unfinished else EXIT_OK
+
+
+NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _explain(exc: Exception, ns: argparse.Namespace) -> str:
+    """One line for any error: ours say what to do; the OS's name the path and the fix."""
+    if isinstance(exc, AgnSurveyError):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "out of memory; lower --image-size, --chunk-rows or --shard-rows, or use fewer --threads per worker"
+    if isinstance(exc, OSError):
+        where = exc.filename or getattr(ns, "workspace", None) or "the workspace"
+        if exc.errno == errno.EROFS:
+            return f"{where} is on a read-only file system; choose a writable --workspace"
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return f"{where}: permission denied; check its permissions, or choose a writable --workspace"
+        if exc.errno in NO_ROOM:
+            return (
+                f"no space left writing {where} ({os.strerror(exc.errno)}); free space there or choose a "
+                "--workspace on another disk, then re-run: complete outputs were kept, the partial one removed"
+            )
+        return f"{where}: {exc.strerror or exc}"
+    return f"unexpected {type(exc).__name__}: {exc} (re-run with --debug for the traceback, and please report it)"
+
+
+def _stop_children() -> None:
+    """Stop any process this one started that is still running (workers of an embedded cluster)."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        child.kill()
+    psutil.wait_procs(children, timeout=5)
+
+
+def _leave_now(signum: int, frame: Any) -> None:
+    _stop_children()
+    print("agnsurvey: interrupted again; stopped at once (re-run the same command to continue)", file=sys.stderr)
+    os._exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -92,7 +92,10 @@ class IngestArgs:
     ``columns`` maps canonical names to source columns (overrides the NSA defaults);
     ``radius_column`` is the radius in arcsec used for the cutout scale (PETROTH90: three radii
     then frame the whole galaxy); ``shard_rows`` is the target rows per output shard;
-    ``chunk_rows`` the rows one read task takes from a FITS or Parquet input.
+    ``chunk_rows`` the rows one read task takes from a FITS or Parquet input; ``hdu`` the FITS
+    extension holding the table (None: the first table); ``id_kind``: ``string`` keeps ids as
+    text (``source_id``, hashed into ``objid``), ``int`` requires exact integers, ``auto`` goes by
+    the column's type.
     """
 
     workspace: Workspace
@@ -102,6 +105,8 @@ class IngestArgs:
     shard_rows: int = 50_000
     chunk_rows: int = 500_000
     format: Literal["auto", "fits", "parquet", "csv"] = "auto"
+    hdu: int | None = None
+    id_kind: Literal["auto", "int", "string"] = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "workspace", _workspace(self.workspace))
@@ -119,6 +124,10 @@ class IngestArgs:
                 )
         if self.format not in ("auto", "fits", "parquet", "csv"):
             raise ConfigError(f"ingest.format must be auto, fits, parquet or csv (got {self.format!r})")
+        if self.hdu is not None and (not isinstance(self.hdu, int) or isinstance(self.hdu, bool) or self.hdu < 0):
+            raise ConfigError(f"ingest.hdu must be an HDU number >= 0 (got {self.hdu!r}); the NSA table is in HDU 1")
+        if self.id_kind not in ("auto", "int", "string"):
+            raise ConfigError(f"ingest.id_kind must be auto, int or string (got {self.id_kind!r})")
 
 
 @dataclass(frozen=True)
@@ -158,7 +167,10 @@ class FetchArgs:
     pixscale = radius × radius_scale × 2 / size (arcsec/pixel), clipped to ``pixscale_bounds``;
     ``image_size``: pixels stored. ``concurrency`` requests in flight and ``rate`` requests/s are
     totals over all tasks (the service is shared: be polite). ``deadline_s`` bounds one image's
-    retries. ``restart`` discards an existing cube.
+    retries; a service that asks (Retry-After) for a longer wait ends the run. ``give_up_window``
+    and ``give_up_fraction``: the run also ends when at least that fraction of the last that many
+    answers were failures (the rows not done stay pending for a re-run). ``restart`` discards an
+    existing cube.
     """
 
     workspace: Workspace
@@ -175,15 +187,26 @@ class FetchArgs:
     deadline_s: float = 300.0
     shard_images: int = 1024
     inner_images: int = 8
+    give_up_window: int = 50
+    give_up_fraction: float = 0.9
     restart: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "workspace", _workspace(self.workspace))
         object.__setattr__(self, "pixscale_bounds", tuple(float(b) for b in self.pixscale_bounds))
-        for key in ("size", "image_size", "concurrency", "shard_images", "inner_images"):
+        for key in ("size", "image_size", "concurrency", "shard_images", "inner_images", "give_up_window"):
             _positive(f"fetch.{key}", getattr(self, key))
         if self.size > 3000:
             raise ConfigError(f"fetch.size must be <= 3000 pixels, the service's cap (got {self.size})")
+        shard_bytes = self.shard_images * self.image_size**2 * 3
+        if shard_bytes > MAX_SHARD_BYTES:
+            raise ConfigError(
+                f"a cube shard of {self.shard_images} images of {self.image_size}x{self.image_size}x3 would take "
+                f"{shard_bytes / 2**30:.1f} GiB of memory per fetch task (limit {MAX_SHARD_BYTES / 2**30:.0f} GiB); "
+                "lower --image-size or fetch.shard_images"
+            )
+        if not 0 < self.give_up_fraction <= 1:
+            raise ConfigError(f"fetch.give_up_fraction must be in (0, 1] (got {self.give_up_fraction})")
         if self.retries < 0:
             raise ConfigError(f"fetch.retries must be >= 0 (got {self.retries})")
         for key in ("rate", "timeout_s", "deadline_s", "radius_scale"):
@@ -200,6 +223,9 @@ class FetchArgs:
                 f"fetch.shard_images ({self.shard_images}) must be a multiple of "
                 f"fetch.inner_images ({self.inner_images})"
             )
+
+
+MAX_SHARD_BYTES = 1 << 30  # one fetch task holds a whole cube shard in memory
 
 
 def _workspace(value: Workspace | str | Path) -> Workspace:

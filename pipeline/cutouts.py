@@ -11,12 +11,20 @@ with exponential backoff and full jitter on 5xx, timeouts, connection errors and
 ``Retry-After`` honoured on 429 (the whole client pauses: the service is shared by everyone), and a
 deadline per image. Every answer is validated: it must decode as JPEG with the requested shape; a
 constant image (all black outside the survey footprint) means no coverage.
+
+A client that cannot succeed stops instead of spending every row's deadline: when the service asks
+(``Retry-After``) for a longer wait than the deadline of one image, or when most of the last
+``give_up_window`` answers were failures. Rows not finished then are ``pending`` (a re-run asks for
+them again), and :attr:`ClientStats.stopped` says why, quoting the service.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
+import contextlib
+import datetime
 import email.utils
 import io
 import math
@@ -33,7 +41,7 @@ from PIL import Image, UnidentifiedImageError
 
 from pipeline.errors import FetchError
 
-OK, NO_COVERAGE, FAILED = "ok", "no_coverage", "failed"
+OK, NO_COVERAGE, FAILED, PENDING = "ok", "no_coverage", "failed", "pending"
 RETRYABLE_HTTP = frozenset({500, 502, 503, 504, 520, 522, 524})
 
 
@@ -71,15 +79,18 @@ def check_cutout_url(url: str) -> str:
 
 
 def decode_jpeg(body: bytes, size: int) -> np.ndarray:
-    """RGB uint8 (size, size, 3) from JPEG bytes; ValueError when corrupt, truncated or mis-sized."""
+    """RGB uint8 (size, size, 3) from JPEG bytes; ValueError saying what is wrong otherwise
+    ("not an image", "a PNG image, not a JPEG", "corrupt or truncated JPEG", "shape ...")."""
     try:
         with Image.open(io.BytesIO(body)) as img:
             if img.format != "JPEG":
-                raise ValueError(f"not a JPEG ({img.format})")
+                raise ValueError(f"a {img.format} image, not a JPEG")
             img.load()
             rgb = img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"corrupt JPEG: {exc}") from None
+    except UnidentifiedImageError:
+        raise ValueError("not an image") from None
+    except (OSError, SyntaxError):
+        raise ValueError("corrupt or truncated JPEG") from None
     if rgb.size != (size, size):
         raise ValueError(f"shape {rgb.size[1]}x{rgb.size[0]}, asked for {size}x{size}")
     return np.asarray(rgb)
@@ -112,6 +123,8 @@ class ClientSettings:
     deadline_s: float = 120.0
     backoff_s: float = 0.5
     max_backoff_s: float = 30.0
+    give_up_window: int = 50
+    give_up_fraction: float = 0.9
 
 
 @dataclass
@@ -125,6 +138,7 @@ class Outcome:
     http_status: int | None = None
     retry: bool = False  # a failure another attempt may cure
     backoff: bool = False  # wait (exponential, jittered) before that attempt
+    kind: str = ""  # the failure's kind, for the give-up summary ("HTTP 503", "timeout", ...)
 
 
 @dataclass
@@ -135,31 +149,81 @@ class ClientStats:
     bytes: int = 0
     seconds_waiting: float = 0.0
     http: dict[int, int] = field(default_factory=dict)
+    stopped: str = ""  # why the client stopped before every row was final ("" when it did not)
+    recent: list[str] = field(default_factory=list)  # the last answers ('' ok, else the failure's kind)
+
+
+class FailureWindow:
+    """The give-up rule: a service is hopeless when at least ``fraction`` of the last ``window``
+    answers failed. Fed one answer at a time by a client, or the last answers of each finished task
+    by the stage, so that many small tasks add up."""
+
+    def __init__(self, window: int = 50, fraction: float = 0.9):
+        self.recent: collections.deque[str] = collections.deque(maxlen=max(1, window))
+        self.fraction = fraction
+
+    def add(self, kinds: Sequence[str]) -> str:
+        """Record answers ('' for a success, else the failure's kind); the reason to stop, or ''."""
+        self.recent.extend(kinds)
+        failed = [k for k in self.recent if k]
+        if len(self.recent) < self.recent.maxlen or len(failed) < self.fraction * len(self.recent):
+            return ""
+        common = ", ".join(f"{k} x{n}" for k, n in collections.Counter(failed).most_common(3))
+        return (
+            f"the service is failing: {len(failed)} of the last {len(self.recent)} requests failed ({common}); "
+            f"stopped asking at {_utc(time.time())}; re-run when it answers again"
+        )
 
 
 class _Pacer:
-    """Spaces request starts by 1/rate seconds and pauses everyone after a 429 (Retry-After)."""
+    """What the client knows of the service: request starts spaced by 1/rate seconds, everyone
+    paused after a 429 (Retry-After), and a stop that ends the client (hopeless service)."""
 
-    def __init__(self, rate: float):
+    def __init__(self, rate: float, window: int = 50, fraction: float = 0.9):
         self.interval = 1.0 / rate if rate and rate > 0 else 0.0
         self.next_start = 0.0
         self.paused_until = 0.0
         self.lock = asyncio.Lock()
+        self.stopped = ""
+        self.stop_event = asyncio.Event()
+        self.answers = FailureWindow(window, fraction)
 
-    async def wait(self) -> None:
-        """Return when this request may start; a pause that began while waiting is honoured too."""
-        while True:
+    async def wait(self) -> bool:
+        """True when this request may start (a pause that began while waiting is honoured too);
+        False once the client has stopped."""
+        while not self.stopped:
             async with self.lock:
                 now = time.monotonic()
                 start = max(now, self.next_start, self.paused_until)
                 self.next_start = start + self.interval
             if start > now:
-                await asyncio.sleep(start - now)
+                await self.sleep(start - now)
             if time.monotonic() >= self.paused_until:
-                return
+                return not self.stopped
+        return False
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once when the client stops."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop_event.wait(), timeout=max(0.0, seconds))
 
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, time.monotonic() + seconds)
+
+    def stop(self, reason: str) -> None:
+        if not self.stopped:
+            self.stopped = reason
+            self.stop_event.set()
+
+    def record(self, kind: str) -> None:
+        """One answer ('' for a success, else its failure kind); stop when most recent ones failed."""
+        reason = self.answers.add([kind])
+        if reason:
+            self.stop(reason)
+
+
+def _utc(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def retry_after_seconds(value: str | None, default: float) -> float:
@@ -186,23 +250,53 @@ async def _attempt(session: aiohttp.ClientSession, url: str, settings: ClientSet
             code = response.status
             stats.http[code] = stats.http.get(code, 0) + 1
             if code == 429:
-                stats.throttled += 1
-                wait = min(retry_after_seconds(response.headers.get("Retry-After"), settings.backoff_s),
-                           settings.deadline_s)  # fmt: skip
-                pacer.pause(wait)
-                return Outcome(FAILED, reason=f"HTTP 429 (Retry-After {wait:g}s)", http_status=code, retry=True)
-            if code in RETRYABLE_HTTP:
-                return Outcome(FAILED, reason=f"HTTP {code}", http_status=code, retry=True, backoff=True)
-            if code != 200:
-                text = (await response.text(errors="replace"))[:200].strip()
-                return Outcome(FAILED, reason=f"HTTP {code}: {text}", http_status=code)
+                return _throttled(response.headers.get("Retry-After"), settings, pacer, stats)
             body = await response.read()
+            answer = f"{code} {response.content_type or 'no content type'}, {len(body):,} bytes"
+            if code in RETRYABLE_HTTP:
+                return Outcome(FAILED, reason=f"HTTP {answer}", http_status=code, retry=True, backoff=True,
+                               kind=f"HTTP {code}")  # fmt: skip
+            if code != 200:
+                is_text = response.content_type.startswith("text/")
+                text = body[:120].decode("utf-8", "replace").strip() if is_text else ""
+                return Outcome(FAILED, reason=f"HTTP {answer}" + (f": {text}" if text else ""), http_status=code,
+                               kind=f"HTTP {code}")  # fmt: skip
     except TimeoutError:
-        return Outcome(FAILED, reason=f"timeout after {timeout_s:.3g}s", retry=True, backoff=True)
+        return Outcome(FAILED, reason=f"no answer within {timeout_s:.3g} s", retry=True, backoff=True, kind="timeout")
     except aiohttp.ClientError as exc:
-        return Outcome(FAILED, reason=f"{type(exc).__name__}: {exc}"[:200], retry=True, backoff=True)
+        return Outcome(FAILED, reason=_network_failure(exc), retry=True, backoff=True, kind="connection failed")
     stats.bytes += len(body)
-    return await asyncio.to_thread(_judge, body, settings)  # Pillow releases the GIL: decode off the loop
+    outcome = await asyncio.to_thread(_judge, body, settings)  # Pillow releases the GIL: decode off the loop
+    if outcome.status == FAILED:
+        outcome.reason = f"{answer}: {outcome.reason}"
+    return outcome
+
+
+def _throttled(header: str | None, settings: ClientSettings, pacer: _Pacer, stats: ClientStats) -> Outcome:
+    """A 429: pause everyone for Retry-After, or stop the client when that is beyond an image's deadline."""
+    stats.throttled += 1
+    wait = retry_after_seconds(header, settings.backoff_s)
+    if wait > settings.deadline_s:
+        now = time.time()
+        pacer.stop(
+            f"the service asked to wait {wait:,.0f} s (HTTP 429, Retry-After: {header}), longer than the "
+            f"{settings.deadline_s:g} s deadline of one image; stopped asking at {_utc(now)}; re-run after "
+            f"{_utc(now + wait)}"
+        )
+        return Outcome(PENDING, reason=pacer.stopped, http_status=429)
+    pacer.pause(wait)
+    return Outcome(FAILED, reason=f"HTTP 429 (Retry-After {wait:g} s)", http_status=429, retry=True)
+
+
+def _network_failure(exc: aiohttp.ClientError) -> str:
+    """What went wrong on the wire, in words (no Python reprs)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect to {exc.host}:{exc.port} ({exc.os_error.strerror or 'refused'})"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection before answering"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the connection closed in the middle of the body"
+    return f"connection failed ({type(exc).__name__})"
 
 
 def _judge(body: bytes, settings: ClientSettings) -> Outcome:
@@ -210,7 +304,8 @@ def _judge(body: bytes, settings: ClientSettings) -> Outcome:
     try:
         image = decode_jpeg(body, settings.size)
     except ValueError as exc:  # a truncated body may come out whole next time; a wrong size will not
-        return Outcome(FAILED, reason=str(exc), http_status=200, retry=not str(exc).startswith("shape"), backoff=True)
+        retry = not str(exc).startswith("shape")
+        return Outcome(FAILED, reason=str(exc), http_status=200, retry=retry, backoff=True, kind="bad image")
     if is_constant(image):
         return Outcome(NO_COVERAGE, http_status=200)
     return Outcome(OK, resize(image, settings.image_size), http_status=200)
@@ -225,13 +320,15 @@ async def _fetch_one(
     stats: ClientStats,
     rng: random.Random,
 ) -> Outcome:
-    """Try one cutout until it is final, the retries are spent or its deadline has passed."""
+    """Try one cutout until it is final, the retries are spent, its deadline has passed or the
+    client has stopped (then it is ``pending``: not tried enough to call it failed)."""
     deadline = math.inf  # starts with the first attempt: time queued behind the rate limit is not counted
     outcome = Outcome(FAILED, reason="never attempted")
     attempts, failures = 0, 0  # a 429 costs no retry: it is the service pacing us, bounded by the deadline
     while failures <= settings.retries:
         async with slots:
-            await pacer.wait()
+            if not await pacer.wait():
+                return Outcome(PENDING, reason=pacer.stopped, attempts=attempts)
             if attempts == 0:
                 deadline = time.monotonic() + settings.deadline_s
             remaining = deadline - time.monotonic()
@@ -241,8 +338,12 @@ async def _fetch_one(
             attempts += 1
             outcome = await _attempt(session, url, settings, pacer, stats, min(settings.timeout_s, remaining))
         outcome.attempts = attempts
+        if outcome.http_status != 429:
+            pacer.record(outcome.kind)
         if not outcome.retry:
             return outcome
+        if pacer.stopped:
+            return Outcome(PENDING, reason=pacer.stopped, attempts=attempts)
         if outcome.http_status != 429:
             failures += 1
         if failures <= settings.retries:
@@ -250,7 +351,7 @@ async def _fetch_one(
             if outcome.backoff:
                 delay = min(_backoff(settings, failures, rng), max(0.0, deadline - time.monotonic()))
                 stats.seconds_waiting += delay
-                await asyncio.sleep(delay)
+                await pacer.sleep(delay)
     else:
         outcome.reason = f"gave up after {attempts} attempts; last: {outcome.reason}"
     outcome.retry = False
@@ -265,7 +366,7 @@ def _backoff(settings: ClientSettings, attempt: int, rng: random.Random) -> floa
 async def fetch_many(urls: Sequence[str], settings: ClientSettings, seed: int = 0) -> tuple[list[Outcome], ClientStats]:
     """Fetch every URL (one session, bounded concurrency, paced); outcomes in the order of ``urls``."""
     stats = ClientStats()
-    pacer = _Pacer(settings.rate)
+    pacer = _Pacer(settings.rate, settings.give_up_window, settings.give_up_fraction)
     slots = asyncio.Semaphore(max(1, settings.concurrency))
     rng = random.Random(seed)
     connector = aiohttp.TCPConnector(limit=max(1, settings.concurrency), ttl_dns_cache=300)
@@ -273,6 +374,7 @@ async def fetch_many(urls: Sequence[str], settings: ClientSettings, seed: int = 
     async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
         tasks = [_fetch_one(session, url, settings, pacer, slots, stats, rng) for url in urls]
         outcomes = await asyncio.gather(*tasks)
+    stats.stopped, stats.recent = pacer.stopped, list(pacer.answers.recent)
     return list(outcomes), stats
 
 

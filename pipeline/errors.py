@@ -1,5 +1,7 @@
 """One exception type per domain; the CLI catches :class:`AgnSurveyError` and prints the message."""
 
+from collections.abc import Callable
+
 
 class AgnSurveyError(Exception):
     """Base class: the message says what went wrong and what to do next."""
@@ -19,3 +21,20 @@ class WorkspaceError(AgnSurveyError):
 
 class FetchError(AgnSurveyError):
     """The cutout service cannot be used (bad URL, unreachable) or a fetch cannot proceed."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a stage; the message says what was kept and how to continue.
+
+    A ``KeyboardInterrupt`` (so a notebook still sees an interrupt), raised by stages in place of
+    the bare one so the CLI can print one line instead of a traceback. The message may be a
+    function, called when it is shown: tasks already running on workers finish their shards until
+    the cluster is closed, so what was kept is known only then.
+    """
+
+    def __init__(self, message: str | Callable[[], str]):
+        super().__init__(message if isinstance(message, str) else "")
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message if isinstance(self.message, str) else self.message()

@@ -9,6 +9,10 @@ there. Totals for concurrency and request rate are shared out over the tasks tha
 Resuming: a re-run requests only rows whose status is not final (final: ok, no_coverage,
 bad_radius; ``failed`` and ``pending`` rows are tried again). A run killed with SIGKILL loses at
 most the shards in flight. Failures, with their reasons, go to ``WS/cube_failures.parquet``.
+
+A service that cannot be used ends the run: when a task's client stops (the service asked for a
+longer wait than an image's deadline, or most answers failed), no further shard is started, the
+rows not done stay ``pending``, and the manifest's ``unfinished`` says why and when to re-run.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from distributed import Client, as_completed
 from cluster.client import progress_enabled
 from pipeline.config import FetchArgs
 from pipeline.cutouts import (
+    PENDING,
     ClientSettings,
+    FailureWindow,
     check_cutout_url,
     cutout_url,
     fetch_many,
@@ -36,7 +42,8 @@ from pipeline.cutouts import (
     probe,
     run_async,
 )
-from pipeline.errors import FetchError, WorkspaceError
+from pipeline.errors import FetchError, Interrupted, WorkspaceError
+from pipeline.stage import writing
 from storage.cube import (
     FINAL_CODES,
     STATUS_CODES,
@@ -51,6 +58,7 @@ from storage.manifest import Manifest
 from storage.workspace import Workspace, as_workspace
 
 FAILURE_COLUMNS = ["cube_index", "objid", "reason", "attempts", "http_status"]
+FAILURE_TYPES = {"cube_index": "int64", "objid": "int64", "reason": "str", "attempts": "int64", "http_status": "int64"}
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,8 @@ class ShardResult:
     throttled: int = 0
     bytes: int = 0
     seconds: float = 0.0
+    stopped: str = ""  # why the task's client stopped early ("" when it did not)
+    recent: list[str] = field(default_factory=list)  # its client's last answers ('' ok, else the failure)
 
 
 def fetch_shard(job: ShardJob) -> ShardResult:
@@ -89,7 +99,8 @@ def fetch_shard(job: ShardJob) -> ShardResult:
         images = np.zeros((len(rows), size, size, 3), dtype=np.uint8)
     outcomes, stats = run_async(fetch_many(job.urls, job.settings, seed=job.shard))
     result = ShardResult(job.shard, {}, requests=stats.requests, retries=stats.retries,
-                         throttled=stats.throttled, bytes=stats.bytes)  # fmt: skip
+                         throttled=stats.throttled, bytes=stats.bytes, stopped=stats.stopped,
+                         recent=stats.recent)  # fmt: skip
     objid = cube.objid[rows.start : rows.stop]
     for row, outcome in zip(job.rows, outcomes, strict=True):
         i = row - rows.start
@@ -102,7 +113,8 @@ def fetch_shard(job: ShardJob) -> ShardResult:
                 {"cube_index": int(row), "objid": int(objid[i]), "reason": outcome.reason,
                  "attempts": outcome.attempts, "http_status": outcome.http_status or 0}
             )  # fmt: skip
-    cube.write_shard(job.shard, images, status)
+    if any(o.status != PENDING for o in outcomes):  # a client stopped before asking leaves nothing to write
+        cube.write_shard(job.shard, images, status)
     result.seconds = time.monotonic() - start
     return result
 
@@ -181,6 +193,8 @@ def plan_jobs(args: FetchArgs, cube: Cube, labels: pd.DataFrame, parallel: int) 
         retries=args.retries,
         timeout_s=args.timeout_s,
         deadline_s=args.deadline_s,
+        give_up_window=args.give_up_window,
+        give_up_fraction=args.give_up_fraction,
     )
     ra, dec = labels["ra"].to_numpy(), labels["dec"].to_numpy()
     jobs = []
@@ -192,17 +206,29 @@ def plan_jobs(args: FetchArgs, cube: Cube, labels: pd.DataFrame, parallel: int) 
     return jobs
 
 
-def _run_jobs(jobs: list[ShardJob], client: Client | None, at_once: int) -> Iterator[ShardResult]:
+def _run_jobs(
+    jobs: list[ShardJob], client: Client | None, at_once: int, answers: FailureWindow
+) -> Iterator[ShardResult]:
     """Results as shards finish: on the cluster with at most ``at_once`` tasks running (the totals
-    for rate and concurrency were shared out over that many), or one after another in this process."""
+    for rate and concurrency were shared out over that many), or one after another in this process.
+    No further shard is started once a task's client stopped, or once ``answers``, fed every task's
+    last answers, says the service is hopeless (many small tasks add up)."""
     if client is None:
-        yield from map(fetch_shard, jobs)
+        for job in jobs:
+            result = fetch_shard(job)
+            result.stopped = result.stopped or answers.add(result.recent)
+            yield result
+            if result.stopped:
+                return
         return
     pending = iter(jobs)
     running = as_completed([client.submit(fetch_shard, job, pure=False) for job in islice(pending, at_once)])
     try:
         for future in running:
             result = future.result()
+            result.stopped = result.stopped or answers.add(result.recent)
+            if result.stopped:
+                pending = iter(())
             for job in islice(pending, 1):
                 running.add(client.submit(fetch_shard, job, pure=False))
             yield result
@@ -212,8 +238,16 @@ def _run_jobs(jobs: list[ShardJob], client: Client | None, at_once: int) -> Iter
 
 
 def fetch(args: FetchArgs, client: Client | None = None) -> Manifest:
-    """Fill ``WS/cube.zarr`` with a cutout per labelled galaxy; returns the manifest."""
+    """Fill ``WS/cube.zarr`` with a cutout per labelled galaxy; returns the manifest.
+
+    Rows that failed or were left pending are named in ``manifest.unfinished`` (a re-run retries them).
+    """
     check_cutout_url(args.cutout_url)
+    with writing(args.workspace, "cube", "fetch"):
+        return _fetch(args, client)
+
+
+def _fetch(args: FetchArgs, client: Client | None) -> Manifest:
     ws = args.workspace
     labels = read_fetch_inputs(ws)
     manifest = Manifest(stage="fetch", parameters=_parameters(args))
@@ -230,17 +264,32 @@ def fetch(args: FetchArgs, client: Client | None = None) -> Manifest:
     totals = ShardResult(-1, {})
     started = time.monotonic()
     show = progress_enabled()
-    for result in _run_jobs(jobs, client, tasks_at_once(args, len(jobs), threads)):
-        for key, n in result.statuses.items():
-            totals.statuses[key] = totals.statuses.get(key, 0) + n
-        totals.failures.extend(result.failures)
-        for key in ("requests", "retries", "throttled", "bytes"):
-            setattr(totals, key, getattr(totals, key) + getattr(result, key))
-        if show:
-            _progress_line(totals, requested, time.monotonic() - started)
-    if show and jobs:
-        print(file=sys.stderr)
-    _write_failures(ws, totals.failures)
+    try:
+        answers = FailureWindow(args.give_up_window, args.give_up_fraction)
+        for result in _run_jobs(jobs, client, tasks_at_once(args, len(jobs), threads), answers):
+            for key, n in result.statuses.items():
+                totals.statuses[key] = totals.statuses.get(key, 0) + n
+            totals.failures.extend(result.failures)
+            for key in ("requests", "retries", "throttled", "bytes"):
+                setattr(totals, key, getattr(totals, key) + getattr(result, key))
+            totals.stopped = totals.stopped or result.stopped
+            if show:
+                _progress_line(totals, requested, time.monotonic() - started)
+    except KeyboardInterrupt:
+        _write_failures(ws, totals.failures, cube.status[:], keep_old=not fresh)
+
+        def kept() -> str:  # read when shown: tasks already running may still finish their shards
+            ok = status_counts(cube.status[:])["ok"]
+            return (
+                f"fetch interrupted; {ok:,} of {len(labels):,} cutouts are in {ws.cube} (whole shards are kept); "
+                "re-run the same command to continue"
+            )
+
+        raise Interrupted(kept) from None
+    finally:
+        if show and jobs:
+            print(file=sys.stderr)
+    _write_failures(ws, totals.failures, cube.status[:], keep_old=not fresh)
     counts = status_counts(cube.status[:])
     seconds = time.monotonic() - started
     manifest.rows_in = len(labels)
@@ -259,6 +308,9 @@ def fetch(args: FetchArgs, client: Client | None = None) -> Manifest:
         },
     }
     manifest.outputs = {"cube": str(ws.cube), "failures": str(ws.root / "cube_failures.parquet"), "shards": len(jobs)}
+    manifest.unfinished = _unfinished(counts, totals.stopped, ws)
+    if totals.stopped:
+        manifest.extra["stopped"] = totals.stopped
     manifest.finish()
     ws.write_manifest("fetch", manifest.to_dict())
     return manifest
@@ -277,13 +329,36 @@ def _progress_line(totals: ShardResult, requested: int, seconds: float) -> None:
     )
 
 
-def _write_failures(ws: Workspace, failures: list[dict]) -> None:
-    """``WS/cube_failures.parquet``: the rows that failed in this run, with their last reason."""
-    frame = pd.DataFrame(failures, columns=FAILURE_COLUMNS).sort_values("cube_index")
+def _unfinished(counts: dict[str, int], stopped: str, ws: Workspace) -> str:
+    """What the cube still lacks and how to get it ('' when every row is final)."""
+    failed, pending = counts.get("failed", 0), counts.get("pending", 0)
+    if not failed and not pending:
+        return ""
+    left = f"{failed:,} cutouts failed (reasons in {ws.root / 'cube_failures.parquet'})" if failed else ""
+    if pending:
+        left += ("; " if left else "") + f"{pending:,} not fetched yet (pending)"
+    if stopped:
+        return f"{stopped}. {left}"
+    return f"{left}; re-run the same command to retry them"
+
+
+def _write_failures(ws: Workspace, failures: list[dict], status: np.ndarray, keep_old: bool) -> None:
+    """``WS/cube_failures.parquet``: every row now ``failed``, with its last reason (this run's, or
+    an earlier run's for failed rows this run did not get to)."""
     path = ws.root / "cube_failures.parquet"
+    frame = pd.DataFrame(failures, columns=FAILURE_COLUMNS).astype(FAILURE_TYPES)
+    if keep_old and path.exists():
+        old = pd.read_parquet(path).astype(FAILURE_TYPES)
+        still = (status[old["cube_index"].to_numpy()] == STATUS_CODES["failed"]) & ~old["cube_index"].isin(
+            frame["cube_index"]
+        )
+        frame = pd.concat([old[still], frame], ignore_index=True) if still.any() else frame
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    try:
+        frame.sort_values("cube_index").to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _parameters(args: FetchArgs) -> dict:

@@ -26,10 +26,19 @@ from dask import delayed
 from distributed import Client
 
 from cluster.client import compute, persist
-from pipeline.catalog import CatalogSource, Chunk, inspect_all, plan_chunks, read_chunk
+from pipeline.catalog import (
+    CatalogSource,
+    Chunk,
+    inspect_all,
+    map_lines_hint,
+    missing_lines_text,
+    plan_chunks,
+    read_chunk,
+)
 from pipeline.config import IngestArgs
 from pipeline.errors import CatalogError
 from pipeline.healpix import HEALPIX_ORDER, healpix29
+from pipeline.stage import writing
 from storage.manifest import Manifest, file_checksum
 from storage.shards import SHARD_NAME, finish_shards, write_shard
 from storage.workspace import Workspace, as_workspace, atomic_directory
@@ -121,8 +130,14 @@ def merge_groups(n_shards: int, n_rows: int, n_threads: int, max_rows: int = MER
 
 def ingest(args: IngestArgs, client: Client | None = None) -> Manifest:
     """Ingest ``args.inputs`` into ``WS/catalog/``; returns the manifest (also written to disk)."""
+    with writing(args.workspace, "catalog", "ingest"):
+        return _ingest(args, client)
+
+
+def _ingest(args: IngestArgs, client: Client | None) -> Manifest:
     manifest = Manifest(stage="ingest", parameters=_parameters(args))
-    sources = inspect_all(args.inputs, args.columns, args.radius_column, args.format)
+    sources = inspect_all(args.inputs, args.columns, args.radius_column, args.format, args.hdu, args.id_kind)
+    manifest.warnings = [w for w in map(_lines_warning, sources) if w]
     chunks = [c for s in sources for c in plan_chunks(s, args.chunk_rows)]
     checksums = _start_checksums(sources, client)
     parts = persist(*[delayed(_read_and_index)(c) for c in chunks], client=client)
@@ -178,6 +193,21 @@ def ingest(args: IngestArgs, client: Client | None = None) -> Manifest:
     return manifest
 
 
+def _lines_warning(source: CatalogSource) -> str:
+    """What a file without some of the four line fluxes means for labelling ('' when it has all)."""
+    if not source.missing_lines:
+        return ""
+    if source.looks_like_nsa_v1:
+        return (
+            f"{Path(source.path).name}: NSA v1_0_1 has no emission lines; its rows can be fetched and scored "
+            "(agnsurvey score), not labelled"
+        )
+    return (
+        f"{missing_lines_text(source.path, source.missing_lines)}: its rows cannot be labelled (label needs all "
+        f"four lines); map them with {map_lines_hint(source.missing_lines)}, or use the file only for scoring"
+    )
+
+
 def _threads(client: Client | None) -> int:
     if client is None:
         return os.cpu_count() or 1
@@ -199,6 +229,8 @@ def _parameters(args: IngestArgs) -> dict:
         "shard_rows": args.shard_rows,
         "chunk_rows": args.chunk_rows,
         "format": args.format,
+        "hdu": args.hdu,
+        "id_kind": args.id_kind,
     }
 
 

@@ -19,10 +19,11 @@ from distributed import Client
 
 from cluster.client import compute
 from pipeline import bpt, plots
-from pipeline.catalog import ERROR_COLUMNS, LINE_COLUMNS, nsa_v1_message
+from pipeline.catalog import ERROR_COLUMNS, LINE_COLUMNS, map_lines_hint, missing_lines_text, nsa_v1_message
 from pipeline.config import LabelArgs
 from pipeline.dataset import SPLITS, split_codes
 from pipeline.errors import CatalogError, WorkspaceError
+from pipeline.stage import writing
 from storage.manifest import Manifest
 from storage.shards import SHARD_GLOB, SHARD_NAME, finish_shards, write_shard
 from storage.workspace import Workspace, as_workspace, atomic_directory
@@ -121,13 +122,15 @@ def check_catalog(args: LabelArgs) -> dict:
         raise WorkspaceError(
             f"{ws.root} has no ingested catalog; run `agnsurvey ingest CATALOG --workspace {ws.root}` first"
         )
-    without = [i["path"] for i in manifest["inputs"] if not i["has_lines"]]
-    if len(without) == len(manifest["inputs"]):
-        if any(i["nsa_v1"] for i in manifest["inputs"]):
-            raise CatalogError(nsa_v1_message(without))
+    missing = missing_lines(manifest)
+    if len(missing) == len(manifest["inputs"]):
+        if all(i["nsa_v1"] for i in manifest["inputs"]):
+            raise CatalogError(nsa_v1_message(list(missing)))
+        lacks = "; ".join(missing_lines_text(path, lines) for path, lines in missing.items())
+        needed = sorted({c for lines in missing.values() for c in lines}, key=LINE_COLUMNS.index)
         raise CatalogError(
-            f"{', '.join(without)}: no emission-line columns were found at ingest; re-ingest with "
-            "--column ha_flux=NAME --column nii_flux=NAME --column hb_flux=NAME --column oiii_flux=NAME"
+            f"nothing to label: {lacks} (at ingest). Labelling needs all four lines (Hα, [NII], Hβ, [OIII]); "
+            f"re-ingest mapping them with {map_lines_hint(needed)}"
         )
     if args.min_snr is not None:
         no_err = [i["path"] for i in manifest["inputs"] if not all(e in i["columns"] for e in ERROR_COLUMNS)]
@@ -139,15 +142,34 @@ def check_catalog(args: LabelArgs) -> dict:
     return manifest
 
 
+def missing_lines(ingest_manifest: dict) -> dict[str, list[str]]:
+    """Per ingested file that lacks some, the canonical line-flux columns it had no source for."""
+    out = {}
+    for source in ingest_manifest["inputs"]:
+        lines = [c for c in LINE_COLUMNS if c not in source["columns"]]
+        if lines:
+            out[source["path"]] = lines
+    return out
+
+
 def label(args: LabelArgs, client: Client | None = None) -> Manifest:
     """Label every ingested galaxy; writes ``WS/labels/`` and BPT plots, returns the manifest."""
+    with writing(args.workspace, "labels", "label"):
+        return _label(args, client)
+
+
+def _label(args: LabelArgs, client: Client | None) -> Manifest:
     ingest_manifest = check_catalog(args)
     ws = args.workspace
     manifest = Manifest(stage="label", parameters=_parameters(args))
     manifest.inputs = [{"path": str(ws.catalog), "rows": ingest_manifest["rows_out"]}]
-    without = [i["path"] for i in ingest_manifest["inputs"] if not i["has_lines"]]
+    without = missing_lines(ingest_manifest)
     if without:
-        manifest.extra["inputs_without_lines"] = without
+        manifest.extra["inputs_without_lines"] = list(without)
+        manifest.warnings = [
+            f"{missing_lines_text(path, lines)}: its rows are dropped (non-finite flux)"
+            for path, lines in without.items()
+        ]
 
     shards = sorted(ws.catalog.glob(SHARD_GLOB))
     labelled = compute(*[delayed(_count_labelled)(p, args.min_snr) for p in shards], client=client)

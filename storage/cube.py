@@ -10,7 +10,9 @@ Arrays:
 Writers own whole shards: the task that fetches shard k writes ``images`` shard k, then ``status``
 chunk k, each object in one atomic write (the local store writes a temporary file and renames
 it). Pixels land before their status, so ``ok`` always means the pixels are there, and a killed
-writer leaves the shard's previous objects intact.
+writer leaves the shard's previous objects intact. A write never makes a row worse: a final status
+(ok, no_coverage, bad_radius) is never replaced by failed or pending, nor failed by pending. A new
+cube is built in a temporary directory and renamed into place, so none is ever half made.
 """
 
 from __future__ import annotations
@@ -22,10 +24,18 @@ from typing import Any
 import numpy as np
 import zarr
 
+from storage.workspace import atomic_directory
+
 STATUS_CODES: dict[str, int] = {"pending": 0, "ok": 1, "no_coverage": 2, "bad_radius": 3, "failed": 4}
 STATUS_NAMES: dict[int, str] = {code: name for name, code in STATUS_CODES.items()}
 FINAL_STATUSES: tuple[str, ...] = ("ok", "no_coverage", "bad_radius")  # never requested again
 FINAL_CODES = np.array([STATUS_CODES[s] for s in FINAL_STATUSES], dtype=np.int8)
+
+
+def status_rank(status: np.ndarray) -> np.ndarray:
+    """How finished a row is: 0 pending, 1 failed, 2 final (ok, no_coverage, bad_radius)."""
+    status = np.asarray(status)
+    return np.where(np.isin(status, FINAL_CODES), 2, (status == STATUS_CODES["failed"]).astype(np.int8))
 
 
 @dataclass(frozen=True)
@@ -73,11 +83,23 @@ class Cube:
     def attrs(self) -> dict[str, Any]:
         return dict(self.group.attrs)
 
-    def write_shard(self, shard: int, images: np.ndarray, status: np.ndarray) -> None:
-        """Write one whole shard: pixels first, then their status."""
+    def write_shard(self, shard: int, images: np.ndarray, status: np.ndarray) -> np.ndarray:
+        """Write one whole shard, pixels first, then their status; returns the status written.
+
+        Rows the store already holds in a more finished state (another run got there first) keep
+        their stored status and pixels: an ``ok`` image is never overwritten by a failure.
+        """
         rows = self.layout.shard_rows(shard)
+        stored = self.status[rows.start : rows.stop]
+        keep = status_rank(stored) > status_rank(status)
+        if keep.any():
+            status, images = status.copy(), images.copy()
+            status[keep] = stored[keep]
+            if (stored[keep] == STATUS_CODES["ok"]).any():
+                images[keep] = self.images[rows.start : rows.stop][keep]
         self.images[rows.start : rows.stop] = images
         self.status[rows.start : rows.stop] = status
+        return status
 
 
 def create_cube(
@@ -88,7 +110,15 @@ def create_cube(
     status: np.ndarray,
     attrs: dict[str, Any],
 ) -> Cube:
-    """Create (overwrite) a cube with its per-row metadata and initial status."""
+    """Create (replace) a cube with its per-row metadata and initial status: built beside ``path``
+    and renamed into place, so a failure (disk full, out of memory, Ctrl-C) leaves no half-made cube."""
+    with atomic_directory(path) as tmp:
+        _build(tmp, layout, objid, pixscale, status, attrs)
+    return open_cube(path)
+
+
+def _build(path: Path, layout: CubeLayout, objid: np.ndarray, pixscale: np.ndarray, status: np.ndarray,
+           attrs: dict[str, Any]) -> None:  # fmt: skip
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     n, s, k = layout.n, layout.image_size, layout.shard_images
     group.create_array(
@@ -118,7 +148,6 @@ def create_cube(
             "row_meaning": "row i is the labelled galaxy with cube_index i (WS/labels)",
         }
     )
-    return Cube(group, layout)
 
 
 def open_cube(path: Path, mode: str = "r+") -> Cube:

@@ -32,6 +32,8 @@ class Manifest:
     outputs: dict[str, Any] = field(default_factory=dict)
     parameters: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    unfinished: str = ""  # what this run left undone and how to finish it ("" when complete)
     software: dict[str, str] = field(
         default_factory=lambda: {"agnsurvey": software_version(), "python": platform.python_version()}
     )
@@ -50,8 +52,11 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> Path:
     """Write JSON to ``path`` via a temporary file and a rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

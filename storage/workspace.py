@@ -2,13 +2,19 @@
 
 ```
 WS/ catalog/  labels/  cube.zarr  cube_failures.parquet  models/  reports/  scores/  manifests/
+    .locks/   one lock file per stage output (who is writing it)
 ```
 """
 
 from __future__ import annotations
 
+import datetime
+import fcntl
+import json
 import os
 import shutil
+import socket
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from storage.manifest import read_manifest, write_json_atomic
+
+
+class WorkspaceBusy(RuntimeError):
+    """Another process is writing the same stage output; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,51 @@ class Workspace:
     def read_manifest(self, stage: str) -> dict[str, Any] | None:
         path = self.manifest_path(stage)
         return read_manifest(path) if path.exists() else None
+
+    @contextmanager
+    def lock(self, output: str) -> Iterator[None]:
+        """Hold the writer's lock of one stage output (``catalog``, ``labels``, ``cube``, ...) for the block.
+
+        One writer per output at a time: a second one gets :class:`WorkspaceBusy` naming the first
+        (pid, host, command, start time). Readers take no lock. The lock is an ``flock`` on
+        ``WS/.locks/<output>.lock``: the OS releases it when the holder exits, however it exits (a
+        SIGKILL never leaves a workspace locked); the file itself stays and means nothing alone.
+        """
+        path = self.root / ".locks" / f"{output}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise WorkspaceBusy(_busy_message(self.root / output, path)) from None
+            holder = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "",
+                "since": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            }
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
+
+def _busy_message(output: Path, lock_file: Path) -> str:
+    try:
+        holder = json.loads(lock_file.read_text() or "{}")
+    except (OSError, ValueError):
+        holder = {}
+    who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
+    if holder.get("since"):
+        who += f", since {holder['since']}"
+    if holder.get("command"):
+        who += f": `{holder['command']}`"
+    return (
+        f"{output} is being written by another run ({who}); wait for it to finish or stop it, "
+        "or use another --workspace (reading the workspace is never blocked)"
+    )
 
 
 def as_workspace(value: Workspace | str | Path) -> Workspace:

@@ -130,7 +130,8 @@ def test_non_numeric_values_in_csv(tmp_path):
     rows.loc[2500, "HBFLUX"] = "12..5"  # past the 2000-row sample the schema check reads
     rows.to_csv(tmp_path / "junk.csv", index=False)
     with pytest.raises(
-        CatalogError, match=r"junk.csv: column 'HBFLUX' \(hb_flux\) holds non-numeric values such as '12..5'"
+        CatalogError, match=r"junk.csv: row 2,501 \(counting data rows from 1\): column 'HBFLUX' \(hb_flux\) holds "
+        r"'12..5', not a number"
     ):
         read_all(str(tmp_path / "junk.csv"))
 
@@ -231,3 +232,118 @@ def test_truncated_fits_is_named_as_such(tmp_path, nsa_fits):
     half.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(CatalogError, match=r"half.fits: FITS table is truncated .*re-download"):
         inspect_all([str(half)])
+
+
+# --- ids are never changed silently ----------------------------------------------------------------
+
+
+def _csv_with_id(tmp_path, row: int, value: str, n: int = 3000) -> Path:
+    table = rows_frame(nsa_rows(n))
+    table["NSAID"] = table["NSAID"].astype(str)
+    table.loc[row, "NSAID"] = value
+    table.to_csv(tmp_path / "ids.csv", index=False)
+    return tmp_path / "ids.csv"
+
+
+@pytest.mark.parametrize("row", [10, 2950])  # inside the type sample / in the last of many chunks
+@pytest.mark.parametrize("value", ["abc", "1.5", ""])
+def test_a_bad_integer_id_is_one_error_naming_row_and_value(tmp_path, monkeypatch, row, value):
+    monkeypatch.setattr(catalog, "CSV_CHUNK_BYTES", 8192)
+    path = _csv_with_id(tmp_path, row, value)
+    problem = "is empty (or an NA marker such as n/a or NaN)" if value == "" else f"holds {value!r}, not an integer"
+    with pytest.raises(CatalogError) as err:
+        read_all(str(path))
+    message = str(err.value)
+    where = f"ids.csv: row {row + 1:,} (counting data rows from 1)"
+    assert f"{where}: id column 'NSAID' {problem}" in message and "--id-kind string" in message
+
+
+def test_float_and_unsigned_id_columns_are_checked_row_by_row(tmp_path):
+    rows = nsa_rows(300)
+    rows["NSAID"] = rows["NSAID"].astype(np.float64)
+    rows["NSAID"][123] = 7.25
+    write_nsa_fits(tmp_path / "f.fits", rows, formats={"NSAID": "D"})
+    with pytest.raises(CatalogError, match=r"f.fits: row 124 .*'NSAID' holds 7.25, not an integer"):
+        read_all(str(tmp_path / "f.fits"))
+
+    table = rows_frame(nsa_rows(300))
+    big = np.uint64(2**64 - 1)  # SDSS-style unsigned ids can exceed int64
+    table["NSAID"] = np.arange(300, dtype=np.uint64) + np.uint64(2**62)
+    table.loc[7, "NSAID"] = big
+    table.to_parquet(tmp_path / "u.parquet")
+    with pytest.raises(CatalogError, match=r"u.parquet: row 8 .*holds 18446744073709551615, above 9,223,372,036,"):
+        read_all(str(tmp_path / "u.parquet"))
+    kept = read_all(str(tmp_path / "u.parquet"), id_kind="string")
+    assert kept["source_id"].tolist() == [str(v) for v in table["NSAID"]]  # every id exactly, none wrapped
+    np.testing.assert_array_equal(kept["objid"], stable_id_hash(np.array([str(v) for v in table["NSAID"]])))
+    assert (kept["objid"] >= 0).all()
+
+
+def test_exact_integer_ids_from_text_have_no_float_round_trip(tmp_path):
+    table = rows_frame(nsa_rows(50))
+    ids = [2**62 + 3 * i + 1 for i in range(50)]  # not representable as float64
+    table["NSAID"] = [str(v) for v in ids]
+    table.loc[4, "NSAID"] = f" +{ids[4]} "
+    table.loc[5, "NSAID"] = f"{ids[5]}.0"  # an integral decimal is the same integer
+    table.to_csv(tmp_path / "big.csv", index=False)
+    assert read_all(str(tmp_path / "big.csv"))["objid"].tolist() == ids
+
+
+def test_text_ids_stay_text_in_auto_mode(tmp_path):
+    table = rows_frame(nsa_rows(30))
+    table["NSAID"] = [f"{i:05d}" for i in range(30)]  # leading zeros: names, not numbers
+    table.to_csv(tmp_path / "names.csv", index=False)
+    assert read_all(str(tmp_path / "names.csv"))["source_id"].tolist() == list(table["NSAID"])
+
+
+# --- CSV chunks start where records start -----------------------------------------------------------
+
+
+def _comment(i: int, rng: np.random.Generator) -> str:
+    lines = [f'line {k}, with "quotes" and commas' for k in range(int(rng.integers(1, 5)))]
+    if i % 97 == 0:
+        lines *= 400  # one field far longer than a chunk
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("stray_quote", [False, True])
+def test_csv_with_multiline_quoted_fields_reads_what_pandas_reads(tmp_path, monkeypatch, stray_quote):
+    rng = np.random.default_rng(5)
+    table = rows_frame(nsa_rows(1500))
+    table["comment"] = [_comment(i, rng) for i in range(len(table))]
+    path = tmp_path / "quoted.csv"
+    table.to_csv(path, index=False)
+    if stray_quote:  # a quote inside an unquoted field: legal for the parser, but counting quotes misleads
+        path.write_text(path.read_text().replace("J000003+", 'J000003"+', 1))
+    monkeypatch.setattr(catalog, "CSV_CHUNK_BYTES", 4096)
+    (source,) = inspect_all([str(path)])
+    chunks = plan_chunks(source, 1000)
+    assert len(chunks) == 1 if stray_quote else len(chunks) > 10
+    got = pd.concat([read_chunk(c) for c in chunks], ignore_index=True)
+    want = pd.read_csv(path)
+    assert want["IAUNAME"].str.contains('"').sum() == stray_quote
+    np.testing.assert_array_equal(got["objid"], want["NSAID"])
+    np.testing.assert_allclose(got["ha_flux"], want["HAFLUX"], rtol=1e-6)
+    np.testing.assert_allclose(got["ra"], want["RA"])
+    assert len(got) == len(want) == 1500
+
+
+# --- FITS tables outside HDU 1 ----------------------------------------------------------------------
+
+
+def test_fits_names_the_hdu_read_and_hdu_picks_another(tmp_path):
+    rows = nsa_rows(40)
+    meta = fits.BinTableHDU.from_columns([fits.Column(name="KEY", format="10A", array=np.array(["a", "b"]))])
+    meta.name = "META"
+    table = fits.BinTableHDU.from_columns([fits.Column(name=k, format="E" if k != "NSAID" else "J", array=v)
+                                           for k, v in rows.items() if np.ndim(v) == 1 and k != "IAUNAME"])  # fmt: skip
+    table.name = "NSA"
+    fits.HDUList([fits.PrimaryHDU(), meta, table]).writeto(tmp_path / "two.fits")
+    with pytest.raises(CatalogError) as err:
+        inspect_all([str(tmp_path / "two.fits")])
+    assert "Read the table in HDU 1;" in str(err.value)
+    assert "HDU 1 'META' (2 rows), HDU 2 'NSA' (40 rows)" in str(err.value) and "--hdu N" in str(err.value)
+    frame = read_all(str(tmp_path / "two.fits"), hdu=2)
+    np.testing.assert_array_equal(frame["objid"], rows["NSAID"])
+    with pytest.raises(CatalogError, match=r"two.fits: HDU 0 is not a table\. tables in this file: HDU 1 'META'"):
+        inspect_all([str(tmp_path / "two.fits")], hdu=0)

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import zarr
@@ -67,3 +68,82 @@ def test_run_is_the_whole_main_job(tmp_path, capsys):
     assert fetch_m["parameters"]["cutout_url"].startswith("http://127.0.0.1:")
     assert zarr.open_group(str(ws / "cube.zarr"), mode="r")["images"].shape == (len(labels), 128, 128, 3)
     assert "fetch" in out and "status ok" in out
+
+
+def test_help_lists_every_stage():
+    import argparse
+
+    from pipeline.cli import build_parser
+
+    parser = build_parser()
+    help_text = parser.format_help()
+    stage_list = help_text.split("stages (", 1)[1].split("\n\n", 1)[0]
+    stages = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in stages.choices.items():
+        nested = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
+        for full in [f"{name} {n}" for n in nested[0].choices] if nested else [name]:
+            assert f"\n  {full} " in stage_list, f"{full!r} missing from the stage list of --help"
+
+
+def test_a_canonical_column_mapped_twice_is_an_error(tmp_path, capsys):
+    with pytest.raises(ConfigError, match=r"--column maps ha_flux twice \(ha_flux=A and ha_flux=B\)"):
+        parse_columns(["ha_flux=A", "nii_flux=N", "ha_flux=B"])
+    code = main(["--cluster", "nowhere", "ingest", "x.fits", "--workspace", str(tmp_path / "ws"),
+                 "--column", "ha_flux=A", "--column", "ha_flux=B"])  # fmt: skip
+    assert code == 2 and "maps ha_flux twice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"), [("not json {", "is not JSON"), ('{"type": "Scheduler"}', "has no scheduler address")]
+)
+def test_a_bad_scheduler_file_is_one_line(tmp_path, capsys, content, problem):
+    path = tmp_path / "scheduler.json"
+    path.write_text(content)
+    code = main(["--cluster", str(path), "label", "--workspace", str(tmp_path / "ws")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert f"scheduler file {path} {problem}" in err[0] and "dask scheduler --scheduler-file" in err[0]
+
+
+def test_missing_line_columns_are_named_at_ingest_and_at_label(tmp_path, capsys):
+    from pipeline.config import LabelArgs
+    from pipeline.errors import CatalogError
+    from pipeline.label import label
+
+    rows = nsa_rows(50)
+    del rows["HBFLUX"], rows["O3FLUX"]
+    write_nsa_fits(tmp_path / "two_lines.fits", rows)
+    assert main(["--quiet", "--workers", "1", "ingest", str(tmp_path / "two_lines.fits"), "--workspace",
+                 str(tmp_path / "ws")]) == 0  # fmt: skip
+    warning = capsys.readouterr().err.strip()
+    assert warning == (
+        "agnsurvey: warning: two_lines.fits has no column for hb_flux (HBFLUX), oiii_flux (O3FLUX): its rows "
+        "cannot be labelled (label needs all four lines); map them with --column hb_flux=NAME --column "
+        "oiii_flux=NAME, or use the file only for scoring"
+    )
+    with pytest.raises(CatalogError) as err:
+        label(LabelArgs(workspace=tmp_path / "ws"))
+    message = str(err.value)
+    assert "two_lines.fits has no column for hb_flux (HBFLUX), oiii_flux (O3FLUX)" in message
+    assert message.endswith("re-ingest mapping them with --column hb_flux=NAME --column oiii_flux=NAME")
+
+
+def test_run_refuses_a_workspace_made_from_other_inputs(tmp_path, capsys):
+    ws = tmp_path / "ws"
+    base = ["--quiet", "--workers", "1", "run", "--workspace", str(ws), "--n", "400"]
+    assert main([*base, "--seed", "1"]) == 0
+    before = {p.name: p.read_bytes() for p in (ws / "manifests").iterdir()}
+    catalog = pd.read_parquet(ws / "catalog")
+    capsys.readouterr()
+    for change in (["--seed", "2"], ["--seed", "1", "--min-snr", "3"]):
+        assert main([*base, *change]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "was built from the offline sky --n 400 --seed 1 (--scheme paper, " in err[0]
+        assert "would leave its catalog, labels and cube mismatched" in err[0] and "pass --restart" in err[0]
+    assert {p.name: p.read_bytes() for p in (ws / "manifests").iterdir()} == before  # nothing was touched
+    pd.testing.assert_frame_equal(pd.read_parquet(ws / "catalog"), catalog)
+    assert main([*base, "--seed", "2", "--restart"]) == 0
+    labels = pd.read_parquet(ws / "labels").sort_values("cube_index")
+    cube = zarr.open_group(str(ws / "cube.zarr"), mode="r")
+    np.testing.assert_array_equal(cube["objid"][:], labels["objid"])  # the cube is the new labels'
+    assert not pd.read_parquet(ws / "catalog")["objid"].equals(catalog["objid"])

@@ -93,8 +93,9 @@ def test_wrong_size_answers_fail_with_the_reason(tmp_path):
     failures = pd.read_parquet(tmp_path / "cube_failures.parquet")
     assert m.rows_out == 0 and list(read_cube_status(tmp_path)) == ["failed", "failed"]
     assert list(failures["cube_index"]) == [0, 1]
-    assert all(r == "shape 80x80, asked for 100x100" for r in failures["reason"])
+    assert failures["reason"].str.fullmatch(r"200 image/jpeg, [\d,]+ bytes: shape 80x80, asked for 100x100").all()
     assert (failures["attempts"] == 1).all()  # a clipped size does not get better by asking again
+    assert m.unfinished.startswith("2 cutouts failed (reasons in ") and "re-run the same command" in m.unfinished
 
 
 @pytest.mark.skipif(not DEMO.is_dir(), reason="../shared/data/convnet_demo is absent")
@@ -208,3 +209,137 @@ def test_tasks_at_once_never_exceed_the_request_slots(tmp_path):
     assert tasks_at_once(args, n_jobs=50, threads=16) == 4
     assert tasks_at_once(args, n_jobs=2, threads=16) == 2
     assert tasks_at_once(args, n_jobs=50, threads=1) == 1
+
+
+# --- a service that cannot be used ends the run, clearly ---------------------------------------------
+
+
+def fetch_args(ws: Path, url: str, **kw) -> FetchArgs:
+    base = dict(size=64, image_size=32, shard_images=8, inner_images=4, rate=500, concurrency=4)
+    return FetchArgs(workspace=ws, cutout_url=url, **{**base, **kw})
+
+
+def test_a_retry_after_beyond_the_deadline_stops_the_run_leaving_rows_pending(tmp_path):
+    write_labels(tmp_path, np.linspace(150, 151, 40), np.full(40, 2.0), np.full(40, 10.0))
+
+    async def handler(request):
+        return web.Response(status=429, headers={"Retry-After": "100000"})
+
+    with serve_in_thread(handler) as (url, log):
+        m = fetch(fetch_args(tmp_path, url, deadline_s=60))
+        asked = [q for _, q in log if q["size"] == "64"]
+    assert len(asked) <= 4  # the requests in flight when the first answer came; nothing after
+    assert set(read_cube_status(tmp_path)) == {"pending"}  # nothing failed: nothing was really tried
+    assert "asked to wait 100,000 s (HTTP 429, Retry-After: 100000)" in m.unfinished
+    assert "longer than the 60 s deadline" in m.unfinished and "re-run after 20" in m.unfinished
+    assert "40 not fetched yet (pending)" in m.unfinished
+
+
+@pytest.mark.parametrize(
+    ("window", "retries", "most"),
+    [(20, 5, 20 + 4), (40, 1, 3 * 16)],  # one task's answers fill the window / 8-row tasks (16 answers) add up
+)
+def test_a_service_that_keeps_failing_ends_the_run_instead_of_every_deadline(tmp_path, window, retries, most):
+    write_labels(tmp_path, np.linspace(150, 151, 200), np.full(200, 2.0), np.full(200, 10.0))
+
+    async def handler(request):
+        return web.Response(status=503, text="down for maintenance")
+
+    with serve_in_thread(handler) as (url, log):
+        m = fetch(fetch_args(tmp_path, url, retries=retries, give_up_window=window))
+        asked = [q for _, q in log if q["size"] == "64"]
+    assert len(asked) <= most  # not 200 x (1 + retries): the window, plus requests already in flight
+    status = read_cube_status(tmp_path)
+    assert set(status) <= {"pending", "failed"} and (status == "pending").sum() > 150
+    assert m.unfinished.startswith(f"the service is failing: {window} of the last {window} requests failed (HTTP 503")
+
+
+def test_failure_reasons_say_what_came_back(tmp_path):
+    write_labels(tmp_path, [150.0, 150.1, 150.2], [2.0, 2.0, 2.0], [10.0, 10.0, 10.0])
+    whole = jpeg(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
+
+    async def handler(request):
+        ra = request.query["ra"]
+        if ra.startswith("150.0"):
+            return web.Response(body=b"<html>" + b" " * 500 + b"</html>", content_type="text/html")
+        if ra.startswith("150.1"):
+            return web.Response(body=whole[:300], content_type="image/jpeg")
+        if ra.startswith("150.2"):
+            return web.Response(status=404, text="no such layer")
+        return web.Response(body=whole, content_type="image/jpeg")  # the probe
+
+    with serve_in_thread(handler) as (url, _):
+        fetch(fetch_args(tmp_path, url, retries=1))
+    reasons = pd.read_parquet(tmp_path / "cube_failures.parquet").set_index("cube_index")["reason"]
+    assert reasons[0] == "gave up after 2 attempts; last: 200 text/html, 513 bytes: not an image"
+    assert reasons[1] == "gave up after 2 attempts; last: 200 image/jpeg, 300 bytes: corrupt or truncated JPEG"
+    assert reasons[2] == "HTTP 404 text/plain, 13 bytes: no such layer"
+
+
+def test_failed_rows_give_exit_code_3_after_writing_what_succeeded(tmp_path, capsys):
+    from pipeline.cli import EXIT_INCOMPLETE, main
+
+    write_labels(tmp_path, [150.0, 150.1], [2.0, 2.0], [10.0, 10.0])
+    good = jpeg(np.random.default_rng(1).integers(0, 255, (64, 64, 3), np.uint8))
+
+    async def handler(request):
+        if request.query["ra"].startswith("150.1"):
+            return web.Response(status=500)
+        return web.Response(body=good, content_type="image/jpeg")
+
+    with serve_in_thread(handler) as (url, _):
+        code = main(["--quiet", "--workers", "1", "fetch", "--workspace", str(tmp_path), "--cutout-url", url,
+                     "--size", "64", "--image-size", "64", "--retries", "0"])  # fmt: skip
+    assert code == EXIT_INCOMPLETE == 3
+    assert list(read_cube_status(tmp_path)) == ["ok", "failed"]
+    np.testing.assert_array_equal(
+        zarr.open_group(str(tmp_path / "cube.zarr"), mode="r")["images"][0], np.asarray(Image.open(io.BytesIO(good)))
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"agnsurvey: incomplete: 1 cutouts failed (reasons in {tmp_path / 'cube_failures.parquet'}); "
+                   "re-run the same command to retry them"]  # fmt: skip
+
+
+def test_a_failure_never_overwrites_an_ok_row(tmp_path):
+    """A shard task planned from a stale status (another run fetched those rows meanwhile)."""
+    from pipeline.fetch import ShardJob, fetch_shard, plan_jobs
+    from storage.cube import open_cube
+
+    labels = write_labels(tmp_path, np.linspace(150, 151, 8), np.full(8, 2.0), np.full(8, 10.0))
+    with noise_server() as (url, _):
+        fetch(fetch_args(tmp_path, url))
+    cube = open_cube(tmp_path / "cube.zarr")
+    before = cube.images[:]
+    cube.status[:] = np.zeros(8, np.int8)  # plan as if nothing were done ...
+    (job,) = plan_jobs(fetch_args(tmp_path, "http://x/c.jpg", retries=0), cube, labels, parallel=1)
+    cube.status[:] = np.ones(8, np.int8)  # ... while another run had finished them all
+
+    async def failing(request):
+        return web.Response(status=500)
+
+    with serve_in_thread(failing) as (url, _):
+        stale = ShardJob(job.cube, job.shard, job.rows, [u.replace("http://x/c.jpg", url) for u in job.urls],
+                         job.settings)  # fmt: skip
+        fetch_shard(stale)
+    assert list(read_cube_status(tmp_path)) == ["ok"] * 8
+    np.testing.assert_array_equal(open_cube(tmp_path / "cube.zarr").images[:], before)
+
+
+def test_an_impossible_image_size_is_refused_before_anything_is_written(tmp_path, capsys):
+    from pipeline.cli import main
+
+    write_labels(tmp_path, [150.0], [2.0], [10.0])
+    code = main(["--quiet", "--workers", "1", "fetch", "--workspace", str(tmp_path), "--cutout-url",
+                 "http://127.0.0.1:9/viewer/cutout.jpg", "--image-size", "20000"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "would take 1144.4 GiB of memory per fetch task" in err and "lower --image-size" in err
+    assert not (tmp_path / "cube.zarr").exists()
+
+
+def test_a_cube_that_fails_while_being_made_leaves_nothing_behind(tmp_path):
+    from storage.cube import CubeLayout, create_cube
+
+    with pytest.raises(ValueError):
+        create_cube(tmp_path / "cube.zarr", CubeLayout(4, 8, 4, 2), np.arange(3), np.ones(4), np.zeros(4), {})
+    assert list(tmp_path.iterdir()) == []

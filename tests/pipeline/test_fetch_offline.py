@@ -177,3 +177,71 @@ def test_local_cluster_fetches_the_same_cube(sky, tmp_path, cluster_client):
     np.testing.assert_array_equal(a["status"][:], b["status"][:])
     np.testing.assert_array_equal(a["images"][:], b["images"][:])
     assert set(read_cube_status(two)) == {"ok", "no_coverage"}
+
+
+def _start_fetch(ws: Path, url: str, tmp_path: Path) -> subprocess.Popen:
+    """`agnsurvey fetch` in a process group of its own (as a terminal would start it), 2 workers."""
+    config = tmp_path / "fetch.toml"
+    config.write_text("[fetch]\nshard_images = 16\ninner_images = 8\n")
+    cmd = [sys.executable, "-m", "pipeline.cli", "--quiet", "--workers", "2", "--config", str(config), "fetch",
+           "--workspace", str(ws), "--cutout-url", url, "--size", str(SIZE), "--image-size", str(IMAGE),
+           "--rate", "40", "--concurrency", "4"]  # fmt: skip
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+
+
+def _wait_for_ok(ws: Path, child: subprocess.Popen, at_least: int) -> np.ndarray:
+    deadline = time.time() + 120
+    while True:
+        assert child.poll() is None and time.time() < deadline, child.communicate()
+        cube = ws / "cube.zarr"
+        if cube.exists():
+            status = zarr.open_group(str(cube), mode="r")["status"][:]
+            if (status == 1).sum() >= at_least:
+                return status
+        time.sleep(0.1)
+
+
+def test_ctrl_c_stops_with_one_line_and_exit_130_keeping_what_was_fetched(sky, tmp_path):
+    import psutil
+
+    _, index, n = sky
+    ws = workspace(sky, tmp_path)
+    with serve_in_background(build_server_config(None, latency_s=0.02), index=index) as server:
+        child = _start_fetch(ws, server.url, tmp_path)
+        _wait_for_ok(ws, child, 16)
+        family = psutil.Process(child.pid).children(recursive=True)
+        assert len(family) >= 2  # the embedded cluster's worker processes
+        os.killpg(child.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+        out, err = child.communicate(timeout=60)
+        done = zarr.open_group(str(ws / "cube.zarr"), mode="r")
+        ok_rows = np.flatnonzero(done["status"][:] == 1)
+        ok_pixels = done["images"][:][ok_rows]
+        m = fetch(args_for(ws, server.url, shard_images=16, inner_images=8))  # re-run to continue
+    assert child.returncode == 130
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"agnsurvey: fetch interrupted; {len(ok_rows):,} of {n:,} cutouts are in ")
+    assert lines[0].endswith("(whole shards are kept); re-run the same command to continue")
+    assert not [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]  # no stray process
+    final = zarr.open_group(str(ws / "cube.zarr"), mode="r")
+    np.testing.assert_array_equal(final["images"][:][ok_rows], ok_pixels)  # what was fetched was kept
+    assert m.extra["this_run"]["rows_requested"] == n - len(ok_rows) and set(read_cube_status(ws)) == {"ok"}
+
+
+def test_a_second_fetch_on_the_same_workspace_is_refused_naming_the_first(sky, tmp_path):
+    from pipeline.errors import WorkspaceError
+
+    _, index, n = sky
+    ws = workspace(sky, tmp_path)
+    with serve_in_background(build_server_config(None, latency_s=0.02), index=index) as server:
+        first = _start_fetch(ws, server.url, tmp_path)
+        before = _wait_for_ok(ws, first, 16)
+        with pytest.raises(WorkspaceError, match=rf"cube is being written by another run \(pid {first.pid} on .*fetch"):
+            fetch(args_for(ws, server.url, shard_images=16, inner_images=8, retries=0))
+        after = zarr.open_group(str(ws / "cube.zarr"), mode="r")["status"][:]
+        assert ((after == 1) >= (before == 1)).all()  # the refused run touched nothing the first had done
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        m = fetch(args_for(ws, server.url, shard_images=16, inner_images=8))  # the OS released the lock
+    assert m.rows_out == n and set(read_cube_status(ws)) == {"ok"}

@@ -1,5 +1,6 @@
 """A killed run loses nothing that was complete; a killed worker costs a retry, not data."""
 
+import json
 import os
 import signal
 import subprocess
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from conftest import nsa_rows, write_nsa_fits
+import pytest
+from conftest import nsa_rows, rows_frame, write_nsa_fits
 from distributed import Client, LocalCluster, WorkerPlugin
 
 from pipeline.config import IngestArgs, LabelArgs
@@ -88,3 +90,113 @@ def test_killed_worker_is_retried_and_result_is_complete(tmp_path):
     assert catalog["objid"].is_unique and len(catalog) == 3950
     labels = read_labels(tmp_path / "ws")
     np.testing.assert_array_equal(labels["cube_index"], np.arange(labelled.rows_out))
+
+
+# --- the disk fills up, the workspace is read-only: one line, nothing left behind --------------------
+
+INGEST_TWICE = """
+import json, sys
+from pathlib import Path
+import pandas as pd
+from pipeline.cli import main
+from pipeline.config import IngestArgs
+from pipeline.ingest import ingest
+ws, small, big = sys.argv[1:4]
+ingest(IngestArgs(workspace=ws, inputs=[small]))
+before = pd.read_parquet(Path(ws) / "catalog")
+code = main(["--quiet", "--workers", "1", "ingest", big, "--workspace", ws])
+after = pd.read_parquet(Path(ws) / "catalog")
+print(json.dumps({"code": code, "kept": before.equals(after), "rows": len(after),
+                  "left": sorted(p.name for p in Path(ws).iterdir())}))
+"""
+
+
+def _in_small_filesystem(ws: Path, script: str, *args: str) -> subprocess.CompletedProcess:
+    """Run ``script`` with ``ws`` on a 1 MiB file system: a tmpfs in a private mount namespace where
+    this machine allows one (ENOSPC), else under a 1 MiB file-size limit (EFBIG: the same code path)."""
+    ws.mkdir()
+    python = [sys.executable, "-c", script, str(ws), *args]
+    mount = f"mount -t tmpfs -o size=1m tmpfs {ws} && exec \"$@\""
+    for prefix in (["unshare", "--mount", "--propagation", "private"], ["unshare", "-rm"]):
+        try:
+            probe = subprocess.run([*prefix, "sh", "-c", f"mount -t tmpfs tmpfs {ws}"], capture_output=True)
+        except FileNotFoundError:
+            break
+        if probe.returncode == 0:
+            return subprocess.run([*prefix, "sh", "-c", mount, "sh", *python], cwd=ROOT, capture_output=True,
+                                  text=True, timeout=240)  # fmt: skip
+
+    def limit() -> None:
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    return subprocess.run(python, cwd=ROOT, capture_output=True, text=True, timeout=240, preexec_fn=limit)
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_catalog(tmp_path):
+    small = write_nsa_fits(tmp_path / "small.fits", nsa_rows(200, seed=1))
+    big = write_nsa_fits(tmp_path / "big.fits", nsa_rows(60_000, seed=2))  # a shard of ~3 MB: does not fit
+    proc = _in_small_filesystem(tmp_path / "ws", INGEST_TWICE, str(small), str(big))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["code"] == 2 and result["kept"] and result["rows"] == 200
+    assert not [name for name in result["left"] if name.startswith(".catalog.")]  # no half-written catalog
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert errors[0].startswith(f"agnsurvey: error: no space left writing {tmp_path / 'ws'}")
+    assert "free space there or choose a --workspace on another disk" in errors[0]
+
+
+LABEL_READ_ONLY = """
+import sys
+from pipeline.cli import main
+sys.exit(main(["--quiet", "--workers", "1", "label", "--workspace", sys.argv[1]]))
+"""
+
+
+def test_a_read_only_workspace_is_one_line_naming_it(tmp_path):
+    ws = tmp_path / "ws"
+    ingest(IngestArgs(workspace=ws, inputs=[str(write_nsa_fits(tmp_path / "c.fits", nsa_rows(100)))]))
+    python = [sys.executable, "-c", LABEL_READ_ONLY, str(ws)]
+    remount = f"mount --bind {ws} {ws} && mount -o remount,ro,bind {ws} && exec \"$@\""
+    if os.geteuid() == 0:
+        proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", remount, "sh", *python],
+                              cwd=ROOT, capture_output=True, text=True, timeout=240)  # fmt: skip
+        if "mount:" in proc.stderr or "unshare:" in proc.stderr:
+            pytest.skip(f"as root, a read-only file system needs a mount namespace: {proc.stderr.strip()}")
+        want = f"agnsurvey: error: {ws / '.locks' / 'labels.lock'} is on a read-only file system; choose a writable"
+    else:
+        ws.chmod(0o555)
+        proc = subprocess.run(python, cwd=ROOT, capture_output=True, text=True, timeout=240)
+        ws.chmod(0o755)
+        want = f"agnsurvey: error: {ws / '.locks' / 'labels.lock'}: permission denied; check its permissions, or"
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(errors) == 1 and errors[0].startswith(want), proc.stderr
+    assert not (ws / "labels").exists()
+
+
+def test_an_error_inside_a_dask_task_is_one_clear_line(tmp_path):
+    """A bad id in the last chunk of a CSV is found by a worker process; the user sees the error
+    once, without the worker's "Compute Failed" block or a traceback."""
+    table = rows_frame(nsa_rows(3000))
+    table["NSAID"] = table["NSAID"].astype(str)
+    table.loc[2990, "NSAID"] = "12x"
+    table.to_csv(tmp_path / "cat.csv", index=False)
+    script = textwrap.dedent(
+        """
+        import sys
+        from pipeline import catalog
+        from pipeline.cli import main
+        catalog.CSV_CHUNK_BYTES = 16384  # many chunks: the bad row is in the last, read by a worker
+        sys.exit(main(["--quiet", "--workers", "2", "ingest", sys.argv[1], "--workspace", sys.argv[2]]))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "cat.csv"), str(tmp_path / "ws")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)  # fmt: skip
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr
+    assert errors[0].startswith("agnsurvey: error: ") and "cat.csv: row 2,991 (counting data rows from 1): id " \
+        "column 'NSAID' holds '12x', not an integer" in errors[0]  # fmt: skip
+    assert not (tmp_path / "ws" / "catalog").exists()

@@ -1,12 +1,17 @@
-"""Atomic directory replacement: a killed or failed run never loses the previous complete output."""
+"""Atomic directory replacement: a killed or failed run never loses the previous complete output;
+one writer per stage output."""
 
 import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from storage.shards import finish_shards
-from storage.workspace import atomic_directory
+from storage.workspace import Workspace, WorkspaceBusy, atomic_directory
 
 
 def test_failure_keeps_the_old_output(tmp_path):
@@ -41,3 +46,23 @@ def test_finish_shards_renumbers_in_numeric_order(tmp_path):
         "part-00002.parquet",
     ]
     assert len(pd.read_parquet(tmp_path / "part-00002.parquet")) == 4
+
+
+def test_one_writer_per_output_and_the_os_releases_a_killed_holder(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    hold = "import sys, time\nfrom storage.workspace import Workspace\nwith Workspace(sys.argv[1]).lock('cube'):\n" \
+           "    print('held', flush=True)\n    time.sleep(120)\n"  # fmt: skip
+    root = Path(__file__).resolve().parents[2]
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(ws.root)], cwd=root, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        busy = rf"ws/cube is being written by another run \(pid {holder.pid} on "
+        with pytest.raises(WorkspaceBusy, match=busy), ws.lock("cube"):
+            pass
+        with ws.lock("catalog"):  # another output is free, and readers take no lock at all
+            pass
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    with ws.lock("cube"), pytest.raises(WorkspaceBusy, match=rf"pid {os.getpid()} .*`"), ws.lock("cube"):
+        pass  # SIGKILL never leaves a workspace locked; and a second writer in this process is refused too

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -26,8 +27,9 @@ class ClusterSpecError(ValueError):
 
 class QuietWorkers(WorkerPlugin):
     """For workers this process started: Ctrl-C is the client's to handle (a terminal sends SIGINT
-    to the whole process group; workers that die of it print tracebacks), and a task's error is
-    reported once, by the client, not also as the worker's "Compute Failed" log block."""
+    to the whole process group; workers that die of it print tracebacks), and unless ``debug`` a
+    task's error is reported once, by the client: not also as the worker's "Compute Failed" block,
+    nor followed by the chatter of workers shutting down mid-task. Memory warnings still show."""
 
     name = "agnsurvey-quiet-workers"
 
@@ -37,7 +39,8 @@ class QuietWorkers(WorkerPlugin):
     def setup(self, worker: Any) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # worker plugins are set up on the worker's main thread
         if not self.debug:
-            logging.getLogger("distributed.worker").setLevel(logging.CRITICAL)
+            logging.getLogger("distributed").setLevel(logging.CRITICAL)
+            logging.getLogger("distributed.worker.memory").setLevel(logging.WARNING)
 
 
 @contextmanager
@@ -55,12 +58,8 @@ def connect(
     """
     with ExitStack() as stack:
         if spec in ("local", "local-cuda"):
-            default_sigint = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the worker processes started now
-            try:
+            with _sigint_ignored():  # inherited by the worker processes started now
                 cluster = stack.enter_context(_local_cluster(spec, n_workers, threads_per_worker, memory_limit))
-            finally:
-                signal.signal(signal.SIGINT, default_sigint)
             client = stack.enter_context(Client(cluster))
             client.register_plugin(QuietWorkers(debug))  # also applied to workers that restart later
         elif spec.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
@@ -73,6 +72,19 @@ def connect(
                 "(tcp://host:8786) or an existing scheduler file; fix --cluster"
             )
         yield client
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT in this process for the block (only the main thread may change handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def scheduler_address(path: str) -> str:

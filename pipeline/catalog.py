@@ -24,9 +24,9 @@ import hashlib
 import io
 import os
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Literal
 
@@ -86,6 +86,7 @@ class CatalogSource:
     string_id: bool = False
     hdu: int = 1
     all_columns: tuple[str, ...] = field(default=(), repr=False)
+    id_kind: IdKind = "auto"
 
     @property
     def has_lines(self) -> bool:
@@ -216,6 +217,7 @@ def inspect_source(
         string_id=string_id,
         hdu=hdu,
         all_columns=tuple(kinds),
+        id_kind=id_kind,
     )
 
 
@@ -228,7 +230,8 @@ def _fits_schema(path: str, wanted: int | None) -> tuple[dict[str, ColumnKind], 
     from astropy.io import fits
 
     try:
-        with fits.open(path, memmap=True) as hdul:
+        with warnings.catch_warnings(), fits.open(path, memmap=True) as hdul:
+            warnings.simplefilter("ignore")  # astropy's own warnings: our error below says what is wrong
             tables = [
                 (number, hdu.name, int(hdu.header.get("NAXIS2", 0)))
                 for number, hdu in enumerate(hdul)
@@ -327,8 +330,8 @@ def _csv_schema(path: str) -> tuple[dict[str, ColumnKind], int | None, int]:
     return {str(name): _text_kind(sample[name]) for name in sample.columns}, None, 0
 
 
-_LEADING_ZERO = re.compile(r"^[+-]?0\d")
-_INTEGER = re.compile(r"^[+-]?\d+$")
+_LEADING_ZERO = re.compile(r"^[+-]?0[0-9]")
+_INTEGER = re.compile(r"^[+-]?[0-9]+$")
 
 
 def _text_kind(values: pd.Series) -> ColumnKind:
@@ -368,6 +371,15 @@ def resolve_columns(path: str, available: Sequence[str], user: Mapping[str, str]
     for canonical in REQUIRED:
         if canonical not in mapping:
             raise CatalogError(_missing_message(path, canonical, defaults[canonical], available, False))
+    users: dict[str, list[str]] = {}
+    for canonical, source in mapping.items():
+        users.setdefault(source, []).append(canonical)
+    for source, canonicals in users.items():
+        if len(canonicals) > 1:
+            raise CatalogError(
+                f"{path}: column {source!r} would be read as {' and '.join(canonicals)}; map each of them to its own "
+                f"column, e.g. --column {canonicals[-1]}=NAME"
+            )
     return mapping
 
 
@@ -487,14 +499,31 @@ def read_chunk(chunk: Chunk) -> pd.DataFrame:
 
 
 def rows_before(chunk: Chunk) -> int:
-    """Data rows of the file before the chunk's first (for messages; a CSV is counted by parsing)."""
+    """Data rows of the file before the chunk's first (for messages; a CSV's are counted by parsing
+    the bytes before the chunk as a stream, in bounded memory)."""
     src = chunk.source
     if src.format != "csv" or chunk.start == 0:
         return chunk.start if src.format != "csv" else 0
     with open(src.path, "rb") as fh:
-        header = fh.readline()
-        body = fh.read(max(chunk.start - len(header), 0))
-    return len(pd.read_csv(io.BytesIO(header + body), usecols=[0], dtype=str, sep=_csv_separator(src.path)))
+        prefix = io.BufferedReader(_Prefix(fh, chunk.start))
+        parts = pd.read_csv(prefix, usecols=[0], dtype=str, sep=_csv_separator(src.path), chunksize=1 << 20)
+        return sum(len(part) for part in parts)
+
+
+class _Prefix(io.RawIOBase):
+    """The first ``limit`` bytes of an open file, as a stream."""
+
+    def __init__(self, fh: io.BufferedReader, limit: int):
+        self.fh, self.left = fh, limit
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray) -> int:  # type: ignore[override]
+        data = self.fh.read(min(len(buffer), self.left))
+        buffer[: len(data)] = data
+        self.left -= len(data)
+        return len(data)
 
 
 def _read_fits_rows(src: CatalogSource, wanted: list[str], start: int, stop: int) -> dict[str, np.ndarray]:
@@ -522,8 +551,8 @@ def _read_csv_range(src: CatalogSource, wanted: list[str], start: int, stop: int
         "sep": _csv_separator(src.path),
         "dtype": {src.mapping["objid"]: str},
     }
-    if src.path.lower().endswith(COMPRESSED_SUFFIXES):
-        return pd.read_csv(src.path, **options)
+    if src.path.lower().endswith(COMPRESSED_SUFFIXES) or (start == 0 and stop >= src.n_bytes):
+        return pd.read_csv(src.path, **options)  # one task reads it all (and pandas finds the line ends)
     with open(src.path, "rb") as fh:
         header = fh.readline()
         begin = max(start, len(header))
@@ -548,11 +577,16 @@ class _BadValue(Exception):
         where = f"{path}: row {row + 1:,} (counting data rows from 1)"
         if self.canonical == "objid":
             holds = f"holds {self.value!r}, {self.problem}" if self.problem != MISSING_ID else MISSING_ID
-            return (
-                f"{where}: id column {self.source!r} {holds}. Ids are never changed "
-                "silently: correct the value in the file, or, if the ids are names rather than numbers, keep them "
-                "exactly as text with --id-kind string (stored as source_id; objid becomes their stable 64-bit hash)"
-            )
+            if self.problem == TOO_BIG:
+                fix = "keep such ids exactly with --id-kind string (as source_id; objid becomes their stable hash)"
+            else:
+                fix = (
+                    "correct the value in the file, or, if the ids are names rather than numbers, keep them exactly "
+                    "as text with --id-kind string (as source_id; objid becomes their stable 64-bit hash)"
+                )
+                if self.problem == ZERO_PADDED:
+                    fix += "; --id-kind int reads 00123 as 123"
+            return f"{where}: id column {self.source!r} {holds}. Ids are never changed silently: {fix}"
         return (
             f"{where}: column {self.source!r} ({self.canonical}) holds {self.value!r}, {self.problem}; clean the "
             f"file or map another column with --column {self.canonical}=NAME"
@@ -578,17 +612,14 @@ def _canonical_frame(raw: Mapping[str, np.ndarray] | pd.DataFrame, src: CatalogS
     id_values = raw[src.mapping["objid"]]
     if src.string_id:
         text = pd.Series(np.asarray(id_values, dtype=object))
-        missing = text.isna() | (text.astype(str).str.strip() == "")
-        if missing.any():
-            raise CatalogError(
-                f"{src.path}: id column {src.mapping['objid']!r} is empty in {int(missing.sum())} rows; every row "
-                "needs an id (fill them, or map a complete id with --column objid=NAME)"
-            )
+        missing = np.flatnonzero((text.isna() | (text.astype(str).str.strip() == "")).to_numpy())
+        if missing.size:
+            raise _BadValue("objid", src.mapping["objid"], int(missing[0]), None, MISSING_ID)
         ids = text.astype(str).to_numpy()
         out["objid"] = stable_id_hash(ids)
         out["source_id"] = pd.array(ids, dtype="string")
     else:
-        out["objid"] = integer_ids(id_values, src.mapping["objid"])
+        out["objid"] = integer_ids(id_values, src.mapping["objid"], zero_padded=src.id_kind == "int")
     for canonical in FLOAT64_COLUMNS + FLOAT32_COLUMNS:
         dtype = np.float64 if canonical in FLOAT64_COLUMNS else np.float32
         source = src.mapping.get(canonical)
@@ -612,69 +643,80 @@ def _numeric(canonical: str, source: str, values: object) -> np.ndarray:
     return converted.to_numpy(dtype=np.float64)
 
 
-def integer_ids(values: object, source: str = "objid") -> np.ndarray:
-    """Exact int64 ids from integers, integral floats or integer text; :class:`_BadValue` names the
-    first value that is missing, not an integer, or outside the int64 range (an unsigned 64-bit id
-    above 2**63 - 1 is refused, never wrapped)."""
+def integer_ids(values: object, source: str = "objid", zero_padded: bool = False) -> np.ndarray:
+    """Exact int64 ids from integers, integral floats or integer text ('42', ' +42 ', '42.0').
+
+    :class:`_BadValue` names the first value that is missing, not an integer (exponent forms such
+    as 1.2e+18 included: digits may have been lost when the file was written), outside the int64
+    range (an unsigned 64-bit id above 2**63 - 1 is refused, never wrapped), or zero-padded text
+    (00123 is a name, not the number 123, unless ``zero_padded``).
+    """
     arr = np.asarray(values)
     if arr.dtype.kind == "i":
         return arr.astype(np.int64)
     if arr.dtype.kind == "u":
         over = np.flatnonzero(arr > INT64_MAX)
         if over.size:
-            raise _BadValue("objid", source, int(over[0]), int(arr[over[0]]), _TOO_BIG)
+            raise _BadValue("objid", source, int(over[0]), int(arr[over[0]]), TOO_BIG)
         return arr.astype(np.int64)
     if arr.dtype.kind == "f":
+        exact = 2.0 ** (np.finfo(arr.dtype).nmant + 1)  # above this a float cannot tell neighbouring ids apart
         with np.errstate(invalid="ignore"):
-            bad = np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr)) | (np.abs(arr) >= 2.0**63))
+            bad = np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr)) | (np.abs(arr) > exact))
         if bad.size:
             value = arr[bad[0]]
             problem = MISSING_ID if np.isnan(value) else "not an integer"
+            if np.isfinite(value) and abs(value) > exact:
+                problem = (
+                    f"too large for a {arr.dtype} column to hold exactly (above 2^{np.finfo(arr.dtype).nmant + 1}: "
+                    "digits were lost when the file was written); store the ids as integers or text"
+                )
             raise _BadValue("objid", source, int(bad[0]), value.item(), problem)
         return arr.astype(np.int64)
     if arr.dtype.kind == "b":
         raise _BadValue("objid", source, 0, arr[0].item(), "a boolean, not an id")
-    return _ids_from_text(arr, source)
+    return _ids_from_text(arr, source, zero_padded)
 
 
 MISSING_ID = "is empty (or an NA marker such as n/a or NaN): every row needs an id"
-_TOO_BIG = f"above {INT64_MAX:,}, the largest 64-bit signed integer (unsigned 64-bit ids can be)"
+TOO_BIG = f"above {INT64_MAX:,}, the largest 64-bit signed integer (unsigned 64-bit ids can be)"
+ZERO_PADDED = "zero-padded: text, not a number"
+_INTEGER_TEXT = re.compile(r"^[+-]?[0-9]+(?:\.0*)?$")  # ASCII digits only: no 0x1F, 1_000, ١٢٣
 
 
-def _ids_from_text(text: np.ndarray, source: str) -> np.ndarray:
-    try:  # fast path: clean integer text
+def _ids_from_text(text: np.ndarray, source: str, zero_padded: bool) -> np.ndarray:
+    try:  # fast path: clean integer text, none zero-padded
         strings = pc.utf8_trim_whitespace(pa.array(text, type=pa.string(), from_pandas=True))
-        if strings.null_count == 0:
+        plain = pc.all(pc.match_substring_regex(strings, _INTEGER.pattern)).as_py()
+        padded = not zero_padded and pc.any(pc.match_substring_regex(strings, _LEADING_ZERO.pattern)).as_py()
+        if strings.null_count == 0 and plain and not padded:
             return pc.cast(strings, pa.int64()).to_numpy()
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         pass
     out = np.empty(len(text), dtype=np.int64)
     for i, value in enumerate(text):
-        number = _exact_integer(value)
-        if number is None:
-            missing = value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == ""
-            problem = MISSING_ID if missing else "not an integer"
+        number, problem = _text_integer(value, zero_padded)
+        if problem:
             raise _BadValue("objid", source, i, value, problem)
-        if not -INT64_MAX - 1 <= number <= INT64_MAX:
-            raise _BadValue("objid", source, i, value, _TOO_BIG if number > 0 else "below the 64-bit integer range")
         out[i] = number
     return out
 
 
-def _exact_integer(value: object) -> int | None:
-    """The integer a text value spells exactly ('42', ' +42 ', '42.0'), else None."""
+def _text_integer(value: object, zero_padded: bool) -> tuple[int, str]:
+    """The integer a text value spells exactly, or the problem with it."""
     if value is None or isinstance(value, float):
-        return None
+        return 0, MISSING_ID
     text = str(value).strip()
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        number = Decimal(text)
-    except InvalidOperation:
-        return None
-    return int(number) if number.is_finite() and number == number.to_integral_value() else None
+    if not text:
+        return 0, MISSING_ID
+    if not _INTEGER_TEXT.match(text):
+        return 0, "not an integer"
+    if not zero_padded and _LEADING_ZERO.match(text):
+        return 0, ZERO_PADDED
+    number = int(text.split(".")[0])
+    if not -INT64_MAX - 1 <= number <= INT64_MAX:
+        return 0, TOO_BIG if number > 0 else "below the 64-bit integer range"
+    return number, ""
 
 
 def stable_id_hash(ids: np.ndarray) -> np.ndarray:

@@ -9,11 +9,13 @@ continue); 130 interrupted (Ctrl-C).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import logging
 import os
 import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -342,45 +344,44 @@ def _label(ns: argparse.Namespace, raw: dict, client: ClientFactory) -> list[Man
 
 ClientFactory = Callable[[], Any]
 OFFLINE_RATE, OFFLINE_CONCURRENCY = 2000.0, 64  # the local server is ours: no politeness limit needed
+OFFLINE_URL = "http://127.0.0.1/viewer/cutout.jpg"  # replaced by the offline server's address once it listens
 
 
 def _run(ns: argparse.Namespace, raw: dict, connect: ClientFactory) -> list[Manifest]:
     from pipeline.fetch import fetch
     from pipeline.ingest import ingest
     from pipeline.label import label
-    from pipeline.stage import check_run_inputs, writing
+    from pipeline.run import check_run_inputs, run_inputs
+    from pipeline.stage import writing
     from pipeline.synthetic.catalog import SKY_FITS, make_sky
     from pipeline.synthetic.server import build_server_config, serve_in_background
 
     label_args = _label_args_from(ns, raw)  # validates the workspace and label options first
-    _fetch_args_from(ns, raw, cutout_url=ns.cutout_url or "http://127.0.0.1/check")  # and the fetch options
     ws = label_args.workspace
     sky_dir = ws.root / "sky"
+    sky = None if ns.catalog else cfg.SkyArgs(out=sky_dir, n=ns.n, seed=ns.seed)
     inputs = ns.catalog or [str(sky_dir / SKY_FITS)]
     ingest_args = _ingest_args(ns, raw, inputs)
-    source = {"catalog": [str(Path(p).absolute()) for p in ns.catalog]} if ns.catalog else {
-        "sky": {"n": ns.n, "seed": ns.seed}}  # fmt: skip
+    offline = not (ns.cutout_url or raw.get("fetch", {}).get("cutout_url"))
+    if offline:  # the local server is ours: no politeness limit needed
+        ns.rate = ns.rate or raw.get("fetch", {}).get("rate") or OFFLINE_RATE
+        ns.concurrency = ns.concurrency or raw.get("fetch", {}).get("concurrency") or OFFLINE_CONCURRENCY
+    fetch_args = _fetch_args_from(ns, raw, cutout_url=OFFLINE_URL if offline else None)  # validated now
     kept = "every stage that finished is complete; the one that was running kept its previous output"
     with writing(ws, "run", "run", kept=kept):
-        check_run_inputs(ws, {**source, "label": _label_inputs(label_args)}, restart=bool(ns.restart))
+        check_run_inputs(ws, run_inputs(sky, ingest_args, label_args, fetch_args), restart=bool(ns.restart))
         client = connect()
         done = []
-        if not ns.catalog:
-            done.append(_print_summary("sky make", make_sky(cfg.SkyArgs(out=sky_dir, n=ns.n, seed=ns.seed), client)))
+        if sky is not None:
+            done.append(_print_summary("sky make", make_sky(sky, client=client)))
         done.append(_print_summary("ingest", ingest(ingest_args, client=client)))
         done.append(_print_summary("label", label(label_args, client=client)))
-        if ns.cutout_url or raw.get("fetch", {}).get("cutout_url"):
-            return [*done, _print_summary("fetch", fetch(_fetch_args_from(ns, raw), client=client))]
+        if not offline:
+            return [*done, _print_summary("fetch", fetch(fetch_args, client=client))]
         with serve_in_background(build_server_config(raw.get("serve"), catalog=tuple(inputs))) as server:
             print(f"\noffline cutout server for {', '.join(Path(p).name for p in inputs)}: {server.url}")
-            ns.rate = ns.rate or raw.get("fetch", {}).get("rate") or OFFLINE_RATE
-            ns.concurrency = ns.concurrency or raw.get("fetch", {}).get("concurrency") or OFFLINE_CONCURRENCY
-            fetched = fetch(_fetch_args_from(ns, raw, cutout_url=server.url), client=client)
+            fetched = fetch(dataclasses.replace(fetch_args, cutout_url=server.url), client=client)
         return [*done, _print_summary("fetch", fetched)]
-
-
-def _label_inputs(args: cfg.LabelArgs) -> dict:
-    return {"scheme": args.scheme, "min_snr": args.min_snr, "split": list(args.split)}
 
 
 def _print_summary(stage: str, manifest: Manifest) -> Manifest:
@@ -432,7 +433,7 @@ def _configure_logging(debug: bool) -> None:
         import distributed  # noqa: F401  (configures its loggers on import; we quiet them after)
 
         warnings.filterwarnings("ignore", module="dask.*")
-        for name in ("distributed", "tornado", "bokeh"):
+        for name in ("distributed", "tornado", "bokeh", "asyncio"):  # asyncio: futures dropped at Ctrl-C
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
@@ -442,6 +443,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     _configure_logging(ns.debug)
     handler: Callable[..., list[Manifest]] = ns.handler
+    _signals.update(signal=0, taken=False)
+    in_main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
+    handlers = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
     try:
         raw = cfg.load_config(ns.config)
         cluster = cfg.build(
@@ -450,7 +454,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )  # fmt: skip
         with ExitStack() as stack:
             from cluster.client import ClusterSpecError, connect, show_progress
+            from storage.workspace import release_locks_last
 
+            stack.enter_context(release_locks_last())  # after the cluster is closed: its workers may still write
             show_progress(not ns.quiet and sys.stderr.isatty())
             clients: list[Any] = []
 
@@ -462,24 +468,32 @@ def main(argv: Sequence[str] | None = None) -> int:
                             connect(cluster.spec, cluster.n_workers, cluster.threads_per_worker,
                                     cluster.memory_limit, debug=ns.debug)
                         ))  # fmt: skip
-                    except (ClusterSpecError, OSError, TimeoutError) as exc:
+                    except (ClusterSpecError, OSError, TimeoutError, ValueError, TypeError) as exc:
                         raise ConfigError(f"cannot connect to cluster {cluster.spec!r}: {exc}") from None
                 return clients[0] if clients else None
 
             try:
                 manifests = handler(ns, raw, client)
             except KeyboardInterrupt:
-                signal.signal(signal.SIGINT, _leave_now)  # a second Ctrl-C while the cluster closes: leave at once
+                _signals["taken"] = True
+                for sig in (signal.SIGINT, signal.SIGTERM):  # again while the cluster closes: leave at once
+                    signal.signal(sig, _leave_now)
                 raise
     except KeyboardInterrupt as exc:
         _stop_children()
+        if sys.stderr.isatty():
+            print(file=sys.stderr)  # end a progress bar's line
         print(f"agnsurvey: {str(exc) or 'interrupted; re-run the same command to continue'}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED + (_signals["signal"] == signal.SIGTERM) * 13  # 130, or 143 for SIGTERM
     except Exception as exc:
         if ns.debug:
             raise
         print(f"agnsurvey: error: {_explain(exc, ns)}", file=sys.stderr)
         return EXIT_ERROR if isinstance(exc, AgnSurveyError | OSError | MemoryError) else 1
+    finally:
+        _signals["taken"] = True
+        for sig, previous in handlers.items():
+            signal.signal(sig, previous)
     unfinished = [m.unfinished for m in manifests if m.unfinished]
     for text in unfinished:
         print(f"agnsurvey: incomplete: {text}", file=sys.stderr)
@@ -510,13 +524,32 @@ def _explain(exc: Exception, ns: argparse.Namespace) -> str:
     return f"unexpected {type(exc).__name__}: {exc} (re-run with --debug for the traceback, and please report it)"
 
 
+_signals: dict[str, Any] = {"signal": 0, "taken": False}
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    """Ctrl-C or SIGTERM: a KeyboardInterrupt in the main thread, raised again every half second until
+    the command has taken it (Python drops one raised inside a garbage collector's callback)."""
+    _signals["signal"] = _signals["signal"] or signum
+    timer = threading.Timer(0.5, lambda: _signals["taken"] or os.kill(os.getpid(), signum))
+    timer.daemon = True
+    timer.start()
+    raise KeyboardInterrupt
+
+
 def _stop_children() -> None:
-    """Stop any process this one started that is still running (workers of an embedded cluster)."""
+    """Stop the processes this one started that still run (workers of an embedded cluster), but not
+    multiprocessing's resource tracker, which cleans up after them."""
     import psutil
 
-    children = psutil.Process().children(recursive=True)
-    for child in children:
-        child.kill()
+    children = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "resource_tracker" not in " ".join(child.cmdline()):
+                children.append(child)
+                child.kill()
+        except psutil.Error:
+            pass
     psutil.wait_procs(children, timeout=5)
 
 

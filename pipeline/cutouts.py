@@ -13,9 +13,10 @@ deadline per image. Every answer is validated: it must decode as JPEG with the r
 constant image (all black outside the survey footprint) means no coverage.
 
 A client that cannot succeed stops instead of spending every row's deadline: when the service asks
-(``Retry-After``) for a longer wait than the deadline of one image, or when most of the last
-``give_up_window`` answers were failures. Rows not finished then are ``pending`` (a re-run asks for
-them again), and :attr:`ClientStats.stopped` says why, quoting the service.
+(``Retry-After``) for a longer wait than the deadline of one image, or when the latest answer was a
+failure (429s included) for most of the last ``give_up_window`` rows asked for. Rows, not attempts:
+the retries of a few bad rows never outweigh the rows that succeeded. Rows not finished then are
+``pending`` (a re-run asks for them again), and :attr:`ClientStats.stopped` says why.
 """
 
 from __future__ import annotations
@@ -150,28 +151,38 @@ class ClientStats:
     seconds_waiting: float = 0.0
     http: dict[int, int] = field(default_factory=dict)
     stopped: str = ""  # why the client stopped before every row was final ("" when it did not)
-    recent: list[str] = field(default_factory=list)  # the last answers ('' ok, else the failure's kind)
+    recent: list[tuple[str, str]] = field(default_factory=list)  # (url, latest answer) of the last rows
+    last_failure: str = ""  # the reason of the latest failed answer, in words
 
 
 class FailureWindow:
-    """The give-up rule: a service is hopeless when at least ``fraction`` of the last ``window``
-    answers failed. Fed one answer at a time by a client, or the last answers of each finished task
-    by the stage, so that many small tasks add up."""
+    """The give-up rule: the service is hopeless when, for at least ``fraction`` of the last
+    ``window`` rows asked for, the latest answer was a failure. A row's later answer replaces its
+    earlier one, so retries of a few bad rows cannot fill the window. Fed one answer at a time by
+    a client, or the rows of each finished task by the stage, so that many small tasks add up."""
 
     def __init__(self, window: int = 50, fraction: float = 0.9):
-        self.recent: collections.deque[str] = collections.deque(maxlen=max(1, window))
-        self.fraction = fraction
+        self.latest: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self.window, self.fraction = max(1, window), fraction
+        self.last_failure = ""
 
-    def add(self, kinds: Sequence[str]) -> str:
-        """Record answers ('' for a success, else the failure's kind); the reason to stop, or ''."""
-        self.recent.extend(kinds)
-        failed = [k for k in self.recent if k]
-        if len(self.recent) < self.recent.maxlen or len(failed) < self.fraction * len(self.recent):
+    def add(self, answers: Sequence[tuple[str, str]], last_failure: str = "") -> str:
+        """Record (row key, '' for a success or the failure's kind), and the latest failure's reason
+        in words (quoted when giving up); returns the reason to stop, or ''."""
+        self.last_failure = last_failure or self.last_failure
+        for key, kind in answers:
+            self.latest.pop(key, None)
+            self.latest[key] = kind
+            if len(self.latest) > self.window:
+                self.latest.popitem(last=False)
+        failed = [k for k in self.latest.values() if k]
+        if len(self.latest) < self.window or len(failed) < self.fraction * self.window:
             return ""
         common = ", ".join(f"{k} x{n}" for k, n in collections.Counter(failed).most_common(3))
+        last = f"; the last: {self.last_failure}" if self.last_failure else ""
         return (
-            f"the service is failing: {len(failed)} of the last {len(self.recent)} requests failed ({common}); "
-            f"stopped asking at {_utc(time.time())}; re-run when it answers again"
+            f"the service is failing: the latest answer for {len(failed)} of the last {self.window} cutouts asked "
+            f"for was a failure ({common}{last}); stopped asking at {_utc(time.time())}; re-run when it answers again"
         )
 
 
@@ -215,15 +226,18 @@ class _Pacer:
             self.stopped = reason
             self.stop_event.set()
 
-    def record(self, kind: str) -> None:
-        """One answer ('' for a success, else its failure kind); stop when most recent ones failed."""
-        reason = self.answers.add([kind])
+    def record(self, url: str, kind: str, reason: str = "") -> None:
+        """The answer for one row ('' for a success, else the failure's kind and reason); stop when hopeless."""
+        reason = self.answers.add([(url, kind)], reason if kind else "")
         if reason:
             self.stop(reason)
 
 
 def _utc(epoch: float) -> str:
-    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    try:
+        return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    except (OverflowError, ValueError, OSError):  # Retry-After: 99999999999999, or inf
+        return "a date beyond the calendar"
 
 
 def retry_after_seconds(value: str | None, default: float) -> float:
@@ -285,7 +299,7 @@ def _throttled(header: str | None, settings: ClientSettings, pacer: _Pacer, stat
         )
         return Outcome(PENDING, reason=pacer.stopped, http_status=429)
     pacer.pause(wait)
-    return Outcome(FAILED, reason=f"HTTP 429 (Retry-After {wait:g} s)", http_status=429, retry=True)
+    return Outcome(FAILED, reason=f"HTTP 429 (Retry-After {wait:g} s)", http_status=429, retry=True, kind="HTTP 429")
 
 
 def _network_failure(exc: aiohttp.ClientError) -> str:
@@ -296,6 +310,8 @@ def _network_failure(exc: aiohttp.ClientError) -> str:
         return "the server closed the connection before answering"
     if isinstance(exc, aiohttp.ClientPayloadError):
         return "the connection closed in the middle of the body"
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return "too many redirects"
     return f"connection failed ({type(exc).__name__})"
 
 
@@ -338,8 +354,8 @@ async def _fetch_one(
             attempts += 1
             outcome = await _attempt(session, url, settings, pacer, stats, min(settings.timeout_s, remaining))
         outcome.attempts = attempts
-        if outcome.http_status != 429:
-            pacer.record(outcome.kind)
+        if outcome.status != PENDING:
+            pacer.record(url, outcome.kind, outcome.reason)
         if not outcome.retry:
             return outcome
         if pacer.stopped:
@@ -374,7 +390,8 @@ async def fetch_many(urls: Sequence[str], settings: ClientSettings, seed: int = 
     async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
         tasks = [_fetch_one(session, url, settings, pacer, slots, stats, rng) for url in urls]
         outcomes = await asyncio.gather(*tasks)
-    stats.stopped, stats.recent = pacer.stopped, list(pacer.answers.recent)
+    stats.stopped, stats.recent = pacer.stopped, list(pacer.answers.latest.items())
+    stats.last_failure = pacer.answers.last_failure
     return list(outcomes), stats
 
 
@@ -391,7 +408,7 @@ def run_async(coro: Any) -> Any:
 async def probe(url: str, layer: str = "ls-dr10", timeout_s: float = 10.0, attempts: int = 3) -> int:
     """HTTP status of one tiny cutout request; FetchError when the server cannot be reached or
     answers that the endpoint or layer does not exist (4xx other than 429)."""
-    last: Exception | None = None
+    last = ""
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     for _ in range(attempts):
         try:
@@ -406,9 +423,11 @@ async def probe(url: str, layer: str = "ls-dr10", timeout_s: float = 10.0, attem
                         "check the endpoint path (…/viewer/cutout.jpg) and --layer"
                     )
                 return response.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            last = exc
+        except TimeoutError:
+            last = f"no answer within {timeout_s:g} s"
+        except aiohttp.ClientError as exc:
+            last = _network_failure(exc)
     raise FetchError(
-        f"cannot reach the cutout service at {url} ({type(last).__name__}: {last}); check the URL and the "
-        "network, or start the offline sky with `agnsurvey sky serve --catalog CATALOG`"
+        f"cannot reach the cutout service at {url} ({last}); check the URL and the network, or start the offline "
+        "sky with `agnsurvey sky serve --catalog CATALOG`"
     )

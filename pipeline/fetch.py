@@ -43,7 +43,7 @@ from pipeline.cutouts import (
     run_async,
 )
 from pipeline.errors import FetchError, Interrupted, WorkspaceError
-from pipeline.stage import writing
+from pipeline.stage import locked, writing
 from storage.cube import (
     FINAL_CODES,
     STATUS_CODES,
@@ -83,7 +83,8 @@ class ShardResult:
     bytes: int = 0
     seconds: float = 0.0
     stopped: str = ""  # why the task's client stopped early ("" when it did not)
-    recent: list[str] = field(default_factory=list)  # its client's last answers ('' ok, else the failure)
+    recent: list[tuple[str, str]] = field(default_factory=list)  # its client's last rows and their latest answer
+    last_failure: str = ""  # its client's latest failure, in words
 
 
 def fetch_shard(job: ShardJob) -> ShardResult:
@@ -100,7 +101,7 @@ def fetch_shard(job: ShardJob) -> ShardResult:
     outcomes, stats = run_async(fetch_many(job.urls, job.settings, seed=job.shard))
     result = ShardResult(job.shard, {}, requests=stats.requests, retries=stats.retries,
                          throttled=stats.throttled, bytes=stats.bytes, stopped=stats.stopped,
-                         recent=stats.recent)  # fmt: skip
+                         recent=stats.recent, last_failure=stats.last_failure)  # fmt: skip
     objid = cube.objid[rows.start : rows.stop]
     for row, outcome in zip(job.rows, outcomes, strict=True):
         i = row - rows.start
@@ -158,8 +159,11 @@ def prepare_cube(args: FetchArgs, labels: pd.DataFrame) -> Cube:
 
 
 def _mismatch(cube: Cube, layout: CubeLayout, attrs: dict, objid: np.ndarray, pixscale: np.ndarray) -> str:
-    if cube.layout != layout:
-        return f"layout {cube.layout} != {layout}"
+    if cube.layout.n != layout.n:
+        return f"it has {cube.layout.n:,} rows, the labels {layout.n:,}"
+    for key in ("image_size", "shard_images", "inner_images"):
+        if getattr(cube.layout, key) != getattr(layout, key):
+            return f"{key} {getattr(cube.layout, key)} != {getattr(layout, key)}"
     for key, value in attrs.items():
         if cube.attrs.get(key) != value:
             return f"{key} {cube.attrs.get(key)!r} != {value!r}"
@@ -216,7 +220,7 @@ def _run_jobs(
     if client is None:
         for job in jobs:
             result = fetch_shard(job)
-            result.stopped = result.stopped or answers.add(result.recent)
+            result.stopped = result.stopped or answers.add(result.recent, result.last_failure)
             yield result
             if result.stopped:
                 return
@@ -226,7 +230,7 @@ def _run_jobs(
     try:
         for future in running:
             result = future.result()
-            result.stopped = result.stopped or answers.add(result.recent)
+            result.stopped = result.stopped or answers.add(result.recent, result.last_failure)
             if result.stopped:
                 pending = iter(())
             for job in islice(pending, 1):
@@ -249,7 +253,8 @@ def fetch(args: FetchArgs, client: Client | None = None) -> Manifest:
 
 def _fetch(args: FetchArgs, client: Client | None) -> Manifest:
     ws = args.workspace
-    labels = read_fetch_inputs(ws)
+    with locked(ws, "labels", shared=True):  # not while `label` replaces them
+        labels = read_fetch_inputs(ws)
     manifest = Manifest(stage="fetch", parameters=_parameters(args))
     manifest.inputs = [{"path": str(ws.labels), "rows": len(labels)}]
     fresh = args.restart or not ws.cube.exists()
@@ -374,6 +379,8 @@ def _parameters(args: FetchArgs) -> dict:
         "retries": args.retries,
         "timeout_s": args.timeout_s,
         "deadline_s": args.deadline_s,
+        "give_up_window": args.give_up_window,
+        "give_up_fraction": args.give_up_fraction,
     }
 
 

@@ -133,11 +133,14 @@ def check_catalog(args: LabelArgs) -> dict:
             f"re-ingest mapping them with {map_lines_hint(needed)}"
         )
     if args.min_snr is not None:
-        no_err = [i["path"] for i in manifest["inputs"] if not all(e in i["columns"] for e in ERROR_COLUMNS)]
+        no_err = {i["path"]: [e for e in ERROR_COLUMNS if e not in i["columns"]] for i in manifest["inputs"]}
+        no_err = {path: errs for path, errs in no_err.items() if errs}
         if no_err:
+            lacks = "; ".join(f"{path} has no {', '.join(errs)} column" for path, errs in no_err.items())
+            needed = sorted({e for errs in no_err.values() for e in errs}, key=ERROR_COLUMNS.index)
             raise CatalogError(
-                f"--min-snr needs flux errors, but {', '.join(no_err)} has no *_err columns; drop "
-                "--min-snr, or re-ingest mapping them with --column ha_flux_err=NAME ..."
+                f"--min-snr needs the flux errors of all four lines, but {lacks}; drop --min-snr, or re-ingest "
+                f"mapping them with {' '.join(f'--column {e}=NAME' for e in needed)}"
             )
     return manifest
 
@@ -154,7 +157,7 @@ def missing_lines(ingest_manifest: dict) -> dict[str, list[str]]:
 
 def label(args: LabelArgs, client: Client | None = None) -> Manifest:
     """Label every ingested galaxy; writes ``WS/labels/`` and BPT plots, returns the manifest."""
-    with writing(args.workspace, "labels", "label"):
+    with writing(args.workspace, "labels", "label", reads=("catalog",)):
         return _label(args, client)
 
 

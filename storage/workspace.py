@@ -29,6 +29,25 @@ class WorkspaceBusy(RuntimeError):
     """Another process is writing the same stage output; the message names it."""
 
 
+_released_last: list[int] | None = None  # lock files whose release waits for release_locks_last() to end
+
+
+@contextmanager
+def release_locks_last() -> Iterator[None]:
+    """Within this block, a lock whose holder failed or was interrupted is released when the block
+    ends rather than at once. A command wraps itself in it, outside its embedded cluster, so that
+    tasks still running on the cluster's workers (which may still be writing the output) are
+    stopped before another run can take the output."""
+    global _released_last
+    outer, _released_last = _released_last, []
+    try:
+        yield
+    finally:
+        for fd in _released_last:
+            os.close(fd)
+        _released_last = outer
+
+
 @dataclass(frozen=True)
 class Workspace:
     """A run's directory (local path). Paths are properties so nothing else spells them."""
@@ -73,6 +92,11 @@ class Workspace:
     def manifests(self) -> Path:
         return self.root / "manifests"
 
+    def output_path(self, output: str) -> Path:
+        """Where the stage output named ``output`` lives (the workspace itself for a whole ``run``)."""
+        return {"catalog": self.catalog, "labels": self.labels, "cube": self.cube, "models": self.models,
+                "scores": self.scores}.get(output, self.root)  # fmt: skip
+
     def manifest_path(self, stage: str) -> Path:
         return self.manifests / f"{stage}.json"
 
@@ -84,23 +108,25 @@ class Workspace:
         return read_manifest(path) if path.exists() else None
 
     @contextmanager
-    def lock(self, output: str) -> Iterator[None]:
-        """Hold the writer's lock of one stage output (``catalog``, ``labels``, ``cube``, ...) for the block.
+    def lock(self, output: str, shared: bool = False) -> Iterator[None]:
+        """Hold the lock of one stage output (``catalog``, ``labels``, ``cube``, ...) for the block.
 
-        One writer per output at a time: a second one gets :class:`WorkspaceBusy` naming the first
-        (pid, host, command, start time). Readers take no lock. The lock is an ``flock`` on
-        ``WS/.locks/<output>.lock``: the OS releases it when the holder exits, however it exits (a
-        SIGKILL never leaves a workspace locked); the file itself stays and means nothing alone.
+        One writer per output at a time, and none while a stage that derives from it reads it
+        (``shared``: ``label`` reading the catalog); the one refused gets :class:`WorkspaceBusy`
+        naming the holder (pid, host, command, start time). Users reading results take no lock.
+        The lock is an ``flock`` on ``WS/.locks/<output>.lock``: the OS releases it when the holder
+        exits, however it exits (a SIGKILL never leaves a workspace locked).
         """
         path = self.root / ".locks" / f"{output}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise WorkspaceBusy(_busy_message(self.root / output, path)) from None
+                raise WorkspaceBusy(_busy_message(self.output_path(output), path)) from None
             holder = {
+                "mode": "read" if shared else "write",
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "",
@@ -109,8 +135,14 @@ class Workspace:
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(holder).encode(), 0)
             yield
+        except BaseException:
+            if _released_last is not None:
+                _released_last.append(fd)  # released once the command's cluster has stopped
+                fd = -1
+            raise
         finally:
-            os.close(fd)  # releases the flock
+            if fd >= 0:
+                os.close(fd)  # releases the flock
 
 
 def _busy_message(output: Path, lock_file: Path) -> str:
@@ -123,10 +155,9 @@ def _busy_message(output: Path, lock_file: Path) -> str:
         who += f", since {holder['since']}"
     if holder.get("command"):
         who += f": `{holder['command']}`"
-    return (
-        f"{output} is being written by another run ({who}); wait for it to finish or stop it, "
-        "or use another --workspace (reading the workspace is never blocked)"
-    )
+    doing = "read by another run that derives its output from it" if holder.get("mode") == "read" else (
+        "written by another run")  # fmt: skip
+    return f"{output} is being {doing} ({who}); wait for it to finish or stop it, or use another --workspace"
 
 
 def as_workspace(value: Workspace | str | Path) -> Workspace:

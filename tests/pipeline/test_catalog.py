@@ -1,5 +1,6 @@
 """Readers: FITS / Parquet / CSV to the canonical schema, and errors that name file, column and fix."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -212,7 +213,7 @@ def test_missing_string_ids_are_an_error(tmp_path):
     rows = rows_frame(nsa_rows(5)).drop(columns="NSAID")
     rows["name"] = ["a", "", "c", None, "e"]
     rows.to_csv(tmp_path / "gaps.csv", index=False)
-    with pytest.raises(CatalogError, match=r"gaps.csv: id column 'name' is empty in 2 rows"):
+    with pytest.raises(CatalogError, match=r"gaps.csv: row 2 \(counting data rows from 1\): id column 'name' is empty"):
         read_all(str(tmp_path / "gaps.csv"), columns={"objid": "name"})
 
 
@@ -279,6 +280,28 @@ def test_float_and_unsigned_id_columns_are_checked_row_by_row(tmp_path):
     assert (kept["objid"] >= 0).all()
 
 
+@pytest.mark.parametrize(("dtype", "big"), [(np.float64, 2.0**53 + 2), (np.float32, 2.0**24 + 2)])
+def test_float_ids_too_large_to_be_exact_are_refused(tmp_path, dtype, big):
+    table = rows_frame(nsa_rows(20))
+    table["NSAID"] = table["NSAID"].astype(dtype)
+    table.loc[3, "NSAID"] = big
+    table.to_parquet(tmp_path / "f.parquet")
+    with pytest.raises(CatalogError, match=r"row 4 .*too large for a float(64|32) column to hold exactly"):
+        read_all(str(tmp_path / "f.parquet"))
+
+
+def test_one_source_column_read_as_two_canonical_columns_is_an_error(nsa_fits):
+    path, _ = nsa_fits
+    with pytest.raises(CatalogError, match=r"column 'N2FLUX' would be read as ha_flux and nii_flux; map each"):
+        inspect_all([str(path)], columns={"ha_flux": "N2FLUX"})
+
+
+def test_csv_with_carriage_return_line_ends(tmp_path, nsa_fits):
+    path, rows = nsa_fits
+    rows_frame(rows).to_csv(tmp_path / "cr.csv", index=False, lineterminator="\r")
+    np.testing.assert_array_equal(read_all(str(tmp_path / "cr.csv"))["objid"], rows["NSAID"])
+
+
 def test_exact_integer_ids_from_text_have_no_float_round_trip(tmp_path):
     table = rows_frame(nsa_rows(50))
     ids = [2**62 + 3 * i + 1 for i in range(50)]  # not representable as float64
@@ -287,6 +310,25 @@ def test_exact_integer_ids_from_text_have_no_float_round_trip(tmp_path):
     table.loc[5, "NSAID"] = f"{ids[5]}.0"  # an integral decimal is the same integer
     table.to_csv(tmp_path / "big.csv", index=False)
     assert read_all(str(tmp_path / "big.csv"))["objid"].tolist() == ids
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("1.2e+18", "not an integer"),
+        ("1e99999999", "not an integer"),
+        ("0x1F", "not an integer"),
+        ("1_000", "not an integer"),
+        ("١٢٣", "not an integer"),  # Arabic-Indic digits: int() would read 123
+        ("0123", "zero-padded: text, not a number"),
+    ],
+)
+def test_ids_that_only_look_like_integers_are_refused(tmp_path, value, problem):
+    path = _csv_with_id(tmp_path, 5, value, n=50)
+    with pytest.raises(CatalogError, match=rf"row 6 .*holds '{re.escape(value)}', {problem}\. Ids are never changed"):
+        read_all(str(path))
+    if value == "0123":
+        assert read_all(str(path), id_kind="int")["objid"][5] == 123  # asked for numbers: 0123 is 123
 
 
 def test_text_ids_stay_text_in_auto_mode(tmp_path):

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -47,6 +48,32 @@ def test_bad_cluster_spec(tmp_path, capsys):
     code = main(["--cluster", "nowhere", "label", "--workspace", str(tmp_path)])
     assert code == 2
     assert "cluster spec 'nowhere'" in capsys.readouterr().err
+    assert main(["--cluster", "tcp://", "label", "--workspace", str(tmp_path)]) == 2  # not an unexpected failure
+    assert capsys.readouterr().err.startswith("agnsurvey: error: cannot connect to cluster 'tcp://': ")
+
+
+def test_an_interrupt_python_drops_is_raised_again(tmp_path):
+    """Python discards a KeyboardInterrupt raised inside a garbage collector's callback; the CLI's
+    handler raises it again until the command has taken it."""
+    script = textwrap.dedent(
+        """
+        import os, signal, time
+        from pipeline import cli
+        signal.signal(signal.SIGINT, cli._on_signal)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            pass  # dropped, as in a gc callback
+        try:
+            time.sleep(5)
+            print("lost")
+        except KeyboardInterrupt:
+            print("raised again")
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "raised again", proc.stderr
 
 
 def test_run_is_the_whole_main_job(tmp_path, capsys):
@@ -130,19 +157,36 @@ def test_missing_line_columns_are_named_at_ingest_and_at_label(tmp_path, capsys)
 
 def test_run_refuses_a_workspace_made_from_other_inputs(tmp_path, capsys):
     ws = tmp_path / "ws"
-    base = ["--quiet", "--workers", "1", "run", "--workspace", str(ws), "--n", "400"]
-    assert main([*base, "--seed", "1"]) == 0
+    r50 = tmp_path / "r50.toml"
+    r50.write_text('[ingest]\nradius_column = "PETROTH50"\n')
+    run = ["run", "--workspace", str(ws), "--n", "400"]
+    cli = ["--quiet", "--workers", "1"]
+    assert main([*cli, *run, "--seed", "1"]) == 0
     before = {p.name: p.read_bytes() for p in (ws / "manifests").iterdir()}
     catalog = pd.read_parquet(ws / "catalog")
     capsys.readouterr()
-    for change in (["--seed", "2"], ["--seed", "1", "--min-snr", "3"]):
-        assert main([*base, *change]) == 2
+    for argv, named in [
+        ([*cli, *run, "--seed", "2"], "source.seed 1 -> 2"),
+        ([*cli, *run, "--seed", "1", "--min-snr", "3"], "label.min_snr None -> 3.0"),
+        ([*cli, "--config", str(r50), *run, "--seed", "1"], "ingest.radius_column 'PETROTH90' -> 'PETROTH50'"),
+        ([*cli, *run, "--seed", "1", "--image-size", "64"], "cube.image_size 128 -> 64"),
+    ]:
+        assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "was built from the offline sky --n 400 --seed 1 (--scheme paper, " in err[0]
-        assert "would leave its catalog, labels and cube mismatched" in err[0] and "pass --restart" in err[0]
+        assert len(err) == 1 and f"was built from other inputs ({named}): this run would leave its catalog" in err[0]
+        assert "pass --restart to rebuild it" in err[0]
     assert {p.name: p.read_bytes() for p in (ws / "manifests").iterdir()} == before  # nothing was touched
     pd.testing.assert_frame_equal(pd.read_parquet(ws / "catalog"), catalog)
-    assert main([*base, "--seed", "2", "--restart"]) == 0
+
+    catalog_run = [*cli, "run", "--workspace", str(tmp_path / "wc"), "--catalog", str(ws / "sky" / "nsa_sky.fits")]
+    assert main(catalog_run) == 0
+    (ws / "sky" / "nsa_sky.fits").write_bytes((ws / "sky" / "nsa_sky.fits").read_bytes())  # same path, new file
+    assert main(catalog_run) == 2 and "source.mtime_ns" in capsys.readouterr().err
+
+    (ws / "manifests" / "run.json").unlink()  # as a workspace made before runs recorded their inputs
+    assert main([*cli, *run, "--seed", "1"]) == 0  # its manifests say it is the same: it resumes
+    assert main([*cli, *run, "--seed", "2"]) == 2
+    assert main([*cli, *run, "--seed", "2", "--restart"]) == 0
     labels = pd.read_parquet(ws / "labels").sort_values("cube_index")
     cube = zarr.open_group(str(ws / "cube.zarr"), mode="r")
     np.testing.assert_array_equal(cube["objid"][:], labels["objid"])  # the cube is the new labels'

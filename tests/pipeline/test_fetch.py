@@ -219,39 +219,90 @@ def fetch_args(ws: Path, url: str, **kw) -> FetchArgs:
     return FetchArgs(workspace=ws, cutout_url=url, **{**base, **kw})
 
 
-def test_a_retry_after_beyond_the_deadline_stops_the_run_leaving_rows_pending(tmp_path):
+@pytest.mark.parametrize(
+    ("header", "asked", "after"),
+    [
+        ("100000", "100,000 s", "re-run after 20"),
+        ("99999999999999", "99,999,999,999,999 s", "re-run after a date beyond the calendar"),
+        ("inf", "inf s", "re-run after a date beyond the calendar"),
+    ],
+)
+def test_a_retry_after_beyond_the_deadline_stops_the_run_leaving_rows_pending(tmp_path, header, asked, after):
     write_labels(tmp_path, np.linspace(150, 151, 40), np.full(40, 2.0), np.full(40, 10.0))
 
     async def handler(request):
-        return web.Response(status=429, headers={"Retry-After": "100000"})
+        return web.Response(status=429, headers={"Retry-After": header})
 
     with serve_in_thread(handler) as (url, log):
         m = fetch(fetch_args(tmp_path, url, deadline_s=60))
-        asked = [q for _, q in log if q["size"] == "64"]
-    assert len(asked) <= 4  # the requests in flight when the first answer came; nothing after
+        requests = [q for _, q in log if q["size"] == "64"]
+    assert len(requests) <= 4  # the requests in flight when the first answer came; nothing after
     assert set(read_cube_status(tmp_path)) == {"pending"}  # nothing failed: nothing was really tried
-    assert "asked to wait 100,000 s (HTTP 429, Retry-After: 100000)" in m.unfinished
-    assert "longer than the 60 s deadline" in m.unfinished and "re-run after 20" in m.unfinished
+    assert f"asked to wait {asked} (HTTP 429, Retry-After: {header})" in m.unfinished
+    assert "longer than the 60 s deadline" in m.unfinished and after in m.unfinished
     assert "40 not fetched yet (pending)" in m.unfinished
 
 
+def test_giving_up_quotes_what_the_service_answered(tmp_path):
+    write_labels(tmp_path, np.linspace(150, 151, 60), np.full(60, 2.0), np.full(60, 10.0))
+
+    async def handler(request):
+        if request.query["size"] != "64":
+            return web.Response(body=jpeg(np.zeros((8, 8, 3), np.uint8)), content_type="image/jpeg")  # the probe
+        return web.Response(text="<html>maintenance</html>", content_type="text/html")
+
+    with serve_in_thread(handler) as (url, _):
+        m = fetch(fetch_args(tmp_path, url, shard_images=64, retries=0, give_up_window=20))
+    assert "(bad image x20; the last: 200 text/html, 24 bytes: not an image)" in m.unfinished
+
+
 @pytest.mark.parametrize(
-    ("window", "retries", "most"),
-    [(20, 5, 20 + 4), (40, 1, 3 * 16)],  # one task's answers fill the window / 8-row tasks (16 answers) add up
+    ("answer", "window", "retries", "shard", "most"),
+    [
+        (503, 20, 5, 200, 20 + 4),  # one task's rows fill the window (+ the requests in flight)
+        (503, 40, 1, 8, 5 * 16),  # 8-row tasks (16 requests each) add up: 5 of them fill it
+        (429, 20, 5, 200, 20 + 4),  # throttled for ever, each Retry-After short: still hopeless
+    ],
 )
-def test_a_service_that_keeps_failing_ends_the_run_instead_of_every_deadline(tmp_path, window, retries, most):
+def test_a_service_that_keeps_failing_ends_the_run_instead_of_every_deadline(
+    tmp_path, answer, window, retries, shard, most
+):
     write_labels(tmp_path, np.linspace(150, 151, 200), np.full(200, 2.0), np.full(200, 10.0))
 
     async def handler(request):
+        if answer == 429:
+            return web.Response(status=429, headers={"Retry-After": "0.05"})
         return web.Response(status=503, text="down for maintenance")
 
     with serve_in_thread(handler) as (url, log):
-        m = fetch(fetch_args(tmp_path, url, retries=retries, give_up_window=window))
+        m = fetch(fetch_args(tmp_path, url, retries=retries, give_up_window=window, deadline_s=60, shard_images=shard))
         asked = [q for _, q in log if q["size"] == "64"]
-    assert len(asked) <= most  # not 200 x (1 + retries): the window, plus requests already in flight
+    assert len(asked) <= most  # not 200 rows x (1 + retries), nor 200 x 60 s of deadline
     status = read_cube_status(tmp_path)
     assert set(status) <= {"pending", "failed"} and (status == "pending").sum() > 150
-    assert m.unfinished.startswith(f"the service is failing: {window} of the last {window} requests failed (HTTP 503")
+    assert m.unfinished.startswith(
+        f"the service is failing: the latest answer for {window} of the last {window} cutouts asked for was a "
+        f"failure (HTTP {answer} x{window}; the last: HTTP {answer} "
+    )
+
+
+def test_a_few_rows_that_always_fail_do_not_end_the_run(tmp_path):
+    """Near the end only the bad rows are still retried: the rule judges rows, not attempts."""
+    ra = np.linspace(150, 151, 200)
+    write_labels(tmp_path, ra, np.full(200, 2.0), np.full(200, 10.0))
+    bad = {f"{v:.6f}" for v in ra[::40]}  # 5 rows
+    good = jpeg(np.random.default_rng(5).integers(0, 255, (64, 64, 3), np.uint8))
+
+    async def handler(request):
+        if request.query["ra"] in bad:
+            return web.Response(status=503)
+        return web.Response(body=good, content_type="image/jpeg")
+
+    with serve_in_thread(handler) as (url, _):
+        m = fetch(fetch_args(tmp_path, url, shard_images=200, retries=3, give_up_window=20, give_up_fraction=0.7))
+    status = read_cube_status(tmp_path)
+    assert (status == "failed").sum() == 5 and (status == "ok").sum() == 195
+    assert "stopped" not in m.extra and m.unfinished.startswith("5 cutouts failed")
 
 
 def test_failure_reasons_say_what_came_back(tmp_path):

@@ -202,8 +202,14 @@ def _wait_for_ok(ws: Path, child: subprocess.Popen, at_least: int) -> np.ndarray
         time.sleep(0.1)
 
 
-def test_ctrl_c_stops_with_one_line_and_exit_130_keeping_what_was_fetched(sky, tmp_path):
+@pytest.mark.parametrize(
+    ("sig", "group", "code"),
+    [(signal.SIGINT, True, 130), (signal.SIGTERM, False, 143)],  # Ctrl-C in a terminal; `kill PID`
+)
+def test_ctrl_c_stops_with_one_line_keeping_what_was_fetched(sky, tmp_path, sig, group, code):
     import psutil
+
+    from storage.workspace import Workspace, WorkspaceBusy
 
     _, index, n = sky
     ws = workspace(sky, tmp_path)
@@ -211,14 +217,22 @@ def test_ctrl_c_stops_with_one_line_and_exit_130_keeping_what_was_fetched(sky, t
         child = _start_fetch(ws, server.url, tmp_path)
         _wait_for_ok(ws, child, 16)
         family = psutil.Process(child.pid).children(recursive=True)
-        assert len(family) >= 2  # the embedded cluster's worker processes
-        os.killpg(child.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+        workers = [p for p in family if "resource_tracker" not in " ".join(p.cmdline())]
+        assert len(workers) >= 2  # the embedded cluster's worker processes
+        os.killpg(child.pid, sig) if group else os.kill(child.pid, sig)
+        while any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in workers):
+            try:  # tasks still running may write shards: nobody else may take the cube meanwhile
+                with Workspace(ws).lock("cube"):
+                    alive = [p for p in workers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+                    assert not alive, "the cube's lock was free while the run's workers could still write"
+            except WorkspaceBusy:
+                time.sleep(0.02)
         out, err = child.communicate(timeout=60)
         done = zarr.open_group(str(ws / "cube.zarr"), mode="r")
         ok_rows = np.flatnonzero(done["status"][:] == 1)
         ok_pixels = done["images"][:][ok_rows]
         m = fetch(args_for(ws, server.url, shard_images=16, inner_images=8))  # re-run to continue
-    assert child.returncode == 130
+    assert child.returncode == code
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
     assert lines[0].startswith(f"agnsurvey: fetch interrupted; {len(ok_rows):,} of {n:,} cutouts are in ")
@@ -237,7 +251,8 @@ def test_a_second_fetch_on_the_same_workspace_is_refused_naming_the_first(sky, t
     with serve_in_background(build_server_config(None, latency_s=0.02), index=index) as server:
         first = _start_fetch(ws, server.url, tmp_path)
         before = _wait_for_ok(ws, first, 16)
-        with pytest.raises(WorkspaceError, match=rf"cube is being written by another run \(pid {first.pid} on .*fetch"):
+        busy = rf"cube.zarr is being written by another run \(pid {first.pid} on .*fetch"
+        with pytest.raises(WorkspaceError, match=busy):
             fetch(args_for(ws, server.url, shard_images=16, inner_images=8, retries=0))
         after = zarr.open_group(str(ws / "cube.zarr"), mode="r")["status"][:]
         assert ((after == 1) >= (before == 1)).all()  # the refused run touched nothing the first had done

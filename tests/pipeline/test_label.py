@@ -1,5 +1,9 @@
 """Label: every drop reason counted, labels from an independent BPT computation, cube order, plots."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import dask
 import numpy as np
 import pandas as pd
@@ -157,9 +161,14 @@ def test_nsa_v1_catalog_cannot_be_labelled(tmp_path, synchronous):
 def test_min_snr_needs_error_columns(tmp_path, synchronous):
     rows = {k: v for k, v in nsa_rows(5).items() if "ERR" not in k}
     ws = ingested(tmp_path, rows, name="noerr.fits")
-    with pytest.raises(CatalogError, match=r"--min-snr needs flux errors, but .*noerr.fits"):
+    with pytest.raises(CatalogError, match=r"--min-snr needs the flux errors of all four lines, but .*noerr.fits"):
         label(LabelArgs(workspace=ws, min_snr=3))
     assert label(LabelArgs(workspace=ws, plots=False)).rows_out == 5
+    one = {k: v for k, v in nsa_rows(5).items() if k != "HBFLUXERR"}
+    (tmp_path / "one").mkdir()
+    ws = ingested(tmp_path / "one", one, name="nohberr.fits")
+    with pytest.raises(CatalogError, match=r"nohberr.fits has no hb_flux_err column; .*--column hb_flux_err=NAME$"):
+        label(LabelArgs(workspace=ws, min_snr=3))
 
 
 def test_label_without_ingest(tmp_path):
@@ -175,3 +184,34 @@ def test_no_labelled_galaxy_is_an_error_and_keeps_old_labels(tmp_path, synchrono
     with pytest.raises(CatalogError, match=r"no galaxy in .* passed the flux cuts \(low S/N.*lower --min-snr"):
         label(LabelArgs(workspace=ws, min_snr=1e6, plots=False))
     pd.testing.assert_frame_equal(read_labels(Workspace(ws)), before)
+
+
+HOLD = """
+import sys, time
+from storage.workspace import Workspace
+with Workspace(sys.argv[1]).lock(sys.argv[2], shared=sys.argv[3] == "read"):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("mode", ["write", "read"])
+def test_label_never_reads_a_catalog_that_is_being_replaced(tmp_path, mode):
+    """An ingest replacing the catalog while label reads it would mix two catalogs in the labels."""
+    ws = ingested(tmp_path, nsa_rows(40))
+    root = Path(__file__).resolve().parents[2]
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(ws), "catalog", mode], cwd=root,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        if mode == "write":  # an ingest is running: label must not start
+            with pytest.raises(WorkspaceError, match=rf"catalog is being written by another run \(pid {holder.pid} "):
+                label(LabelArgs(workspace=ws, plots=False))
+        else:  # a label is running: ingest must not replace what it reads
+            with pytest.raises(WorkspaceError, match=rf"catalog is being read by another run .*\(pid {holder.pid} "):
+                ingest(IngestArgs(workspace=ws, inputs=[str(tmp_path / "cat.fits")]))
+            assert label(LabelArgs(workspace=ws, plots=False)).rows_out > 0  # readers share
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (ws / "labels").exists() or mode == "read"

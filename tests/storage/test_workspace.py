@@ -56,7 +56,7 @@ def test_one_writer_per_output_and_the_os_releases_a_killed_holder(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", hold, str(ws.root)], cwd=root, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        busy = rf"ws/cube is being written by another run \(pid {holder.pid} on "
+        busy = rf"ws/cube.zarr is being written by another run \(pid {holder.pid} on "
         with pytest.raises(WorkspaceBusy, match=busy), ws.lock("cube"):
             pass
         with ws.lock("catalog"):  # another output is free, and readers take no lock at all

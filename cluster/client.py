@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing.forkserver
 import signal
 import threading
 import warnings
@@ -26,10 +27,9 @@ class ClusterSpecError(ValueError):
 
 
 class QuietWorkers(WorkerPlugin):
-    """For workers this process started: Ctrl-C is the client's to handle (a terminal sends SIGINT
-    to the whole process group; workers that die of it print tracebacks), and unless ``debug`` a
-    task's error is reported once, by the client: not also as the worker's "Compute Failed" block,
-    nor followed by the chatter of workers shutting down mid-task. Memory warnings still show."""
+    """Unless ``debug``, for workers this process started: a task's error is reported once, by the
+    client, not also as the worker's "Compute Failed" block, nor followed by the chatter of workers
+    shutting down mid-task. Memory warnings still show."""
 
     name = "agnsurvey-quiet-workers"
 
@@ -37,10 +37,30 @@ class QuietWorkers(WorkerPlugin):
         self.debug = debug
 
     def setup(self, worker: Any) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # worker plugins are set up on the worker's main thread
         if not self.debug:
             logging.getLogger("distributed").setLevel(logging.CRITICAL)
             logging.getLogger("distributed.worker.memory").setLevel(logging.WARNING)
+
+
+def start_workers_ignoring_ctrl_c() -> None:
+    """Make the worker processes of embedded clusters ignore SIGINT from birth, restarts included.
+
+    A terminal sends Ctrl-C to the whole process group: workers would die of it, each printing a
+    traceback, while the client stops them anyway. So workers are forked from a forkserver started
+    with SIGINT ignored (forked children keep that), and this process keeps its own handler. While
+    the forkserver starts, SIGINT is blocked as well as ignored: Linux keeps a blocked signal pending
+    even when ignored, so a Ctrl-C in that instant is delivered once the handler is back.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may change handlers; workers then start the default way
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
 
 
 @contextmanager
@@ -53,13 +73,13 @@ def connect(
 ) -> Iterator[Client]:
     """Yield a connected :class:`distributed.Client`; embedded clusters are closed on exit.
 
-    Workers of an embedded cluster ignore Ctrl-C (the client stops them) and, unless ``debug``,
-    do not log a task's error a second time.
+    Workers of an embedded cluster ignore Ctrl-C (the client stops them; see
+    :func:`start_workers_ignoring_ctrl_c`) and, unless ``debug``, do not log a task's error twice.
     """
     with ExitStack() as stack:
         if spec in ("local", "local-cuda"):
-            with _sigint_ignored():  # inherited by the worker processes started now
-                cluster = stack.enter_context(_local_cluster(spec, n_workers, threads_per_worker, memory_limit))
+            start_workers_ignoring_ctrl_c()
+            cluster = stack.enter_context(_local_cluster(spec, n_workers, threads_per_worker, memory_limit))
             client = stack.enter_context(Client(cluster))
             client.register_plugin(QuietWorkers(debug))  # also applied to workers that restart later
         elif spec.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
@@ -72,19 +92,6 @@ def connect(
                 "(tcp://host:8786) or an existing scheduler file; fix --cluster"
             )
         yield client
-
-
-@contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Ignore SIGINT in this process for the block (only the main thread may change handlers)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def scheduler_address(path: str) -> str:

@@ -446,6 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _signals.update(signal=0, taken=False)
     in_main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
     handlers = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
+    unraisable, sys.unraisablehook = sys.unraisablehook, _unraisable
     try:
         raw = cfg.load_config(ns.config)
         cluster = cfg.build(
@@ -494,6 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _signals["taken"] = True
         for sig, previous in handlers.items():
             signal.signal(sig, previous)
+        sys.unraisablehook = unraisable
     unfinished = [m.unfinished for m in manifests if m.unfinished]
     for text in unfinished:
         print(f"agnsurvey: incomplete: {text}", file=sys.stderr)
@@ -535,6 +537,13 @@ def _on_signal(signum: int, frame: Any) -> None:
     timer.daemon = True
     timer.start()
     raise KeyboardInterrupt
+
+
+def _unraisable(unraisable: Any) -> None:
+    """Python's report of an exception it had to drop, but not of our KeyboardInterrupt: dropped in
+    a garbage collector's callback, it is raised again by :func:`_on_signal`."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
 
 
 def _stop_children() -> None:

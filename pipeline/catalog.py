@@ -36,12 +36,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.config import CANONICAL_COLUMNS
+from pipeline.config import CANONICAL_COLUMNS, IdKind
 from pipeline.errors import CatalogError
 
 Format = Literal["fits", "parquet", "csv"]
-IdKind = Literal["auto", "int", "string"]
-ID_KINDS: tuple[str, ...] = ("auto", "int", "string")
 
 LINE_COLUMNS: tuple[str, ...] = ("ha_flux", "nii_flux", "hb_flux", "oiii_flux")
 ERROR_COLUMNS: tuple[str, ...] = tuple(f"{c}_err" for c in LINE_COLUMNS)
@@ -502,8 +500,10 @@ def rows_before(chunk: Chunk) -> int:
     """Data rows of the file before the chunk's first (for messages; a CSV's are counted by parsing
     the bytes before the chunk as a stream, in bounded memory)."""
     src = chunk.source
-    if src.format != "csv" or chunk.start == 0:
-        return chunk.start if src.format != "csv" else 0
+    if src.format != "csv":
+        return chunk.start
+    if chunk.start == 0:
+        return 0
     with open(src.path, "rb") as fh:
         prefix = io.BufferedReader(_Prefix(fh, chunk.start))
         parts = pd.read_csv(prefix, usecols=[0], dtype=str, sep=_csv_separator(src.path), chunksize=1 << 20)

@@ -3,7 +3,7 @@
 Exit codes: 0 done; 1 an unexpected failure (a bug: ``--debug`` shows the traceback); 2 an error
 (bad input, option, workspace or service: one line on stderr that says what to do); 3 incomplete
 (what could be done was written, some rows failed or are left pending: re-run the same command to
-continue); 130 interrupted (Ctrl-C).
+continue); 130 interrupted (Ctrl-C; 143 for SIGTERM).
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--hdu", type=int, help="FITS extension holding the table (default: the first table, HDU 1)")
     ingest.add_argument(
         "--id-kind",
-        choices=["auto", "int", "string"],
+        choices=cfg.ID_KINDS,
         help="string: keep ids exactly as text (source_id; objid = their stable hash), e.g. for unsigned 64-bit "
         "ids above 2^63-1; int: every id must be an integer; auto (default): by the column's type",
     )

@@ -46,6 +46,8 @@ from storage.workspace import Workspace, as_workspace
 
 Scheme = Literal["paper", "kewley2001", "three-class"]
 SCHEMES: tuple[str, ...] = get_args(Scheme)
+IdKind = Literal["auto", "int", "string"]
+ID_KINDS: tuple[str, ...] = get_args(IdKind)
 
 CANONICAL_COLUMNS: tuple[str, ...] = (
     "objid", "ra", "dec", "z", "radius_arcsec",
@@ -106,7 +108,7 @@ class IngestArgs:
     chunk_rows: int = 500_000
     format: Literal["auto", "fits", "parquet", "csv"] = "auto"
     hdu: int | None = None
-    id_kind: Literal["auto", "int", "string"] = "auto"
+    id_kind: IdKind = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "workspace", _workspace(self.workspace))
@@ -126,8 +128,8 @@ class IngestArgs:
             raise ConfigError(f"ingest.format must be auto, fits, parquet or csv (got {self.format!r})")
         if self.hdu is not None and (not isinstance(self.hdu, int) or isinstance(self.hdu, bool) or self.hdu < 0):
             raise ConfigError(f"ingest.hdu must be an HDU number >= 0 (got {self.hdu!r}); the NSA table is in HDU 1")
-        if self.id_kind not in ("auto", "int", "string"):
-            raise ConfigError(f"ingest.id_kind must be auto, int or string (got {self.id_kind!r})")
+        if self.id_kind not in ID_KINDS:
+            raise ConfigError(f"ingest.id_kind must be one of {', '.join(ID_KINDS)} (got {self.id_kind!r})")
 
 
 @dataclass(frozen=True)

@@ -164,7 +164,7 @@ def label(args: LabelArgs, client: Client | None = None) -> Manifest:
 def _label(args: LabelArgs, client: Client | None) -> Manifest:
     ingest_manifest = check_catalog(args)
     ws = args.workspace
-    manifest = Manifest(stage="label", parameters=_parameters(args))
+    manifest = Manifest(stage="label", parameters=parameters(args))
     manifest.inputs = [{"path": str(ws.catalog), "rows": ingest_manifest["rows_out"]}]
     without = missing_lines(ingest_manifest)
     if without:
@@ -225,7 +225,8 @@ def _by_line(dropped: pd.Series) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def _parameters(args: LabelArgs) -> dict:
+def parameters(args: LabelArgs) -> dict:
+    """The settings the labels depend on, as the manifest records them."""
     return {"scheme": args.scheme, "min_snr": args.min_snr, "split": list(args.split)}
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from pipeline.catalog import expand_inputs
 from pipeline.config import FetchArgs, IngestArgs, LabelArgs, SkyArgs
 from pipeline.errors import WorkspaceError
+from pipeline.label import parameters as label_parameters
 from pipeline.stage import writing
 from pipeline.synthetic.catalog import SKY_FITS, SKY_MANIFEST
 from storage.manifest import read_manifest
@@ -26,7 +27,7 @@ def run_inputs(sky: SkyArgs | None, ingest: IngestArgs, label: LabelArgs, fetch:
     return {
         "source": source,
         "ingest": {k: getattr(ingest, k) for k in ("columns", "radius_column", "format", "hdu", "id_kind")},
-        "label": {"scheme": label.scheme, "min_snr": label.min_snr, "split": list(label.split)},
+        "label": label_parameters(label),
         "cube": {k: getattr(fetch, k) for k in ("layer", "size", "image_size", "radius_scale", "shard_images",
                                                "inner_images")} | {"pixscale_bounds": list(fetch.pixscale_bounds)},
     }  # fmt: skip
@@ -91,4 +92,4 @@ def _inputs_from_manifests(ws: Workspace) -> Inputs | None:
         source = {"n": sky["parameters"]["n"], "seed": sky["parameters"]["seed"]}
     else:
         source = {"catalog": paths}
-    return {"source": source, "label": {k: label["parameters"][k] for k in ("scheme", "min_snr", "split")}}
+    return {"source": source, "label": label["parameters"]}

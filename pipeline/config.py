@@ -48,6 +48,13 @@ Scheme = Literal["paper", "kewley2001", "three-class"]
 SCHEMES: tuple[str, ...] = get_args(Scheme)
 IdKind = Literal["auto", "int", "string"]
 ID_KINDS: tuple[str, ...] = get_args(IdKind)
+FetchRows = Literal["auto", "labelled", "all"]
+FETCH_ROWS: tuple[str, ...] = get_args(FetchRows)
+MODEL_NAMES: tuple[str, ...] = ("paper", "resnet18")  # pipeline.model.MODELS, without importing Keras
+Precision = Literal["float32", "mixed_bfloat16"]
+Accelerator = Literal["auto", "gpu", "cpu"]
+Composites = Literal["exclude", "agn"]
+ClassWeight = Literal["none", "balanced"]
 
 CANONICAL_COLUMNS: tuple[str, ...] = (
     "objid", "ra", "dec", "z", "radius_arcsec",
@@ -171,8 +178,9 @@ class FetchArgs:
     totals over all tasks (the service is shared: be polite). ``deadline_s`` bounds one image's
     retries; a service that asks (Retry-After) for a longer wait ends the run. ``give_up_window``
     and ``give_up_fraction``: the run also ends when at least that fraction of the last that many
-    answers were failures (the rows not done stay pending for a re-run). ``restart`` discards an
-    existing cube.
+    answers were failures (the rows not done stay pending for a re-run). ``rows``: which catalog
+    rows to request: ``labelled`` (those in ``WS/labels/``), ``all``, or ``auto`` (labelled when
+    labels exist, else all); the others stay pending. ``restart`` discards an existing cube.
     """
 
     workspace: Workspace
@@ -191,11 +199,14 @@ class FetchArgs:
     inner_images: int = 8
     give_up_window: int = 50
     give_up_fraction: float = 0.9
+    rows: FetchRows = "auto"
     restart: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "workspace", _workspace(self.workspace))
         object.__setattr__(self, "pixscale_bounds", tuple(float(b) for b in self.pixscale_bounds))
+        if self.rows not in FETCH_ROWS:
+            raise ConfigError(f"fetch.rows must be one of {', '.join(FETCH_ROWS)} (got {self.rows!r})")
         for key in ("size", "image_size", "concurrency", "shard_images", "inner_images", "give_up_window"):
             _positive(f"fetch.{key}", getattr(self, key))
         if self.size > 3000:
@@ -230,6 +241,100 @@ class FetchArgs:
 MAX_SHARD_BYTES = 1 << 30  # one fetch task holds a whole cube shard in memory
 
 
+@dataclass(frozen=True)
+class TrainArgs:
+    """Cube + labels → ``WS/models/NAME/``: Adam, binary cross-entropy, a checkpoint per epoch.
+
+    ``model``: a registered architecture (``paper``, ``resnet18``); ``name``: the model directory
+    (default: the model's name). ``lr``: Adam's learning rate. ``devices``: devices of this node to
+    train on (default: every visible GPU, else one CPU); ``accelerator``: ``gpu`` requires GPUs
+    (an error without them, never a CPU run), ``cpu`` splits the CPU into ``devices`` logical
+    devices (for testing data-parallel code). ``composites``: leave them out (``exclude``) or count
+    them as AGN. ``class_weight``: ``balanced`` weighs both classes equally. ``augment``: random
+    flips and 90° rotations of training images. ``shuffle_buffer`` images (memory: 49 KB each at
+    128 pixels) mix ``block_rows``-row blocks read in a random order each epoch; ``readers``
+    threads read ahead; ``prefetch`` batches wait ready. ``seed`` fixes initial weights, data
+    order and augmentation. ``restart`` discards an existing model directory.
+    """
+
+    workspace: Workspace
+    model: str = "paper"
+    name: str | None = None
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    precision: Precision = "float32"
+    devices: int | None = None
+    accelerator: Accelerator = "auto"
+    composites: Composites = "exclude"
+    class_weight: ClassWeight = "none"
+    augment: bool = True
+    shuffle_buffer: int = 4096
+    block_rows: int = 64
+    readers: int = 4
+    prefetch: int = 8
+    seed: int = 0
+    restart: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "workspace", _workspace(self.workspace))
+        if self.model not in MODEL_NAMES:
+            raise ConfigError(f"train.model must be one of {', '.join(MODEL_NAMES)} (got {self.model!r})")
+        name = self.name or self.model
+        if not name.replace("-", "").replace("_", "").replace(".", "").isalnum() or name.startswith("."):
+            raise ConfigError(f"train.name {name!r} must be letters, digits, '-', '_' or '.' (a directory name)")
+        object.__setattr__(self, "name", name)
+        for key in ("epochs", "batch_size", "shuffle_buffer", "block_rows", "readers", "prefetch"):
+            _positive(f"train.{key}", getattr(self, key))
+        _positive("train.devices", self.devices, optional=True)
+        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and 0 < self.lr < 1):
+            raise ConfigError(f"train.lr must be a learning rate in (0, 1) (got {self.lr!r}); Adam's default is 0.001")
+        for key, allowed in (("precision", Precision), ("accelerator", Accelerator), ("composites", Composites),
+                             ("class_weight", ClassWeight)):  # fmt: skip
+            value = getattr(self, key)
+            if value not in get_args(allowed):
+                raise ConfigError(f"train.{key} must be one of {', '.join(get_args(allowed))} (got {value!r})")
+
+
+@dataclass(frozen=True)
+class EvaluateArgs:
+    """A trained model + the val and test splits → threshold, metrics and plots in ``WS/reports/``.
+
+    ``threshold_policy``: how the threshold is chosen on the *validation* split: ``balanced``
+    (max balanced accuracy), ``youden`` (max TPR - FPR), ``f1`` (max F1), ``purity:P`` (lowest
+    threshold whose AGN precision >= P), ``fixed:T``. ``tta``: average the 8 flips/rotations.
+    """
+
+    workspace: Workspace
+    model: str = "paper"
+    threshold_policy: str = "balanced"
+    tta: bool = False
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "workspace", _workspace(self.workspace))
+        _positive("evaluate.batch_size", self.batch_size)
+        parse_policy(self.threshold_policy)
+
+
+def parse_policy(text: str) -> tuple[str, float | None]:
+    """``balanced`` → ("balanced", None); ``purity:0.8`` → ("purity", 0.8); errors name the fix."""
+    kind, _, value = str(text).partition(":")
+    if kind in ("balanced", "youden", "f1") and not value:
+        return kind, None
+    if kind in ("purity", "fixed"):
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if 0 < number < 1 or (kind == "purity" and number == 1):
+            return kind, number
+    raise ConfigError(
+        f"evaluate.threshold_policy {text!r}: give balanced, youden, f1, purity:P (P in (0, 1], e.g. purity:0.8) "
+        "or fixed:T (T in (0, 1), e.g. fixed:0.3)"
+    )
+
+
 def _workspace(value: Workspace | str | Path) -> Workspace:
     try:
         return as_workspace(value)
@@ -250,6 +355,8 @@ SECTIONS: dict[str, type] = {
     "ingest": IngestArgs,
     "label": LabelArgs,
     "fetch": FetchArgs,
+    "train": TrainArgs,
+    "evaluate": EvaluateArgs,
 }
 TOP_LEVEL_KEYS = {"workspace"}
 SELF_CHECKED_TABLES = {"serve"}  # validated by its own builder (pipeline.synthetic.server.build_server_config)

@@ -1,33 +1,391 @@
-"""Deterministic train / val / test splits: a pure function of ``objid``.
+"""Training data: which galaxies, and a batch reader over the image cube that keeps a device busy.
 
-The split of a galaxy never changes between runs, machines or when new galaxies are added,
-because it depends on nothing but its own id (a 64-bit mix of the id, mapped to [0, 1)).
+Rows (:func:`select_rows`): cube status ``ok`` and label 0 (star-forming) or 1 (AGN); composites
+(label -1) are left out, or counted as AGN with ``composites="agn"``. The split comes from the
+labels (a hash of ``objid``, :mod:`pipeline.splits`).
+
+The reader (:class:`CubeBatches`) never holds the cube in memory. Each epoch it reads the cube in
+contiguous blocks of rows (the fast way to read Zarr: see DESIGN.md), in a new random block order,
+through a shuffle buffer of ``shuffle_buffer`` images: each batch takes random slots of the buffer
+and the next images of the block stream refill them. Reads run in threads, ahead of the batches;
+ready batches wait in a bounded queue. Memory: the buffer, the blocks read ahead and the queued
+batches, whatever the cube's size. Augmentation (training only): each image gets one of the 8
+flips/rotations of the square. The whole epoch's order is a pure function of (seed, epoch), so
+batch i can also be rebuilt on its own (Keras asks for a couple of batches out of order to learn
+their shapes), and a resumed run sees the same data as an uninterrupted one.
+
+It is a ``keras.utils.PyDataset``, which Keras 3 accepts on every backend (TensorFlow, JAX): no
+``tf.data``-only path and no forked processes (zarr's event loop and JAX are not fork-safe).
+
+Several processes (data-parallel training) each read their own part: process p of P takes every
+P-th block of the epoch's block order. All run the same number of batches of the same size (the
+collectives need it): batches are padded with blank images of weight 0, so every row counts
+exactly once per epoch.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
 import numpy as np
+import pandas as pd
 
-SPLITS: tuple[str, str, str] = ("train", "val", "test")
-
-
-def unit_hash(objid: np.ndarray) -> np.ndarray:
-    """Map int64 ids to floats uniform in [0, 1) with the splitmix64 finaliser (stable, seedless)."""
-    z = np.asarray(objid, dtype=np.int64).view(np.uint64).copy()
-    with np.errstate(over="ignore"):
-        z += np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z ^= z >> np.uint64(31)
-    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+from pipeline.errors import DataError, WorkspaceError
+from pipeline.label import read_labels
+from pipeline.splits import SPLITS
+from storage.cube import STATUS_CODES, Cube, open_cube
+from storage.workspace import Workspace
 
 
-def split_codes(objid: np.ndarray, fractions: tuple[float, float, float] = (0.75, 0.15, 0.10)) -> np.ndarray:
-    """Split of each id as int8 codes into :data:`SPLITS` (0 train, 1 val, 2 test)."""
-    edges = np.cumsum(fractions[:2])
-    return np.searchsorted(edges, unit_hash(objid), side="right").astype(np.int8)
+@dataclass(frozen=True)
+class Rows:
+    """The galaxies of one split: cube rows (ascending), labels (0 SF, 1 AGN) and ids."""
+
+    cube_row: np.ndarray
+    label: np.ndarray
+    objid: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.cube_row)
+
+    def counts(self) -> tuple[int, int]:
+        """(star-forming, AGN) rows."""
+        n_agn = int(self.label.sum())
+        return len(self) - n_agn, n_agn
 
 
-def assign_split(objid: np.ndarray, fractions: tuple[float, float, float] = (0.75, 0.15, 0.10)) -> np.ndarray:
-    """Split name ('train' | 'val' | 'test') of each id, in the given proportions."""
-    return np.asarray(SPLITS, dtype=object)[split_codes(objid, fractions)]
+def select_rows(ws: Workspace, composites: str = "exclude") -> dict[str, Rows]:
+    """Per split, the labelled galaxies whose cutout is ``ok``. Checks that the cube belongs to the
+    labels' catalog (same ids at the same rows)."""
+    if not ws.cube.exists():
+        raise WorkspaceError(f"{ws.root} has no image cube; run `agnsurvey fetch --workspace {ws.root}` first")
+    labels = read_labels(ws, columns=["objid", "label", "split"])
+    cube = open_cube(ws.cube, mode="r")
+    rows = labels["cube_row"].to_numpy()
+    if rows.size and (rows.max() >= cube.layout.n or not np.array_equal(cube.objid[:][rows], labels["objid"])):
+        raise WorkspaceError(
+            f"{ws.cube} holds another catalog's cutouts than {ws.labels}; run `agnsurvey fetch --workspace "
+            f"{ws.root} --restart`"
+        )
+    ok = cube.status_codes()[rows] == STATUS_CODES["ok"]
+    label = labels["label"].to_numpy().astype(np.int64)
+    if composites == "agn":
+        label = np.where(label == -1, 1, label)
+    keep = ok & (label >= 0)
+    out = {}
+    for name in SPLITS:
+        chosen = keep & (labels["split"].astype(str).to_numpy() == name)
+        out[name] = Rows(rows[chosen], label[chosen].astype(np.float32), labels["objid"].to_numpy()[chosen])
+    return out
+
+
+def dihedral(images: np.ndarray, k: int) -> np.ndarray:
+    """Transform ``k`` (0..7) of the square's symmetry group on (n, S, S, C) images: k % 4
+    quarter turns, then a left-right flip when k >= 4. Galaxies have no preferred orientation."""
+    out = np.rot90(images, k % 4, axes=(1, 2))
+    return out[:, :, ::-1] if k >= 4 else out
+
+
+def augment(images: np.ndarray, transforms: np.ndarray) -> np.ndarray:
+    """Each image i transformed by ``dihedral(·, transforms[i])``, in place where possible."""
+    for k in range(1, 8):
+        chosen = np.flatnonzero(transforms == k)
+        if chosen.size:
+            images[chosen] = dihedral(images[chosen], k)
+    return images
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """One epoch, decided in advance: which rows each batch holds and how the buffer moves.
+
+    ``blocks``: (first, stop) positions into the split's rows, in reading order. ``fill``: images
+    first loaded into buffer slots 0..fill-1. Step i emits the buffer's ``slots[i]`` (positions
+    ``order[i]``) then refills the first ``refill[i]`` of those slots from the stream.
+    """
+
+    blocks: list[tuple[int, int]]
+    fill: int
+    slots: list[np.ndarray]
+    refill: list[int]
+    order: list[np.ndarray]
+    transforms: np.ndarray
+
+
+def plan_epoch(
+    cube_row: np.ndarray,
+    batch_size: int,
+    steps: int,
+    block_rows: int,
+    shuffle_buffer: int,
+    rng: np.random.Generator | None,
+    part: tuple[int, int] = (0, 1),
+    augment_images: bool = False,
+) -> EpochPlan:
+    """The plan of one epoch for process ``part[0]`` of ``part[1]``: blocks of ``block_rows``
+    aligned cube rows in random order (natural order when ``rng`` is None), through a buffer of
+    ``shuffle_buffer`` slots (none without ``rng``), ``steps`` batches of ``batch_size``."""
+    blocks = _blocks(cube_row, block_rows)
+    if rng is not None:
+        blocks = [blocks[i] for i in rng.permutation(len(blocks))]
+    blocks = blocks[part[0] :: part[1]]
+    stream = np.concatenate([np.arange(a, b) for a, b in blocks]) if blocks else np.empty(0, np.int64)
+    size = min(len(stream), shuffle_buffer if rng is not None else batch_size)
+    pool = np.full(max(size, 1), -1, dtype=np.int64)
+    pool[:size] = stream[:size]
+    fed = size
+    slots, refill, order = [], [], []
+    for _ in range(steps):
+        filled = np.flatnonzero(pool >= 0)
+        take = min(batch_size, len(filled))
+        chosen = rng.choice(filled, size=take, replace=False) if rng is not None else filled[:take]
+        if rng is None:
+            chosen = chosen[np.argsort(pool[chosen], kind="stable")]
+        order.append(pool[chosen].copy())
+        n_in = min(take, len(stream) - fed)
+        pool[chosen] = -1
+        pool[chosen[:n_in]] = stream[fed : fed + n_in]
+        fed += n_in
+        slots.append(chosen)
+        refill.append(n_in)
+    transforms = (
+        rng.integers(0, 8, size=len(cube_row)) if (rng is not None and augment_images) else np.zeros(len(cube_row), int)
+    )
+    return EpochPlan(blocks, size, slots, refill, order, transforms)
+
+
+def _blocks(cube_row: np.ndarray, block_rows: int) -> list[tuple[int, int]]:
+    """(first, stop) positions of the rows in each aligned block of ``block_rows`` cube rows."""
+    if len(cube_row) == 0:
+        return []
+    block = cube_row // block_rows
+    starts = np.flatnonzero(np.r_[True, block[1:] != block[:-1]])
+    stops = np.r_[starts[1:], len(cube_row)]
+    return list(zip(starts.tolist(), stops.tolist(), strict=True))
+
+
+def steps_per_epoch(cube_row: np.ndarray, batch_size: int, block_rows: int, parts: int) -> int:
+    """Batches every process runs per epoch: enough for the largest part, whatever the block order
+    (a part holds at most ceil(blocks / parts) blocks of at most ``block_rows`` rows; exact for one
+    part)."""
+    if parts == 1:
+        return max(1, -(-len(cube_row) // batch_size))
+    sizes = sorted((b - a for a, b in _blocks(cube_row, block_rows)), reverse=True)
+    biggest = sum(sizes[: -(-len(sizes) // parts)])
+    return max(1, -(-biggest // batch_size))
+
+
+class CubeBatches(keras.utils.PyDataset):
+    """Batches ``(images uint8, labels float32, weights float32)`` of one split for Keras ``fit``,
+    ``evaluate`` and ``predict``. ``shuffle``: new block order and buffer each epoch (training);
+    otherwise rows in cube order. ``class_weight``: weight per label (0, 1)."""
+
+    def __init__(
+        self,
+        cube_path: Path,
+        rows: Rows,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        augment_images: bool = False,
+        shuffle_buffer: int = 4096,
+        block_rows: int = 64,
+        seed: int = 0,
+        readers: int = 4,
+        prefetch: int = 8,
+        class_weight: tuple[float, float] = (1.0, 1.0),
+        part: tuple[int, int] = (0, 1),
+        steps: int | None = None,
+    ) -> None:
+        super().__init__(workers=1, use_multiprocessing=False)
+        if batch_size < 1:
+            raise DataError(f"batch size must be >= 1 (got {batch_size})")
+        self.cube: Cube = open_cube(Path(cube_path), mode="r")
+        self.rows, self.batch_size, self.shuffle, self.augment_images = rows, batch_size, shuffle, augment_images
+        self.shuffle_buffer, self.block_rows, self.seed = max(shuffle_buffer, batch_size), block_rows, seed
+        self.readers, self.prefetch, self.part = max(1, readers), max(1, prefetch), part
+        self.weights = np.asarray(class_weight, dtype=np.float32)
+        self.steps = steps or steps_per_epoch(rows.cube_row, batch_size, block_rows, part[1])
+        self.epoch = 0
+        self._plans: dict[int, EpochPlan] = {}
+        self._producer: _Producer | None = None
+
+    @property
+    def num_batches(self) -> int:
+        return self.steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next batches those of ``epoch`` (0-based): a resumed run calls it first."""
+        if epoch != self.epoch:
+            self._stop()
+            self.epoch = epoch
+
+    def plan(self, epoch: int | None = None) -> EpochPlan:
+        """The plan of ``epoch`` (default: the current one)."""
+        epoch = self.epoch if epoch is None else epoch
+        if epoch not in self._plans:
+            rng = np.random.default_rng([self.seed, epoch]) if self.shuffle else None
+            self._plans = {epoch: plan_epoch(self.rows.cube_row, self.batch_size, self.steps, self.block_rows,
+                                             self.shuffle_buffer, rng, self.part, self.augment_images)}  # fmt: skip
+        return self._plans[epoch]
+
+    def batch_rows(self, index: int) -> np.ndarray:
+        """Positions (into the split's rows) of the real images of batch ``index``."""
+        return self.plan().order[index]
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not 0 <= index < self.steps:
+            raise IndexError(index)
+        producer = self._producer
+        if producer is None or producer.next_index != index or producer.epoch != self.epoch:
+            if index != 0:
+                return self._assemble(index, self.cube.read_rows(self.rows.cube_row[self.batch_rows(index)]))
+            self._stop()
+            self._producer = producer = _Producer(self, self.plan())
+        return producer.take()
+
+    def _assemble(self, index: int, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Batch ``index`` from the images of its rows: augmented, padded to the batch size with
+        blank images of weight 0, with labels and weights."""
+        positions = self.plan().order[index]
+        if self.augment_images:
+            images = augment(images, self.plan().transforms[positions])
+        n, size = len(positions), self.cube.layout.image_size
+        x = np.zeros((self.batch_size, size, size, 3), dtype=np.uint8)
+        x[:n] = images
+        y = np.zeros(self.batch_size, dtype=np.float32)
+        y[:n] = self.rows.label[positions]
+        w = np.zeros(self.batch_size, dtype=np.float32)
+        w[:n] = self.weights[y[:n].astype(np.int64)]
+        return x, y, w
+
+    def on_epoch_end(self) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._producer is not None:
+            self._producer.stop()
+            self._producer = None
+
+    def __del__(self) -> None:
+        self._stop()
+
+
+class _Producer:
+    """A thread that replays an epoch plan with pixels: reads blocks ahead (in ``readers`` threads),
+    moves them through the buffer, assembles batches into a bounded queue."""
+
+    def __init__(self, reader: CubeBatches, plan: EpochPlan) -> None:
+        self.reader, self.plan, self.epoch, self.next_index = reader, plan, reader.epoch, 0
+        self.ready: queue.Queue = queue.Queue(maxsize=reader.prefetch)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="cube-batches", daemon=True)
+        self.thread.start()
+
+    def take(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        item = self.ready.get()
+        if isinstance(item, BaseException):
+            raise item
+        self.next_index += 1
+        return item
+
+    def stop(self) -> None:
+        self.stopping.set()
+        while self.thread.is_alive():
+            try:
+                self.ready.get_nowait()  # unblock a full queue
+            except queue.Empty:
+                self.thread.join(timeout=0.05)
+
+    def _run(self) -> None:
+        try:
+            self._produce()
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._put(exc)
+
+    def _put(self, item: object) -> bool:
+        while not self.stopping.is_set():
+            try:
+                self.ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self) -> None:
+        reader, plan = self.reader, self.plan
+        cube_row, size = reader.rows.cube_row, reader.cube.layout.image_size
+        pool = np.zeros((max(plan.fill, 1), size, size, 3), dtype=np.uint8)
+        with ThreadPoolExecutor(reader.readers, thread_name_prefix="cube-read") as pool_of_readers:
+            blocks = iter(plan.blocks)
+            ahead: deque = deque()
+
+            def read_ahead() -> None:
+                while len(ahead) < 2 * reader.readers:
+                    block = next(blocks, None)
+                    if block is None:
+                        return
+                    rows = cube_row[block[0] : block[1]]
+                    ahead.append(pool_of_readers.submit(_read_block, reader.cube, rows))
+
+            stream = _Stream(ahead, read_ahead)
+            if plan.fill:
+                pool[: plan.fill] = stream.take(plan.fill)
+            for index in range(reader.steps):
+                if self.stopping.is_set():
+                    return
+                slots = plan.slots[index]
+                images = pool[slots]
+                n_in = plan.refill[index]
+                if n_in:
+                    pool[slots[:n_in]] = stream.take(n_in)
+                if not self._put(reader._assemble(index, images)):
+                    return
+
+
+def _read_block(cube: Cube, rows: np.ndarray) -> np.ndarray:
+    """Images of the (ascending, close together) cube ``rows``: one contiguous read."""
+    return cube.read_block(int(rows[0]), int(rows[-1]) + 1)[rows - rows[0]]
+
+
+class _Stream:
+    """The epoch's images in block order, taken n at a time from blocks read ahead."""
+
+    def __init__(self, ahead: deque, read_ahead) -> None:  # noqa: ANN001
+        self.ahead, self.read_ahead, self.current, self.offset = ahead, read_ahead, None, 0
+
+    def take(self, n: int) -> np.ndarray:
+        parts = []
+        while n > 0:
+            if self.current is None or self.offset == len(self.current):
+                self.read_ahead()
+                self.current, self.offset = self.ahead.popleft().result(), 0
+                self.read_ahead()
+            part = self.current[self.offset : self.offset + n]
+            self.offset += len(part)
+            n -= len(part)
+            parts.append(part)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def class_weights(rows: Rows, policy: str) -> tuple[float, float]:
+    """Weights of (SF, AGN): 1 each, or ``balanced``: n / (2 n_class), so both classes weigh the same."""
+    if policy != "balanced":
+        return 1.0, 1.0
+    n_sf, n_agn = rows.counts()
+    n = n_sf + n_agn
+    return n / (2 * max(n_sf, 1)), n / (2 * max(n_agn, 1))
+
+
+def split_table(splits: dict[str, Rows]) -> pd.DataFrame:
+    """Rows per split and class, for manifests and messages."""
+    return pd.DataFrame({name: dict(zip(("sf", "agn"), r.counts(), strict=True)) for name, r in splits.items()}).T

@@ -23,6 +23,14 @@ class FetchError(AgnSurveyError):
     """The cutout service cannot be used (bad URL, unreachable) or a fetch cannot proceed."""
 
 
+class DataError(AgnSurveyError):
+    """The training or evaluation data cannot be used (too few rows of a class, impossible batch)."""
+
+
+class TrainingError(AgnSurveyError):
+    """A model cannot be trained or evaluated as asked (devices, model directory, arguments)."""
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C stopped a stage; the message says what was kept and how to continue.
 

@@ -1,4 +1,8 @@
-"""Stage ``fetch``: labelled galaxies → ``WS/cube.zarr``, one validated, resized cutout per row.
+"""Stage ``fetch``: catalog galaxies → ``WS/cube.zarr``, one validated, resized cutout per row.
+
+The cube has one row per ingested catalog row (``cube_row``); ``rows`` chooses which are requested
+(the labelled ones, or all); the others stay ``pending`` until a run asks for them. A relabelled
+workspace keeps its cube: images depend only on position and radius.
 
 Work units are the cube's shards: one task owns one shard (``shard_images`` consecutive rows), runs
 one asyncio loop with one aiohttp session (:func:`pipeline.cutouts.fetch_many`) for the rows of its
@@ -43,6 +47,7 @@ from pipeline.cutouts import (
     run_async,
 )
 from pipeline.errors import FetchError, Interrupted, WorkspaceError
+from pipeline.label import read_labels
 from pipeline.stage import locked, writing
 from storage.cube import (
     FINAL_CODES,
@@ -57,8 +62,8 @@ from storage.cube import (
 from storage.manifest import Manifest
 from storage.workspace import Workspace, as_workspace
 
-FAILURE_COLUMNS = ["cube_index", "objid", "reason", "attempts", "http_status"]
-FAILURE_TYPES = {"cube_index": "int64", "objid": "int64", "reason": "str", "attempts": "int64", "http_status": "int64"}
+FAILURE_COLUMNS = ["cube_row", "objid", "reason", "attempts", "http_status"]
+FAILURE_TYPES = {"cube_row": "int64", "objid": "int64", "reason": "str", "attempts": "int64", "http_status": "int64"}
 
 
 @dataclass(frozen=True)
@@ -111,7 +116,7 @@ def fetch_shard(job: ShardJob) -> ShardResult:
             images[i] = outcome.image
         if outcome.status == "failed":
             result.failures.append(
-                {"cube_index": int(row), "objid": int(objid[i]), "reason": outcome.reason,
+                {"cube_row": int(row), "objid": int(objid[i]), "reason": outcome.reason,
                  "attempts": outcome.attempts, "http_status": outcome.http_status or 0}
             )  # fmt: skip
     if any(o.status != PENDING for o in outcomes):  # a client stopped before asking leaves nothing to write
@@ -121,18 +126,48 @@ def fetch_shard(job: ShardJob) -> ShardResult:
 
 
 def read_fetch_inputs(ws: Workspace) -> pd.DataFrame:
-    """cube_index, objid, ra, dec, radius_arcsec of every labelled galaxy, in cube order."""
-    if not ws.labels.exists():
+    """cube_row, objid, ra, dec, radius_arcsec of every catalog galaxy, in cube order."""
+    if not ws.catalog.exists() or not any(ws.catalog.glob("*.parquet")):
+        raise WorkspaceError(f"{ws.root} has no ingested catalog; run `agnsurvey ingest CATALOG --workspace {ws.root}`")
+    columns = ["cube_row", "objid", "ra", "dec", "radius_arcsec"]
+    try:
+        catalog = pd.read_parquet(ws.catalog, columns=columns)
+    except (KeyError, ValueError) as exc:
+        if "cube_row" not in str(exc):
+            raise
         raise WorkspaceError(
-            f"{ws.root} has no labels; run `agnsurvey ingest` and `agnsurvey label --workspace {ws.root}` first"
+            f"{ws.catalog} was ingested before the cube was keyed by catalog row (no cube_row column); re-run "
+            f"`agnsurvey ingest` and `agnsurvey label`, then fetch with --restart"
+        ) from None
+    catalog = catalog.sort_values("cube_row").reset_index(drop=True)
+    if not np.array_equal(catalog["cube_row"].to_numpy(), np.arange(len(catalog))):
+        raise WorkspaceError(f"{ws.catalog}: cube_row is not 0..N-1; re-run `agnsurvey ingest`")
+    return catalog
+
+
+def selected_rows(args: FetchArgs, catalog: pd.DataFrame) -> tuple[str, np.ndarray]:
+    """Which rows to request (``labelled`` or ``all``) and a mask of them over the cube's rows."""
+    ws = args.workspace
+    has_labels = ws.labels.exists() and any(ws.labels.glob("*.parquet"))
+    which = ("labelled" if has_labels else "all") if args.rows == "auto" else args.rows
+    if which == "all":
+        return which, np.ones(len(catalog), dtype=bool)
+    if not has_labels:
+        raise WorkspaceError(
+            f"fetch --rows labelled: {ws.root} has no labels; run `agnsurvey label --workspace {ws.root}` first, "
+            "or fetch every catalog row with --rows all"
         )
-    if not any(ws.labels.glob("*.parquet")):
-        raise WorkspaceError(f"{ws.labels} holds no labelled galaxies; see {ws.manifest_path('label')} for why")
-    columns = ["cube_index", "objid", "ra", "dec", "radius_arcsec"]
-    labels = pd.read_parquet(ws.labels, columns=columns).sort_values("cube_index").reset_index(drop=True)
-    if not np.array_equal(labels["cube_index"].to_numpy(), np.arange(len(labels))):
-        raise WorkspaceError(f"{ws.labels}: cube_index is not 0..N-1; re-run `agnsurvey label`")
-    return labels
+    labels = read_labels(ws, columns=["objid"])
+    rows = labels["cube_row"].to_numpy()
+    if rows.size and (rows.max() >= len(catalog) or not np.array_equal(catalog["objid"].to_numpy()[rows],
+                                                                        labels["objid"].to_numpy())):  # fmt: skip
+        raise WorkspaceError(
+            f"{ws.labels} was made from another catalog than {ws.catalog}; re-run `agnsurvey label --workspace "
+            f"{ws.root}`"
+        )
+    mask = np.zeros(len(catalog), dtype=bool)
+    mask[rows] = True
+    return which, mask
 
 
 def prepare_cube(args: FetchArgs, labels: pd.DataFrame) -> Cube:
@@ -151,7 +186,8 @@ def prepare_cube(args: FetchArgs, labels: pd.DataFrame) -> Cube:
         mismatch = _mismatch(cube, layout, attrs, labels["objid"].to_numpy(), pixscale)
         if mismatch:
             raise FetchError(
-                f"{ws.cube} was made for other inputs ({mismatch}); pass --restart to discard it and fetch anew"
+                f"{ws.cube} holds cutouts of another catalog or other cutout settings ({mismatch}); pass --restart "
+                "to discard it and fetch anew (or fetch into another --workspace)"
             )
         return cube
     status = np.where(usable, STATUS_CODES["pending"], STATUS_CODES["bad_radius"])
@@ -160,7 +196,7 @@ def prepare_cube(args: FetchArgs, labels: pd.DataFrame) -> Cube:
 
 def _mismatch(cube: Cube, layout: CubeLayout, attrs: dict, objid: np.ndarray, pixscale: np.ndarray) -> str:
     if cube.layout.n != layout.n:
-        return f"it has {cube.layout.n:,} rows, the labels {layout.n:,}"
+        return f"it has {cube.layout.n:,} rows, the catalog {layout.n:,}"
     for key in ("image_size", "shard_images", "inner_images"):
         if getattr(cube.layout, key) != getattr(layout, key):
             return f"{key} {getattr(cube.layout, key)} != {getattr(layout, key)}"
@@ -168,7 +204,7 @@ def _mismatch(cube: Cube, layout: CubeLayout, attrs: dict, objid: np.ndarray, pi
         if cube.attrs.get(key) != value:
             return f"{key} {cube.attrs.get(key)!r} != {value!r}"
     if not np.array_equal(cube.objid[:], objid):
-        return "the labelled galaxies differ"
+        return "the catalog's galaxies differ"
     if not np.array_equal(cube.pixscale[:], pixscale.astype(np.float32), equal_nan=True):
         return "the radii, hence the pixscales, differ"
     return ""
@@ -179,11 +215,10 @@ def tasks_at_once(args: FetchArgs, n_jobs: int, threads: int) -> int:
     return max(1, min(threads, n_jobs, args.concurrency))
 
 
-def plan_jobs(args: FetchArgs, cube: Cube, labels: pd.DataFrame, parallel: int) -> list[ShardJob]:
-    """One job per shard that has rows without a final status; rate and concurrency shared out
-    over the ``parallel`` tasks that run at once."""
-    status = cube.status[:]
-    todo = ~np.isin(status, FINAL_CODES)
+def plan_jobs(args: FetchArgs, cube: Cube, labels: pd.DataFrame, parallel: int, wanted: np.ndarray) -> list[ShardJob]:
+    """One job per shard that has ``wanted`` rows without a final status; rate and concurrency
+    shared out over the ``parallel`` tasks that run at once."""
+    todo = ~np.isin(cube.status_codes(), FINAL_CODES) & wanted
     pixscale = cube.pixscale[:]
     shards = sorted({int(r) // cube.layout.shard_images for r in np.flatnonzero(todo)})
     share = tasks_at_once(args, len(shards), parallel)
@@ -253,16 +288,18 @@ def fetch(args: FetchArgs, client: Client | None = None) -> Manifest:
 
 def _fetch(args: FetchArgs, client: Client | None) -> Manifest:
     ws = args.workspace
-    with locked(ws, "labels", shared=True):  # not while `label` replaces them
+    with locked(ws, "catalog", shared=True), locked(ws, "labels", shared=True):  # not while being replaced
         labels = read_fetch_inputs(ws)
+        which, wanted = selected_rows(args, labels)
     manifest = Manifest(stage="fetch", parameters=_parameters(args))
-    manifest.inputs = [{"path": str(ws.labels), "rows": len(labels)}]
+    manifest.inputs = [{"path": str(ws.catalog), "rows": len(labels), "rows_wanted": which,
+                        "n_wanted": int(wanted.sum())}]  # fmt: skip
     fresh = args.restart or not ws.cube.exists()
     if fresh:  # before a cube is made: an unreachable service leaves the workspace as it was
         run_async(probe(args.cutout_url, args.layer))
     cube = prepare_cube(args, labels)
     threads = sum(client.nthreads().values()) if client is not None else 1
-    jobs = plan_jobs(args, cube, labels, threads)
+    jobs = plan_jobs(args, cube, labels, threads, wanted)
     if jobs and not fresh:  # a finished cube needs no network to confirm it
         run_async(probe(args.cutout_url, args.layer))
     requested = sum(len(j.rows) for j in jobs)
@@ -281,12 +318,12 @@ def _fetch(args: FetchArgs, client: Client | None) -> Manifest:
             if show:
                 _progress_line(totals, requested, time.monotonic() - started)
     except KeyboardInterrupt:
-        _write_failures(ws, totals.failures, cube.status[:], keep_old=not fresh)
+        _write_failures(ws, totals.failures, cube.status_codes(), keep_old=not fresh)
 
         def kept() -> str:  # read when shown: tasks already running may still finish their shards
-            ok = status_counts(cube.status[:])["ok"]
+            ok = status_counts(cube.status_codes()[wanted])["ok"]
             return (
-                f"fetch interrupted; {ok:,} of {len(labels):,} cutouts are in {ws.cube} (whole shards are kept); "
+                f"fetch interrupted; {ok:,} of {int(wanted.sum()):,} cutouts are in {ws.cube} (whole shards are kept); "
                 "re-run the same command to continue"
             )
 
@@ -294,14 +331,17 @@ def _fetch(args: FetchArgs, client: Client | None) -> Manifest:
     finally:
         if show and jobs:
             print(file=sys.stderr)
-    _write_failures(ws, totals.failures, cube.status[:], keep_old=not fresh)
-    counts = status_counts(cube.status[:])
+    _write_failures(ws, totals.failures, cube.status_codes(), keep_old=not fresh)
+    status = cube.status_codes()
+    counts = status_counts(status[wanted])
     seconds = time.monotonic() - started
-    manifest.rows_in = len(labels)
+    manifest.rows_in = int(wanted.sum())
     manifest.rows_out = counts["ok"]
     manifest.dropped = {name: n for name, n in counts.items() if name not in ("ok",) and n}
     manifest.extra = {
         "status": counts,
+        "rows": which,
+        "status_all_rows": status_counts(status),
         "this_run": {
             "rows_requested": requested,
             "outcomes": totals.statuses,
@@ -354,13 +394,13 @@ def _write_failures(ws: Workspace, failures: list[dict], status: np.ndarray, kee
     frame = pd.DataFrame(failures, columns=FAILURE_COLUMNS).astype(FAILURE_TYPES)
     if keep_old and path.exists():
         old = pd.read_parquet(path).astype(FAILURE_TYPES)
-        still = (status[old["cube_index"].to_numpy()] == STATUS_CODES["failed"]) & ~old["cube_index"].isin(
-            frame["cube_index"]
+        still = (status[old["cube_row"].to_numpy()] == STATUS_CODES["failed"]) & ~old["cube_row"].isin(
+            frame["cube_row"]
         )
         frame = pd.concat([old[still], frame], ignore_index=True) if still.any() else frame
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        frame.sort_values("cube_index").to_parquet(tmp, index=False)
+        frame.sort_values("cube_row").to_parquet(tmp, index=False)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -385,6 +425,6 @@ def _parameters(args: FetchArgs) -> dict:
 
 
 def read_cube_status(workspace: Workspace | str | Path) -> pd.Series:
-    """Status name of every cube row (index: cube_index)."""
+    """Status name of every cube row (index: cube_row)."""
     cube = open_cube(as_workspace(workspace).cube, mode="r")
-    return pd.Series([STATUS_NAMES[int(c)] for c in cube.status[:]], name="status")
+    return pd.Series([STATUS_NAMES[int(c)] for c in cube.status_codes()], name="status")

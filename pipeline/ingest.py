@@ -11,6 +11,12 @@ The graph, task by task (work units are input chunks, then output shards):
    ``MERGE_ROWS`` rows each); a group's task takes its HEALPix range from every chunk (less the
    rejected rows), sorts it on (``_healpix_29``, ``objid``) and writes its shards, one file each.
 
+Each row gets ``cube_row``: its position in the written catalog (0..N-1, shard after shard), which
+is its row in the image cube ``WS/cube.zarr``. The same inputs give the same order, hence the same
+``cube_row``, so a re-ingest keeps the cube valid. The client knows each merge group's row count
+before it runs (sorted HEALPix indices less the dropped repeats), so groups number their rows
+independently.
+
 Shards go to a temporary directory that replaces ``WS/catalog/`` in one rename, so a killed run
 leaves the previous catalog intact.
 """
@@ -71,11 +77,12 @@ def _keys(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.sort(frame["objid"].to_numpy()[ok]), np.sort(hpx[ok]), np.flatnonzero(~ok)
 
 
-def _rows_with_ids(frame: pd.DataFrame, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Positions (input order) and ids of the rows with usable coordinates whose id is in ``ids``."""
-    objid = frame["objid"].to_numpy()
-    rows = np.flatnonzero(np.isin(objid, ids) & (frame["_healpix_29"].to_numpy() >= 0))
-    return rows, objid[rows]
+def _rows_with_ids(frame: pd.DataFrame, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions (input order), ids and HEALPix indices of the rows with usable coordinates whose id
+    is in ``ids``."""
+    objid, hpx = frame["objid"].to_numpy(), frame["_healpix_29"].to_numpy()
+    rows = np.flatnonzero(np.isin(objid, ids) & (hpx >= 0))
+    return rows, objid[rows], hpx[rows]
 
 
 def _healpix_range(frame: pd.DataFrame, dropped: np.ndarray, low: int, high: int | None) -> pd.DataFrame:
@@ -88,11 +95,16 @@ def _healpix_range(frame: pd.DataFrame, dropped: np.ndarray, low: int, high: int
     return frame.loc[inside]
 
 
-def _sort_and_write(pieces: list[pd.DataFrame], starts: list[int], paths: list[Path]) -> list[int]:
-    """Merge one HEALPix range from every chunk, sort on (HEALPix, objid), write one file per shard."""
+def _sort_and_write(pieces: list[pd.DataFrame], starts: list[int], paths: list[Path], first_row: int,
+                    rows_expected: int) -> list[int]:  # fmt: skip
+    """Merge one HEALPix range from every chunk, sort on (HEALPix, objid), number the rows
+    ``cube_row`` from ``first_row``, write one file per shard."""
     frame = pd.concat(pieces, ignore_index=True)
+    if len(frame) != rows_expected:
+        raise RuntimeError(f"ingest: a merge group has {len(frame)} rows, not {rows_expected}: a bug, please report")
     order = np.lexsort((frame["objid"].to_numpy(), frame["_healpix_29"].to_numpy()))
     frame = frame.take(order).reset_index(drop=True)
+    frame["cube_row"] = np.arange(first_row, first_row + len(frame), dtype=np.int64)
     cuts = [*np.searchsorted(frame["_healpix_29"].to_numpy(), starts[1:]).tolist(), len(frame)]
     begin, rows = 0, []
     for end, path in zip(cuts, paths, strict=True):
@@ -110,9 +122,26 @@ def repeated_ids(sorted_runs: list[np.ndarray]) -> np.ndarray:
 def later_occurrences(hits: list[np.ndarray], ids_of_hits: list[np.ndarray]) -> list[np.ndarray]:
     """Per chunk, the rows holding a repeated id that are not its first occurrence in input order."""
     chunk = np.concatenate([np.full(len(h), i) for i, h in enumerate(hits)])
-    repeated = pd.Series(np.concatenate(ids_of_hits)).duplicated(keep="first").to_numpy()
+    repeated = _repeats(ids_of_hits)
     rows = np.concatenate(hits)
     return [rows[repeated & (chunk == i)] for i in range(len(hits))]
+
+
+def _repeats(ids_of_hits: list[np.ndarray]) -> np.ndarray:
+    """True for each hit (chunks in input order) whose id occurred in an earlier hit."""
+    return pd.Series(np.concatenate(ids_of_hits)).duplicated(keep="first").to_numpy()
+
+
+def group_rows(healpix_sorted: np.ndarray, dropped_healpix: np.ndarray,
+               bounds: list[tuple[int, int | None]]) -> list[int]:  # fmt: skip
+    """Rows each merge group writes: indices in [low, high) less the dropped rows' indices there."""
+    dropped_healpix = np.sort(dropped_healpix)
+    out = []
+    for low, high in bounds:
+        hi = len(healpix_sorted) if high is None else np.searchsorted(healpix_sorted, high)
+        hi_drop = len(dropped_healpix) if high is None else np.searchsorted(dropped_healpix, high)
+        out.append(int(hi - np.searchsorted(healpix_sorted, low) - (hi_drop - np.searchsorted(dropped_healpix, low))))
+    return out
 
 
 def shard_starts(healpix_sorted: np.ndarray, shard_rows: int) -> list[int]:
@@ -144,10 +173,12 @@ def _ingest(args: IngestArgs, client: Client | None) -> Manifest:
     keys = compute(*[delayed(_keys)(p) for p in parts], client=client)
     bad = [k[2] for k in keys]
     duplicates = [np.empty(0, dtype=np.intp)] * len(parts)
+    duplicate_healpix = np.empty(0, dtype=np.int64)
     repeated = repeated_ids([k[0] for k in keys])
     if repeated.size:
         hits = compute(*[delayed(_rows_with_ids)(p, repeated) for p in parts], client=client)
         duplicates = later_occurrences([h[0] for h in hits], [h[1] for h in hits])
+        duplicate_healpix = np.concatenate([h[2] for h in hits])[_repeats([h[1] for h in hits])]
     rows_in = sum(len(k[0]) + len(k[2]) for k in keys)
     manifest.rows_in = rows_in
     manifest.dropped = {
@@ -165,16 +196,20 @@ def _ingest(args: IngestArgs, client: Client | None) -> Manifest:
         )
 
     dropped = [np.union1d(b, d) for b, d in zip(bad, duplicates, strict=True)]
-    starts = shard_starts(np.sort(np.concatenate([k[1] for k in keys]), kind="stable"), args.shard_rows)
+    healpix_sorted = np.sort(np.concatenate([k[1] for k in keys]), kind="stable")
+    starts = shard_starts(healpix_sorted, args.shard_rows)
     groups = merge_groups(len(starts), kept, _threads(client))
+    bounds = [(starts[g.start], starts[g.stop] if g.stop < len(starts) else None) for g in groups]
+    rows_per_group = group_rows(healpix_sorted, duplicate_healpix, bounds)
+    first_rows = np.concatenate([[0], np.cumsum(rows_per_group)]).tolist()
     ws = args.workspace
     with atomic_directory(ws.catalog) as tmp:
         writes = []
-        for group in groups:
-            low, high = starts[group.start], (starts[group.stop] if group.stop < len(starts) else None)
+        for i, (group, (low, high)) in enumerate(zip(groups, bounds, strict=True)):
             pieces = [delayed(_healpix_range)(p, d, low, high) for p, d in zip(parts, dropped, strict=True)]
             paths = [tmp / SHARD_NAME.format(k) for k in group]
-            writes.append(delayed(_sort_and_write)(pieces, starts[group.start : group.stop], paths))
+            writes.append(delayed(_sort_and_write)(pieces, starts[group.start : group.stop], paths, first_rows[i],
+                                                   rows_per_group[i]))  # fmt: skip
         compute(*writes, client=client)
         shard_rows = finish_shards(tmp)
         if sum(shard_rows) != kept:  # inside the block: a wrong catalog never replaces a good one
@@ -187,6 +222,7 @@ def _ingest(args: IngestArgs, client: Client | None) -> Manifest:
         "shards": len(shard_rows),
         "rows_per_shard": {"min": min(shard_rows), "max": max(shard_rows)},
         "sort_key": f"_healpix_29 (HEALPix nested, order {HEALPIX_ORDER}), then objid",
+        "cube_row": "0..N-1 in this order: the row of each galaxy in WS/cube.zarr",
     }
     manifest.finish()
     ws.write_manifest("ingest", manifest.to_dict())

@@ -1,10 +1,10 @@
-"""Stage ``label``: ingested catalog → ``WS/labels/`` with BPT ratios, class, label, split, cube index.
+"""Stage ``label``: ingested catalog → ``WS/labels/`` with BPT ratios, class, label and split.
 
 A row is labelled iff its four line fluxes are finite and > 0 (and, with ``min_snr``, every line
 has flux/err >= min_snr). Every dropped row is counted once, under the set of problems it has
 ("non-positive: hb_flux, oiii_flux"), so the counts add up to the rows dropped; the manifest also
-holds the per-line totals. ``cube_index`` numbers labelled rows 0..N-1 in sky order: row i of the
-image cube is the galaxy with ``cube_index`` i.
+holds the per-line totals. Labelled rows keep the catalog's ``cube_row`` (their row in the image
+cube, which belongs to the catalog): relabelling never invalidates a cutout.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 from dask import delayed
 from distributed import Client
 
@@ -21,15 +20,15 @@ from cluster.client import compute
 from pipeline import bpt, plots
 from pipeline.catalog import ERROR_COLUMNS, LINE_COLUMNS, map_lines_hint, missing_lines_text, nsa_v1_message
 from pipeline.config import LabelArgs
-from pipeline.dataset import SPLITS, split_codes
 from pipeline.errors import CatalogError, WorkspaceError
+from pipeline.splits import SPLITS, split_codes
 from pipeline.stage import writing
 from storage.manifest import Manifest
 from storage.shards import SHARD_GLOB, SHARD_NAME, finish_shards, write_shard
 from storage.workspace import Workspace, as_workspace, atomic_directory
 
 PROBLEMS: tuple[str, ...] = ("non-finite", "non-positive", "low S/N")  # most severe first
-LABEL_COLUMNS = ("log_nii_ha", "log_oiii_hb", "bpt_class", "label", "split", "cube_index")
+LABEL_COLUMNS = ("log_nii_ha", "log_oiii_hb", "bpt_class", "label", "split")
 
 
 def flux_problems(frame: pd.DataFrame, min_snr: float | None) -> np.ndarray:
@@ -87,14 +86,7 @@ def label_partition(frame: pd.DataFrame, scheme: bpt.Scheme, min_snr: float | No
     return out
 
 
-def _count_labelled(shard: Path, min_snr: float | None) -> int:
-    """Rows of a catalog shard that will be labelled (reads only the flux and error columns)."""
-    columns = list(LINE_COLUMNS) + (list(ERROR_COLUMNS) if min_snr is not None else [])
-    fluxes = pq.read_table(shard, columns=columns).to_pandas()
-    return int((flux_problems(fluxes, min_snr) == 0).sum())
-
-
-def _label_shard(shard: Path, out: Path, first_index: int, args: LabelArgs) -> tuple[pd.DataFrame, dict, int]:
+def _label_shard(shard: Path, out: Path, args: LabelArgs) -> tuple[pd.DataFrame, dict, int]:
     """Label one catalog shard into one labels shard; returns its tallies (summed on the client)."""
     frame = label_partition(pd.read_parquet(shard), args.scheme, args.min_snr, args.split)
     problems = frame["_problems"].to_numpy()
@@ -106,7 +98,6 @@ def _label_shard(shard: Path, out: Path, first_index: int, args: LabelArgs) -> t
         .reset_index()
     )
     kept = frame.loc[ok].drop(columns="_problems").reset_index(drop=True)
-    kept["cube_index"] = np.arange(first_index, first_index + len(kept), dtype=np.int64)
     counts = plots.bpt_hist_counts(
         kept["log_nii_ha"].to_numpy(), kept["log_oiii_hb"].to_numpy(), kept["label"].to_numpy()
     )
@@ -175,19 +166,12 @@ def _label(args: LabelArgs, client: Client | None) -> Manifest:
         ]
 
     shards = sorted(ws.catalog.glob(SHARD_GLOB))
-    labelled = compute(*[delayed(_count_labelled)(p, args.min_snr) for p in shards], client=client)
-    first_index = np.concatenate([[0], np.cumsum(labelled)])
     with atomic_directory(ws.labels) as tmp:
         tallies = compute(
-            *[
-                delayed(_label_shard)(p, tmp / SHARD_NAME.format(i), int(first_index[i]), args)
-                for i, p in enumerate(shards)
-            ],
+            *[delayed(_label_shard)(p, tmp / SHARD_NAME.format(i), args) for i, p in enumerate(shards)],
             client=client,
         )
         shard_rows = finish_shards(tmp)
-        if [t[2] for t in tallies] != list(labelled):
-            raise RuntimeError("label wrote other row counts than it counted: a bug, please report")
         summary = pd.concat([t[0] for t in tallies], ignore_index=True)
         if not shard_rows:  # raised inside the block: the previous labels stay
             reasons = summary.groupby("_problems")["n"].sum().sort_values(ascending=False)
@@ -230,6 +214,19 @@ def parameters(args: LabelArgs) -> dict:
     return {"scheme": args.scheme, "min_snr": args.min_snr, "split": list(args.split)}
 
 
-def read_labels(workspace: Workspace | str | Path) -> pd.DataFrame:
-    """All labels as one pandas DataFrame, in cube_index order."""
-    return pd.read_parquet(as_workspace(workspace).labels).sort_values("cube_index").reset_index(drop=True)
+def read_labels(workspace: Workspace | str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """All labels (or ``columns`` of them) as one pandas DataFrame, in cube_row order."""
+    ws = as_workspace(workspace)
+    if not ws.labels.exists() or not any(ws.labels.glob(SHARD_GLOB)):
+        raise WorkspaceError(f"{ws.root} has no labels; run `agnsurvey label --workspace {ws.root}` first")
+    wanted = None if columns is None else list(dict.fromkeys([*columns, "cube_row"]))
+    try:
+        frame = pd.read_parquet(ws.labels, columns=wanted)
+    except (KeyError, ValueError) as exc:
+        if "cube_row" in str(exc):
+            raise WorkspaceError(
+                f"{ws.labels} was made before labels carried cube_row; re-run `agnsurvey ingest` and "
+                "`agnsurvey label` on this workspace"
+            ) from None
+        raise
+    return frame.sort_values("cube_row").reset_index(drop=True)

@@ -1,5 +1,6 @@
 """The main job's guard: `agnsurvey run` rebuilds a workspace's catalog, labels and cube together, so
-it must not run on a workspace built from other inputs (the cube's rows are the labelled galaxies)."""
+it must not run on a workspace built from other inputs (the cube's rows are the catalog's galaxies,
+its pixels depend on the cutout settings). Labelling may change: it never invalidates a cutout."""
 
 from __future__ import annotations
 
@@ -74,6 +75,8 @@ def _differences(before: Inputs, now: Inputs) -> list[str]:
     """'part.key was -> now' for every setting recorded in ``before`` that ``now`` changes."""
     out = []
     for part, settings in before.items():
+        if part == "label":  # relabelling keeps the catalog and the cube valid
+            continue
         for key in sorted(settings):
             old, new = settings.get(key), now.get(part, {}).get(key)
             if old != new:

@@ -1,4 +1,7 @@
-"""The image cube ``WS/cube.zarr`` (Zarr v3): row i holds the galaxy with ``cube_index`` i.
+"""The image cube ``WS/cube.zarr`` (Zarr v3): row i holds the catalog galaxy with ``cube_row`` i.
+
+The cube belongs to the ingested catalog, not to one labelling: images depend only on position and
+radius, so relabelling (another scheme, an S/N cut) never invalidates a cutout.
 
 Arrays:
 
@@ -83,6 +86,30 @@ class Cube:
     def attrs(self) -> dict[str, Any]:
         return dict(self.group.attrs)
 
+    # --- reading: nothing outside this module indexes the Zarr arrays -------------------------------
+
+    def status_codes(self) -> np.ndarray:
+        """The status code of every row (int8; names in :data:`STATUS_NAMES`)."""
+        return self.status[:]
+
+    def ok_rows(self) -> np.ndarray:
+        """Rows whose image is there (status ``ok``), ascending."""
+        return np.flatnonzero(self.status_codes() == STATUS_CODES["ok"])
+
+    def read_block(self, start: int, stop: int) -> np.ndarray:
+        """Images of rows ``start`` to ``stop`` (exclusive), (n, S, S, 3) uint8: one contiguous read,
+        the fast way to read a cube (a few inner chunks decompressed per call)."""
+        return self.images[start:stop]
+
+    def read_rows(self, rows: np.ndarray, max_span: int | None = None) -> np.ndarray:
+        """Images of any ``rows`` (in the order given), read as contiguous spans of at most
+        ``max_span`` rows (default: one shard) that each cover several requested rows."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.layout.image_size, self.layout.image_size, 3), dtype=np.uint8)
+        for positions, start, stop in spans(rows, max_span or self.layout.shard_images):
+            out[positions] = self.read_block(start, stop)[rows[positions] - start]
+        return out
+
     def write_shard(self, shard: int, images: np.ndarray, status: np.ndarray) -> np.ndarray:
         """Write one whole shard, pixels first, then their status; returns the status written.
 
@@ -100,6 +127,20 @@ class Cube:
         self.images[rows.start : rows.stop] = images
         self.status[rows.start : rows.stop] = status
         return status
+
+
+def spans(rows: np.ndarray, max_span: int) -> list[tuple[np.ndarray, int, int]]:
+    """Group ``rows`` into contiguous read spans: (positions in ``rows``, start, stop), each span at
+    most ``max_span`` rows long, covering the requested rows in ascending order."""
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    out, i = [], 0
+    while i < len(ordered):
+        start = int(ordered[i])
+        j = int(np.searchsorted(ordered, start + max_span, side="left"))
+        out.append((order[i:j], start, int(ordered[j - 1]) + 1))
+        i = j
+    return out
 
 
 def create_cube(
@@ -145,7 +186,7 @@ def _build(path: Path, layout: CubeLayout, objid: np.ndarray, pixscale: np.ndarr
             "image_size": s,
             "shard_images": k,
             "inner_images": layout.inner_images,
-            "row_meaning": "row i is the labelled galaxy with cube_index i (WS/labels)",
+            "row_meaning": "row i is the catalog galaxy with cube_row i (WS/catalog, WS/labels)",
         }
     )
 

@@ -93,7 +93,10 @@ class Workspace:
         return self.root / "manifests"
 
     def output_path(self, output: str) -> Path:
-        """Where the stage output named ``output`` lives (the workspace itself for a whole ``run``)."""
+        """Where the stage output named ``output`` lives (the workspace itself for a whole ``run``);
+        ``models/NAME`` is one model's directory."""
+        if output.startswith("models/"):
+            return self.models / output.removeprefix("models/")
         return {"catalog": self.catalog, "labels": self.labels, "cube": self.cube, "models": self.models,
                 "scores": self.scores}.get(output, self.root)  # fmt: skip
 

@@ -93,7 +93,10 @@ def test_run_is_the_whole_main_job(tmp_path, capsys):
     fetch_m = json.loads((ws / "manifests" / "fetch.json").read_text())
     assert fetch_m["rows_in"] == len(labels) and fetch_m["extra"]["status"]["ok"] == len(labels)
     assert fetch_m["parameters"]["cutout_url"].startswith("http://127.0.0.1:")
-    assert zarr.open_group(str(ws / "cube.zarr"), mode="r")["images"].shape == (len(labels), 128, 128, 3)
+    cube = zarr.open_group(str(ws / "cube.zarr"), mode="r")  # one row per catalog row; the labelled ones fetched
+    assert cube["images"].shape == (ingest_m["rows_out"], 128, 128, 3)
+    status = cube["status"][:]
+    assert (status[labels["cube_row"].to_numpy()] == 1).all() and (status == 1).sum() == len(labels)
     assert "fetch" in out and "status ok" in out
 
 
@@ -155,7 +158,7 @@ def test_missing_line_columns_are_named_at_ingest_and_at_label(tmp_path, capsys)
     assert message.endswith("re-ingest mapping them with --column hb_flux=NAME --column oiii_flux=NAME")
 
 
-def test_run_refuses_a_workspace_made_from_other_inputs(tmp_path, capsys):
+def test_run_refuses_a_workspace_made_from_other_inputs_but_relabels_without_refetching(tmp_path, capsys):
     ws = tmp_path / "ws"
     r50 = tmp_path / "r50.toml"
     r50.write_text('[ingest]\nradius_column = "PETROTH50"\n')
@@ -167,7 +170,6 @@ def test_run_refuses_a_workspace_made_from_other_inputs(tmp_path, capsys):
     capsys.readouterr()
     for argv, named in [
         ([*cli, *run, "--seed", "2"], "source.seed 1 -> 2"),
-        ([*cli, *run, "--seed", "1", "--min-snr", "3"], "label.min_snr None -> 3.0"),
         ([*cli, "--config", str(r50), *run, "--seed", "1"], "ingest.radius_column 'PETROTH90' -> 'PETROTH50'"),
         ([*cli, *run, "--seed", "1", "--image-size", "64"], "cube.image_size 128 -> 64"),
     ]:
@@ -178,6 +180,11 @@ def test_run_refuses_a_workspace_made_from_other_inputs(tmp_path, capsys):
     assert {p.name: p.read_bytes() for p in (ws / "manifests").iterdir()} == before  # nothing was touched
     pd.testing.assert_frame_equal(pd.read_parquet(ws / "catalog"), catalog)
 
+    assert main([*cli, *run, "--seed", "1", "--min-snr", "3"]) == 0  # relabelled: every cutout it needs is there
+    fetched = json.loads((ws / "manifests" / "fetch.json").read_text())
+    assert fetched["parameters"] and fetched["extra"]["this_run"]["rows_requested"] == 0
+    assert json.loads((ws / "manifests" / "label.json").read_text())["parameters"]["min_snr"] == 3.0
+
     catalog_run = [*cli, "run", "--workspace", str(tmp_path / "wc"), "--catalog", str(ws / "sky" / "nsa_sky.fits")]
     assert main(catalog_run) == 0
     (ws / "sky" / "nsa_sky.fits").write_bytes((ws / "sky" / "nsa_sky.fits").read_bytes())  # same path, new file
@@ -187,7 +194,7 @@ def test_run_refuses_a_workspace_made_from_other_inputs(tmp_path, capsys):
     assert main([*cli, *run, "--seed", "1"]) == 0  # its manifests say it is the same: it resumes
     assert main([*cli, *run, "--seed", "2"]) == 2
     assert main([*cli, *run, "--seed", "2", "--restart"]) == 0
-    labels = pd.read_parquet(ws / "labels").sort_values("cube_index")
+    new_catalog = pd.read_parquet(ws / "catalog").sort_values("cube_row")
     cube = zarr.open_group(str(ws / "cube.zarr"), mode="r")
-    np.testing.assert_array_equal(cube["objid"][:], labels["objid"])  # the cube is the new labels'
+    np.testing.assert_array_equal(cube["objid"][:], new_catalog["objid"])  # the cube is the new catalog's
     assert not pd.read_parquet(ws / "catalog")["objid"].equals(catalog["objid"])

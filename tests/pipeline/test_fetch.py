@@ -1,6 +1,7 @@
 """Fetch: URLs, statuses, the Zarr cube layout, real JPEGs round-trip, early errors."""
 
 import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,21 +20,23 @@ DEMO = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "convnet
 
 
 def write_labels(ws: Path, ra, dec, radius, objid=None) -> pd.DataFrame:
-    """A minimal WS/labels/ dataset (the columns fetch reads), two shards."""
+    """Minimal WS/catalog/ and WS/labels/ datasets (the columns fetch reads), two shards each, every
+    catalog row labelled."""
     n = len(ra)
     frame = pd.DataFrame(
         {
-            "cube_index": np.arange(n, dtype=np.int64),
+            "cube_row": np.arange(n, dtype=np.int64),
             "objid": np.asarray(objid if objid is not None else np.arange(100, 100 + n), dtype=np.int64),
             "ra": np.asarray(ra, dtype=np.float64),
             "dec": np.asarray(dec, dtype=np.float64),
             "radius_arcsec": np.asarray(radius, dtype=np.float32),
         }
     )
-    (ws / "labels").mkdir(parents=True)
     half = n // 2
-    frame.iloc[:half].to_parquet(ws / "labels" / "part-00000.parquet")
-    frame.iloc[half:].to_parquet(ws / "labels" / "part-00001.parquet")
+    for name in ("catalog", "labels"):
+        (ws / name).mkdir(parents=True)
+        frame.iloc[:half].to_parquet(ws / name / "part-00000.parquet")
+        frame.iloc[half:].to_parquet(ws / name / "part-00001.parquet")
     return frame
 
 
@@ -92,7 +95,7 @@ def test_wrong_size_answers_fail_with_the_reason(tmp_path):
         m = fetch(FetchArgs(workspace=tmp_path, cutout_url=url, size=100, image_size=32, rate=500))
     failures = pd.read_parquet(tmp_path / "cube_failures.parquet")
     assert m.rows_out == 0 and list(read_cube_status(tmp_path)) == ["failed", "failed"]
-    assert list(failures["cube_index"]) == [0, 1]
+    assert list(failures["cube_row"]) == [0, 1]
     assert failures["reason"].str.fullmatch(r"200 image/jpeg, [\d,]+ bytes: shape 80x80, asked for 100x100").all()
     assert (failures["attempts"] == 1).all()  # a clipped size does not get better by asking again
     assert m.unfinished.startswith("2 cutouts failed (reasons in ") and "re-run the same command" in m.unfinished
@@ -121,7 +124,7 @@ def test_real_sdss_jpegs_round_trip(tmp_path, image_size):
 
 
 def test_early_errors(tmp_path):
-    with pytest.raises(WorkspaceError, match="has no labels; run `agnsurvey ingest`"):
+    with pytest.raises(WorkspaceError, match="has no ingested catalog; run `agnsurvey ingest"):
         fetch(FetchArgs(workspace=tmp_path, cutout_url="http://127.0.0.1:9/viewer/cutout.jpg"))
     write_labels(tmp_path, [150.0], [2.0], [10.0])
     with pytest.raises(FetchError, match="is not an http"):
@@ -155,7 +158,7 @@ def test_changed_labels_need_restart(tmp_path):
     write_labels(tmp_path / "a", [150.0, 150.1], [2.0, 2.0], [10.0, 10.0])
     with noise_server() as (url, _):
         fetch(FetchArgs(workspace=tmp_path / "a", cutout_url=url, size=64, image_size=32, rate=500))
-        with pytest.raises(FetchError, match=r"was made for other inputs \(size 64 != 48\).*--restart"):
+        with pytest.raises(FetchError, match=r"other cutout settings \(size 64 != 48\).*--restart"):
             fetch(FetchArgs(workspace=tmp_path / "a", cutout_url=url, size=48, image_size=32, rate=500))
         m = fetch(FetchArgs(workspace=tmp_path / "a", cutout_url=url, size=48, image_size=32, rate=500, restart=True))
     assert m.rows_out == 2
@@ -175,10 +178,10 @@ def test_resume_refuses_a_cube_made_for_other_radii(tmp_path):
     write_labels(tmp_path, [150.0, 150.1], [2.0, 2.0], [10.0, 10.0])
     with noise_server() as (url, _):
         fetch(FetchArgs(workspace=tmp_path, cutout_url=url, size=64, image_size=32, rate=500))
-        labels = pd.read_parquet(tmp_path / "labels")
-        labels["radius_arcsec"] = np.float32(4.0)  # re-labelled with another radius column
-        labels.to_parquet(tmp_path / "labels" / "part-00000.parquet")
-        (tmp_path / "labels" / "part-00001.parquet").unlink()
+        catalog = pd.read_parquet(tmp_path / "catalog")
+        catalog["radius_arcsec"] = np.float32(4.0)  # re-ingested with another radius column
+        catalog.to_parquet(tmp_path / "catalog" / "part-00000.parquet")
+        (tmp_path / "catalog" / "part-00001.parquet").unlink()
         with pytest.raises(FetchError, match=r"radii, hence the pixscales, differ.*--restart"):
             fetch(FetchArgs(workspace=tmp_path, cutout_url=url, size=64, image_size=32, rate=500))
 
@@ -196,10 +199,14 @@ def test_fetch_from_inside_an_event_loop(tmp_path):
         assert asyncio.run(notebook_cell(url)).rows_out == 2
 
 
-def test_empty_labels_are_a_clear_error(tmp_path):
-    (tmp_path / "labels").mkdir()
-    with pytest.raises(WorkspaceError, match=r"holds no labelled galaxies"):
+def test_empty_catalog_and_missing_labels_are_clear_errors(tmp_path):
+    (tmp_path / "catalog").mkdir()
+    with pytest.raises(WorkspaceError, match=r"has no ingested catalog"):
         fetch(FetchArgs(workspace=tmp_path, cutout_url="http://127.0.0.1:9/viewer/cutout.jpg"))
+    write_labels(tmp_path / "b", [150.0], [2.0], [10.0])
+    shutil.rmtree(tmp_path / "b" / "labels")
+    with pytest.raises(WorkspaceError, match=r"--rows labelled: .* has no labels; run `agnsurvey label.*--rows all"):
+        fetch(FetchArgs(workspace=tmp_path / "b", cutout_url="http://127.0.0.1:9/viewer/cutout.jpg", rows="labelled"))
 
 
 def test_tasks_at_once_never_exceed_the_request_slots(tmp_path):
@@ -321,7 +328,7 @@ def test_failure_reasons_say_what_came_back(tmp_path):
 
     with serve_in_thread(handler) as (url, _):
         fetch(fetch_args(tmp_path, url, retries=1))
-    reasons = pd.read_parquet(tmp_path / "cube_failures.parquet").set_index("cube_index")["reason"]
+    reasons = pd.read_parquet(tmp_path / "cube_failures.parquet").set_index("cube_row")["reason"]
     assert reasons[0] == "gave up after 2 attempts; last: 200 text/html, 513 bytes: not an image"
     assert reasons[1] == "gave up after 2 attempts; last: 200 image/jpeg, 300 bytes: corrupt or truncated JPEG"
     assert reasons[2] == "HTTP 404 text/plain, 13 bytes: no such layer"
@@ -362,7 +369,8 @@ def test_a_failure_never_overwrites_an_ok_row(tmp_path):
     cube = open_cube(tmp_path / "cube.zarr")
     before = cube.images[:]
     cube.status[:] = np.zeros(8, np.int8)  # plan as if nothing were done ...
-    (job,) = plan_jobs(fetch_args(tmp_path, "http://x/c.jpg", retries=0), cube, labels, parallel=1)
+    (job,) = plan_jobs(fetch_args(tmp_path, "http://x/c.jpg", retries=0), cube, labels, parallel=1,
+                       wanted=np.ones(8, bool))  # fmt: skip
     cube.status[:] = np.ones(8, np.int8)  # ... while another run had finished them all
 
     async def failing(request):

@@ -32,23 +32,24 @@ SIZE, IMAGE = 64, 32
 
 @pytest.fixture(scope="module")
 def sky(tmp_path_factory):
-    """An offline sky of 500 galaxies, ingested and labelled, plus its server index."""
+    """An offline sky of 500 galaxies, ingested and labelled, plus its server index and row count."""
     base = tmp_path_factory.mktemp("sky")
     with dask.config.set(scheduler="synchronous"):
         make_sky(SkyArgs(out=base / "sky", n=500, seed=3))
         ingest(IngestArgs(workspace=base / "ws", inputs=[str(base / "sky" / SKY_FITS)]))
         label(LabelArgs(workspace=base / "ws", plots=False))
-    labels = pd.read_parquet(base / "ws" / "labels")
-    return base, SkyIndex.from_catalog(base / "sky" / SKY_FITS), len(labels)
+    catalog = pd.read_parquet(base / "ws" / "catalog")
+    return base, SkyIndex.from_catalog(base / "sky" / SKY_FITS), len(catalog)
 
 
 def workspace(sky, tmp_path, outside: int = 0) -> Path:
-    """A fresh workspace with the sky's labels; ``outside`` rows moved out of the footprint."""
+    """A fresh workspace with the sky's catalog and no labels (so fetch takes every row);
+    ``outside`` rows moved out of the footprint."""
     base, _, _ = sky
     ws = tmp_path / "ws"
-    shutil.copytree(base / "ws" / "labels", ws / "labels")
+    shutil.copytree(base / "ws" / "catalog", ws / "catalog")
     if outside:
-        part = sorted((ws / "labels").glob("*.parquet"))[0]
+        part = sorted((ws / "catalog").glob("*.parquet"))[0]
         frame = pd.read_parquet(part)
         frame.loc[: outside - 1, "dec"] = -80.0  # far south: outside the survey, an all-black answer
         frame.to_parquet(part)
@@ -58,7 +59,7 @@ def workspace(sky, tmp_path, outside: int = 0) -> Path:
 def expected_pixels(server_url: str, ws: Path) -> np.ndarray:
     """Each row's cutout from a fault-free server, decoded and resized as the pipeline does."""
     group = zarr.open_group(str(ws / "cube.zarr"), mode="r")
-    labels = pd.read_parquet(ws / "labels").sort_values("cube_index")
+    labels = pd.read_parquet(ws / "catalog").sort_values("cube_row")
     pixscale = group["pixscale"][:]
 
     async def get_all():
@@ -151,7 +152,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_cube(sky, tmp_path):
         status = zarr.open_group(str(killed / "cube.zarr"), mode="r")["status"][:]
         ok_after_kill = set(np.flatnonzero(status == 1).tolist())
         assert 48 <= len(ok_after_kill) < n
-        labels = pd.read_parquet(killed / "labels").sort_values("cube_index")
+        labels = pd.read_parquet(killed / "catalog").sort_values("cube_row")
         ra_of = {f"{ra:.6f}": i for i, ra in enumerate(labels["ra"])}
         server.clear_log()
         m = fetch(args_for(killed, server.url, shard_images=16, inner_images=8))

@@ -105,14 +105,18 @@ def test_three_class_composites_get_label_minus_one(tmp_path, synchronous):
     assert list(got["label"]) == [0, -1, 1, -1, 1, 1]
 
 
-def test_cube_index_numbers_rows_in_sky_order(tmp_path, synchronous):
+def test_cube_row_numbers_catalog_rows_in_sky_order_and_labels_keep_it(tmp_path, synchronous):
     rows = nsa_rows(900, seed=2)
-    rows["HBFLUX"][::7] = -1.0  # holes: dropped rows must not leave gaps in cube_index
+    rows["HBFLUX"][::7] = -1.0  # unlabelled rows keep their cube row: the cube belongs to the catalog
     ws = ingested(tmp_path, rows, shard_rows=100)
+    catalog = pd.read_parquet(ws / "catalog")  # shards in file order
+    np.testing.assert_array_equal(catalog["cube_row"], np.arange(len(catalog)))
+    assert catalog["_healpix_29"].is_monotonic_increasing
     label(LabelArgs(workspace=ws))
     labels = read_labels(Workspace(ws))
-    np.testing.assert_array_equal(labels["cube_index"], np.arange(len(labels)))
-    assert labels["_healpix_29"].is_monotonic_increasing
+    assert len(labels) < len(catalog) and labels["cube_row"].is_unique
+    by_row = catalog.set_index("cube_row").loc[labels["cube_row"]]
+    np.testing.assert_array_equal(by_row["objid"], labels["objid"])
     assert len(list((ws / "labels").glob("part-*.parquet"))) >= 8
 
 

@@ -231,9 +231,9 @@ def check_against_expected(labels: pd.DataFrame, manifest, expected: pd.DataFram
     np.testing.assert_array_equal(got["label"].to_numpy(np.int64), expected["label"].to_numpy())
     np.testing.assert_allclose(got["log_nii_ha"].to_numpy(np.float64), expected["x"], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(got["log_oiii_hb"].to_numpy(np.float64), expected["y"], rtol=1e-6, atol=1e-6)
-    # cube_index numbers the labelled rows 0..N-1 in sky order.
-    assert sorted(labels["cube_index"]) == list(range(len(labels)))
-    by_cube = labels.sort_values("cube_index")
+    # cube_row (the catalog row, kept by the labels) follows sky order.
+    assert labels["cube_row"].is_unique
+    by_cube = labels.sort_values("cube_row")
     sky = by_cube.sort_values(["_healpix_29", "objid"], kind="stable")
     assert by_cube["objid"].tolist() == sky["objid"].tolist()
     # The manifest: every dropped row counted once, under its worst problem.
@@ -589,7 +589,7 @@ def test_cli_local_cluster_labels_equal_synchronous_run(tmp_path, lcs_labelled, 
 
     _, sync_manifest, sync = lcs_labelled["three-class", 3.0]
     cli = read_labels(Workspace(ws))
-    columns = ["objid", "_healpix_29", "log_nii_ha", "log_oiii_hb", "bpt_class", "label", "split", "cube_index"]
+    columns = ["objid", "_healpix_29", "log_nii_ha", "log_oiii_hb", "bpt_class", "label", "split", "cube_row"]
     assert_frame_equal(
         cli.sort_values("objid")[columns].reset_index(drop=True),
         sync.sort_values("objid")[columns].reset_index(drop=True),

@@ -1,0 +1,115 @@
+"""Keras callbacks of ``train``: the reader's epoch, atomic checkpoints with history, a progress bar.
+
+Imported only once the training process has set up its devices (importing Keras picks a backend).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import pandas as pd
+
+from cluster.client import progress_enabled
+from storage.manifest import write_json_atomic
+
+
+def save_atomic(model: keras.Model, path: Path, writer: bool = True) -> None:
+    """``model.save`` to a temporary name, then rename: a killed run never leaves half a file.
+
+    With several training processes every one must save (reading weights spread over processes is
+    a collective); only the ``writer`` keeps its file."""
+    directory = path.parent if writer else Path(tempfile.mkdtemp(prefix="agnsurvey-save-"))
+    tmp = directory / f".{path.stem}.{os.getpid()}.tmp.keras"
+    try:
+        model.save(tmp)
+        if writer:
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        if not writer:
+            directory.rmdir()
+
+
+def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        frame.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class SetEpoch(keras.callbacks.Callback):
+    """Tells the reader which epoch starts, so a resumed run reads that epoch's order."""
+
+    def __init__(self, batches: Any) -> None:
+        super().__init__()
+        self.batches = batches
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.batches.set_epoch(epoch)
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """After every epoch: ``checkpoints/epoch-NNNN.keras`` (written, then renamed), the history
+    (JSON and CSV), then ``state.json``, the commit point a resumed run starts from."""
+
+    def __init__(self, directory: Path, state: dict[str, Any], images_per_epoch: int, writer: bool = True) -> None:
+        super().__init__()
+        self.directory, self.history, self.images = directory, list(state["history"]), images_per_epoch
+        self.writer = writer
+        self.started = time.monotonic()
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.started = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        seconds = time.monotonic() - self.started
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}, "seconds": round(seconds, 3),
+               "images_per_second": round(self.images / seconds, 2) if seconds > 0 else None}  # fmt: skip
+        self.history = [h for h in self.history if h["epoch"] < epoch + 1] + [row]
+        name = f"checkpoints/epoch-{epoch + 1:04d}.keras"
+        if self.writer:
+            (self.directory / "checkpoints").mkdir(exist_ok=True)
+        save_atomic(self.model, self.directory / name, self.writer)
+        if not self.writer:
+            return
+        write_json_atomic(self.directory / "history.json", {"history": self.history})
+        write_csv_atomic(pd.DataFrame(self.history), self.directory / "history.csv")
+        write_json_atomic(self.directory / "state.json",
+                          {"epochs_done": epoch + 1, "checkpoint": name, "history": self.history})  # fmt: skip
+
+
+class Progress(keras.callbacks.Callback):
+    """A bar per epoch (batches, loss, images/s) on a terminal; one line per finished epoch."""
+
+    def __init__(self, epochs: int, batch_size: int) -> None:
+        super().__init__()
+        self.epochs, self.batch_size, self.show = epochs, batch_size, progress_enabled()
+        self.started, self.epoch = time.monotonic(), 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.started, self.epoch = time.monotonic(), epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if not self.show:
+            return
+        total = self.params.get("steps") or 0
+        rate = (batch + 1) * self.batch_size / max(time.monotonic() - self.started, 1e-9)
+        filled = int(30 * (batch + 1) / total) if total else 0
+        loss = float((logs or {}).get("loss", float("nan")))
+        print(f"\repoch {self.epoch + 1}/{self.epochs} [{'#' * filled}{'.' * (30 - filled)}] {batch + 1}/{total}"
+              f"  loss {loss:.4f}  {rate:,.0f} img/s", end="", file=sys.stderr, flush=True)  # fmt: skip
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        from pipeline.train import epoch_line
+
+        if self.show:
+            print(file=sys.stderr)
+        print(epoch_line(epoch + 1, self.epochs, logs or {}, time.monotonic() - self.started), flush=True)

@@ -1,0 +1,244 @@
+"""Stage ``evaluate``: a trained model → threshold (chosen on validation), test metrics, report.
+
+The threshold is chosen on the **validation** split by a policy (default: the maximum balanced
+accuracy) and stored in ``WS/models/NAME/threshold.json`` for scoring; the test split is scored
+after it is fixed, and its labels are used only to measure. AGN (label 1) is the positive class.
+
+```
+WS/reports/ metrics.json  predictions.parquet  roc.png  pr.png  confusion.png  gallery.png  report.md
+```
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline import metrics, plots
+from pipeline.config import EvaluateArgs, parse_policy
+from pipeline.dataset import Rows, select_rows
+from pipeline.errors import DataError, WorkspaceError
+from pipeline.stage import locked, writing
+from storage.cube import open_cube
+from storage.manifest import Manifest, file_checksum, write_json_atomic
+
+PAPER = {"name": "the paper (its CNN)", "n": 141_305, "threshold": 0.3, "accuracy": 0.781, "roc_auc": 0.85,
+         "precision": 0.678, "recall": 0.748, "f1": 0.711,
+         "note": "threshold picked on ~20 test images; positive class not stated"}  # fmt: skip
+GUO_2022 = {"name": "Guo, Wu & Sharon 2022 (ResNet-18)", "n": 210_000, "accuracy": 0.894, "precision": 0.738,
+            "recall": 0.765, "f1": 0.750, "note": "SDSS images; composites excluded; S/N > 3"}  # fmt: skip
+FIXED_THRESHOLDS = (0.5, 0.3)  # the usual default and the paper's
+GALLERY_COLUMNS = 6
+
+
+def evaluate(args: EvaluateArgs) -> Manifest:
+    """Choose the threshold on validation, measure on test, write the report; returns the manifest."""
+    ws = args.workspace
+    with writing(ws, "reports", "evaluate", reads=("labels", "cube")), locked(ws, f"models/{args.model}"):
+        return _evaluate(args)
+
+
+def _evaluate(args: EvaluateArgs) -> Manifest:
+    ws = args.workspace
+    directory = ws.models / args.model
+    model_path = directory / "model.keras"
+    if not model_path.exists():
+        trained = sorted(p.parent.name for p in ws.models.glob("*/model.keras")) if ws.models.exists() else []
+        hint = f" (trained here: {', '.join(trained)})" if trained else ""
+        raise WorkspaceError(
+            f"{directory} has no trained model{hint}; run `agnsurvey train --workspace {ws.root} --name {args.model}` "
+            "first, or pass --model NAME"
+        )
+    trained_with = json.loads((directory / "args.json").read_text())["arguments"]
+    splits = select_rows(ws, trained_with.get("composites", "exclude"))
+    for name in ("val", "test"):
+        n_sf, n_agn = splits[name].counts()
+        if min(n_sf, n_agn) == 0:
+            raise DataError(
+                f"the {name} split has {n_sf} star-forming and {n_agn} AGN galaxies with an ok cutout: both classes "
+                "are needed to choose a threshold and measure; fetch more cutouts or ingest a larger catalog"
+            )
+    import keras
+
+    model = keras.saving.load_model(model_path)
+    cube = open_cube(ws.cube, mode="r")
+    manifest = Manifest(stage="evaluate", parameters={"model": args.model, "threshold_policy": args.threshold_policy,
+                                                      "tta": args.tta})  # fmt: skip
+    manifest.inputs = [{"path": str(model_path), "checksum": file_checksum(model_path)}]
+
+    from pipeline.inference import predict_rows
+
+    p_val = predict_rows(model, cube, splits["val"].cube_row, args.batch_size, args.tta)
+    policy, value = parse_policy(args.threshold_policy)
+    try:
+        threshold = metrics.choose_threshold(splits["val"].label, p_val, policy, value)
+    except ValueError as exc:
+        raise DataError(f"--threshold-policy {args.threshold_policy}: {exc}; ask for a lower purity") from None
+    write_json_atomic(directory / "threshold.json", {
+        "threshold": threshold, "policy": args.threshold_policy, "chosen_on": "val", "n_val": len(p_val),
+        "tta": args.tta, "model_checksum": manifest.inputs[0]["checksum"]})  # fmt: skip
+
+    p_test = predict_rows(model, cube, splits["test"].cube_row, args.batch_size, args.tta)
+    result = measure(splits, p_val, p_test, threshold)
+    result |= {"model": args.model, "policy": args.threshold_policy, "tta": args.tta, "paper": PAPER,
+               "guo2022": GUO_2022, "training": _training_summary(directory, trained_with)}  # fmt: skip
+    reports = ws.reports
+    reports.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(reports / "metrics.json", result)
+    _write_predictions(reports / "predictions.parquet", splits, p_val, p_test)
+    figures = _figures(reports, splits, p_val, p_test, result, cube)
+    _write_atomic(reports / "report.md", report_markdown(result, figures))
+
+    test = result["test"]
+    manifest.rows_in = len(p_val) + len(p_test)
+    manifest.rows_out = len(p_test)
+    manifest.extra = {"threshold": threshold, "policy": args.threshold_policy,
+                      "test": {k: test[k] for k in ("n", "roc_auc", "pr_auc", "accuracy", "balanced_accuracy",
+                                                    "precision", "recall", "f1")},
+                      "paper": {k: PAPER[k] for k in ("n", "roc_auc", "accuracy", "precision", "recall", "f1")},
+                      }  # fmt: skip
+    manifest.outputs = {"metrics": str(reports / "metrics.json"), "report": str(reports / "report.md"),
+                        "threshold": str(directory / "threshold.json"),
+                        "plots": [str(p) for p in figures.values()]}  # fmt: skip
+    manifest.finish()
+    ws.write_manifest("evaluate", manifest.to_dict())
+    return manifest
+
+
+def measure(splits: dict[str, Rows], p_val: np.ndarray, p_test: np.ndarray, threshold: float) -> dict[str, Any]:
+    """The metrics of both splits at ``threshold`` (chosen beforehand), at 0.5 and 0.3, the
+    threshold-free AUCs, and the majority-class baseline (the train split's majority class)."""
+    majority = int(splits["train"].label.mean() >= 0.5) if len(splits["train"]) else 0
+    out: dict[str, Any] = {"threshold": threshold, "positive_class": "AGN (label 1)"}
+    for name, p in (("val", p_val), ("test", p_test)):
+        y = splits[name].label
+        n_sf, n_agn = splits[name].counts()
+        baseline = metrics.at_threshold(y, np.full(len(y), float(majority)), 0.5)
+        out[name] = {"n": len(y), "n_sf": n_sf, "n_agn": n_agn, **metrics.at_threshold(y, p, threshold),
+                     "roc_auc": metrics.roc_auc(y, p), "pr_auc": metrics.pr_auc(y, p),
+                     "majority_baseline": {"predicts": "AGN" if majority else "SF", **baseline}}  # fmt: skip
+        for fixed in FIXED_THRESHOLDS:
+            out[name][f"at_{fixed}"] = metrics.at_threshold(y, p, fixed)
+    return out
+
+
+def _training_summary(directory: Path, arguments: dict) -> dict[str, Any]:
+    from pipeline.train import read_state
+
+    state = read_state(directory)
+    seconds = sum(h.get("seconds") or 0 for h in state["history"])
+    return {"model": arguments.get("model"), "epochs": state["epochs_done"], "seconds": round(seconds, 1),
+            "batch_size": arguments.get("batch_size"), "augment": arguments.get("augment"),
+            "class_weight": arguments.get("class_weight")}  # fmt: skip
+
+
+def _write_predictions(path: Path, splits: dict[str, Rows], p_val: np.ndarray, p_test: np.ndarray) -> None:
+    frame = pd.concat(
+        [pd.DataFrame({"objid": splits[name].objid, "cube_row": splits[name].cube_row, "split": name,
+                       "label": splits[name].label.astype(np.int8), "p_agn": p})
+         for name, p in (("val", p_val), ("test", p_test))],  # fmt: skip
+        ignore_index=True,
+    )
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(path)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _figures(reports: Path, splits: dict[str, Rows], p_val: np.ndarray, p_test: np.ndarray, result: dict,
+             cube: Any) -> dict[str, Path]:  # fmt: skip
+    threshold = result["threshold"]
+    roc, pr, marks = {}, {}, {}
+    for name, p in (("val", p_val), ("test", p_test)):
+        y = splits[name].label
+        fpr, tpr, _ = metrics.roc_curve(y, p)
+        roc[name] = (fpr, tpr, result[name]["roc_auc"])
+        precision, recall, _ = metrics.pr_curve(y, p)
+        pr[name] = (precision, recall, result[name]["pr_auc"])
+    (tn, fp), (fn, tp) = result["test"]["confusion"]
+    marks[f"test at {threshold:.3f}"] = (fp / max(tn + fp, 1), tp / max(tp + fn, 1))
+    y_test = splits["test"].label
+    return {
+        "roc": plots.roc_plot(roc, marks, reports / "roc.png"),
+        "pr": plots.pr_plot(pr, float(y_test.mean()), reports / "pr.png"),
+        "confusion": plots.confusion_plot(result["test"]["confusion"], threshold, reports / "confusion.png"),
+        "gallery": plots.gallery_plot(_gallery(splits["test"], p_test, threshold, cube), reports / "gallery.png"),
+    }
+
+
+def _gallery(rows: Rows, p: np.ndarray, threshold: float, cube: Any) -> dict[str, list]:
+    """Test cutouts: the most confident AGN and SF, and the worst mistakes each way."""
+    y = rows.label.astype(bool)
+    picks = {
+        "most confident AGN": np.flatnonzero(y)[np.argsort(-p[y])],
+        "most confident SF": np.flatnonzero(~y)[np.argsort(p[~y])],
+        "worst false AGN": np.flatnonzero(~y & (p >= threshold))[np.argsort(-p[~y & (p >= threshold)])],
+        "worst missed AGN": np.flatnonzero(y & (p < threshold))[np.argsort(p[y & (p < threshold)])],
+    }
+    panels = {}
+    for title, positions in picks.items():
+        positions = positions[:GALLERY_COLUMNS]
+        images = cube.read_rows(rows.cube_row[positions]) if len(positions) else []
+        panels[title] = [(images[i], float(p[k]), int(rows.label[k]), int(rows.objid[k]))
+                         for i, k in enumerate(positions)]  # fmt: skip
+    return panels
+
+
+def report_markdown(result: dict[str, Any], figures: dict[str, Path]) -> str:
+    """``report.md``: this run beside the paper and Guo et al. 2022, with sample sizes."""
+    test, train = result["test"], result.get("training", {})
+    rows = [
+        ("this run, chosen threshold", test["n"], result["threshold"], test),
+        ("this run, threshold 0.5", test["n"], 0.5, test["at_0.5"]),
+        ("this run, threshold 0.3 (the paper's)", test["n"], 0.3, test["at_0.3"]),
+        ("majority class (" + test["majority_baseline"]["predicts"] + ")", test["n"], None, test["majority_baseline"]),
+        (PAPER["name"], PAPER["n"], PAPER["threshold"], PAPER),
+        (GUO_2022["name"], GUO_2022["n"], None, GUO_2022),
+    ]
+
+    def cell(values: dict, key: str) -> str:
+        return f"{values[key]:.3f}" if isinstance(values.get(key), int | float) else "–"
+
+    lines = [
+        f"# {result['model']}: AGN vs star-forming from images",
+        "",
+        f"Positive class: AGN (label 1). Threshold {result['threshold']:.3f}, chosen on the validation split "
+        f"({result['val']['n']:,} galaxies) by the `{result['policy']}` policy; the test split "
+        f"({test['n']:,} galaxies: {test['n_sf']:,} SF, {test['n_agn']:,} AGN) was scored only after."
+        + (" Scores average the 8 flips/rotations (TTA)." if result.get("tta") else ""),
+        "",
+        f"Test ROC AUC **{test['roc_auc']:.3f}**, PR AUC (average precision) **{test['pr_auc']:.3f}** "
+        f"(a random model's PR AUC is the AGN fraction, {test['n_agn'] / max(test['n'], 1):.3f}).",
+        "",
+        "| | test galaxies | threshold | accuracy | balanced acc. | ROC AUC | precision | recall | F1 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, n, threshold, values in rows:
+        auc = f"{test['roc_auc']:.3f}" if values is test else cell(values, "roc_auc")
+        lines.append(f"| {name} | {n:,} | {'–' if threshold is None else f'{threshold:.3f}'} | "
+                     f"{cell(values, 'accuracy')} | {cell(values, 'balanced_accuracy')} | {auc} | "
+                     f"{cell(values, 'precision')} | {cell(values, 'recall')} | {cell(values, 'f1')} |")  # fmt: skip
+    (tn, fp), (fn, tp) = test["confusion"]
+    lines += [
+        "",
+        "The paper's numbers are over its 141,305 galaxies with its threshold picked on ~20 *test* images; Guo et al. "
+        "2022 used 210k SDSS galaxies, composites excluded, S/N > 3. Sample sizes differ: compare with care.",
+        "",
+        f"Confusion matrix (test, threshold {result['threshold']:.3f}): TN {tn:,} · FP {fp:,} · FN {fn:,} · TP {tp:,}.",
+        "",
+        f"Training: {train.get('model')}, {train.get('epochs')} epochs, batch {train.get('batch_size')}, "
+        f"augmentation {'on' if train.get('augment') else 'off'}, class weights {train.get('class_weight')}, "
+        f"{train.get('seconds', 0):.0f} s.",
+        "",
+    ]
+    lines += [f"![{name}]({path.name})" for name, path in figures.items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,279 @@
+"""Stage ``train``: image cube + labels → ``WS/models/NAME/``, resumable after any epoch.
+
+```
+WS/models/NAME/  args.json            the arguments and the data it trains on (refused if they change)
+                 checkpoints/epoch-NNNN.keras   after every epoch (written, then renamed into place)
+                 state.json           epochs done and the checkpoint to resume from (the commit point)
+                 history.json  history.csv      loss, accuracy, AUC per epoch, train and validation
+                 model.keras          the final model (plain ``keras.saving.load_model``)
+```
+
+A run first checks the data (rows of each class in train and val, the batch size against the
+devices). Re-running the same command resumes after the last complete epoch (``state.json``); a
+larger ``epochs`` continues; other changed arguments are refused unless ``restart``.
+
+Where it runs: in this process (one device, or several of this node: :mod:`cluster.devices`), or,
+given a Dask client, one training process per Dask worker (:mod:`cluster.multiworker`), JAX's
+multi-process runtime between them, each reading its own part of the data; process 0 alone writes
+checkpoints and history.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cluster.devices import DeviceError, Processes
+from pipeline.config import TrainArgs
+from pipeline.errors import DataError, TrainingError, WorkspaceError
+from pipeline.stage import writing
+from storage.manifest import Manifest, write_json_atomic
+
+MIN_ROWS_PER_CLASS = 5  # in each of train and val: fewer cannot train or measure anything
+RESUMABLE = {"epochs", "devices", "accelerator", "readers", "prefetch", "restart"}  # may change between runs
+
+
+def model_dir(args: TrainArgs) -> Path:
+    return args.workspace.models / str(args.name)
+
+
+def train(args: TrainArgs, client: Any = None) -> Manifest:
+    """Train ``args.model`` on the workspace's train split; returns the manifest.
+
+    ``client``: a Dask client to train with one process per worker (data-parallel, JAX), or None
+    to train in this process.
+    """
+    ws = args.workspace
+    with writing(ws, f"models/{args.name}", "train", reads=("labels", "cube"),
+                 kept=f"{model_dir(args)} keeps every finished epoch"):  # fmt: skip
+        splits, fingerprint = _check_data(args, processes=_worker_count(client))
+        state = _prepare_directory(args, fingerprint)
+        manifest = Manifest(stage="train", parameters=_recorded(args))
+        manifest.inputs = [{"path": str(ws.labels)}, {"path": str(ws.cube)}]
+        started = time.monotonic()
+        if state["epochs_done"] >= args.epochs:
+            print(f"{model_dir(args)} has already trained {state['epochs_done']} epochs; nothing to do")
+        elif client is None:
+            fit(args)
+        else:
+            from cluster.multiworker import run_in_every_worker
+
+            spec = dataclasses.asdict(args) | {"workspace": str(ws.root)}
+            run_in_every_worker(client, "pipeline.train", spec, model_dir(args), watch=lambda: _print_new_epochs(args))
+        seconds = time.monotonic() - started
+        return _finish(args, manifest, splits, seconds)
+
+
+def _worker_count(client: Any) -> int:
+    return 1 if client is None else max(1, len(client.scheduler_info()["workers"]))
+
+
+def _check_data(args: TrainArgs, processes: int) -> tuple[dict, str]:
+    """The splits, after checking there is enough of each class; and their fingerprint."""
+    from pipeline.dataset import select_rows
+
+    splits = select_rows(args.workspace, args.composites)
+    for name in ("train", "val"):
+        n_sf, n_agn = splits[name].counts()
+        if min(n_sf, n_agn) < MIN_ROWS_PER_CLASS:
+            raise DataError(
+                f"too few galaxies to train on: the {name} split has {n_sf} star-forming and {n_agn} AGN with an ok "
+                f"cutout (at least {MIN_ROWS_PER_CLASS} of each needed); fetch more cutouts (`agnsurvey fetch`), "
+                "ingest a larger catalog, or relabel (e.g. without --min-snr)"
+            )
+    n_train = len(splits["train"])
+    if args.batch_size > n_train:
+        raise DataError(
+            f"--batch-size {args.batch_size} is larger than the {n_train} training images; use a smaller batch"
+        )
+    if args.batch_size % processes:
+        raise DataError(
+            f"--batch-size {args.batch_size} cannot be split over {processes} training processes; use a multiple "
+            f"of {processes}"
+        )
+    digest = hashlib.sha256()
+    for name in ("train", "val"):
+        digest.update(splits[name].cube_row.tobytes())
+        digest.update(splits[name].label.tobytes())
+        digest.update(splits[name].objid.tobytes())
+    return splits, digest.hexdigest()
+
+
+def _recorded(args: TrainArgs) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(args).items() if k != "workspace"}
+
+
+def _prepare_directory(args: TrainArgs, fingerprint: str) -> dict[str, Any]:
+    """Create, check or reset the model directory; returns its state (epochs done)."""
+    directory = model_dir(args)
+    ws = args.workspace
+    recorded = {"arguments": _recorded(args), "workspace": str(ws.root), "data": fingerprint,
+                "labels": ws.read_manifest("label"), "cube": ws.read_manifest("fetch")}  # fmt: skip
+    if args.restart and directory.exists():
+        _discard(directory)
+    old_path = directory / "args.json"
+    if old_path.exists():
+        old = json.loads(old_path.read_text())
+        if old.get("data") != fingerprint:
+            where = old.get("workspace")
+            why = (f"it was made by another workspace ({where})" if where != str(args.workspace.root)
+                   else "the labels or the cube's ok rows changed since")  # fmt: skip
+            raise TrainingError(
+                f"{directory} was trained on other data: {why}; pass --restart to train anew, or --name OTHER to "
+                "keep it"
+            )
+        changed = [f"{k} {old['arguments'].get(k)!r} -> {v!r}" for k, v in recorded["arguments"].items()
+                   if k not in RESUMABLE and old["arguments"].get(k) != v]  # fmt: skip
+        if changed:
+            raise TrainingError(
+                f"{directory} was trained with other arguments ({'; '.join(changed)}); re-run with its arguments "
+                "to resume, pass --restart to train anew, or --name OTHER to train beside it"
+            )
+    directory.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(old_path, recorded)
+    return read_state(directory)
+
+
+def _discard(directory: Path) -> None:
+    import shutil
+    import uuid
+
+    trash = directory.with_name(f".{directory.name}.discarded-{uuid.uuid4().hex[:8]}")
+    os.replace(directory, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def read_state(directory: Path) -> dict[str, Any]:
+    """``{"epochs_done": k, "checkpoint": path or None, "history": [...]}`` of a model directory."""
+    path = directory / "state.json"
+    if not path.exists():
+        return {"epochs_done": 0, "checkpoint": None, "history": []}
+    return json.loads(path.read_text())
+
+
+# --- one training process ------------------------------------------------------------------------
+
+
+def fit(args: TrainArgs, processes: Processes | None = None) -> None:
+    """Train in this process (process ``processes.index`` of several, or alone), resuming from the
+    model directory's state. Process 0 (or the only one) writes checkpoints and history."""
+    from cluster import devices
+
+    devices.prepare(args.accelerator, args.devices, processes)
+    import keras
+
+    from pipeline.callbacks import Checkpoint, Progress, SetEpoch, save_atomic
+    from pipeline.dataset import CubeBatches, class_weights, select_rows
+    from pipeline.model import build_model
+
+    where = devices.placement(args.accelerator, args.devices, processes)
+    if args.batch_size % where.total:
+        raise DataError(
+            f"--batch-size {args.batch_size} cannot be split over {where.describe()}; use a multiple of {where.total}"
+        )
+    writer = processes is None or processes.index == 0
+    directory = model_dir(args)
+    state = read_state(directory)
+    splits = select_rows(args.workspace, args.composites)
+    part = (processes.index, processes.count) if processes else (0, 1)
+    local_batch = args.batch_size // where.processes
+    common = {"block_rows": args.block_rows, "readers": args.readers, "prefetch": args.prefetch, "part": part}
+    train_batches = CubeBatches(args.workspace.cube, splits["train"], local_batch, shuffle=True,
+                                augment_images=args.augment, shuffle_buffer=args.shuffle_buffer, seed=args.seed,
+                                class_weight=class_weights(splits["train"], args.class_weight), **common)  # fmt: skip
+    val_batches = CubeBatches(args.workspace.cube, splits["val"], local_batch, **common)
+    keras.utils.set_random_seed(args.seed)  # the same initial weights in every process
+    keras.mixed_precision.set_dtype_policy(args.precision)
+    image_size = train_batches.cube.layout.image_size
+    with devices.distributed(where):
+        if state["checkpoint"]:
+            model = keras.saving.load_model(directory / state["checkpoint"])
+        else:
+            model = build_model(args.model, image_size)
+            model.compile(
+                optimizer=keras.optimizers.Adam(args.lr),
+                loss="binary_crossentropy",
+                weighted_metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
+            )
+        images = args.batch_size * train_batches.steps
+        callbacks: list[keras.callbacks.Callback] = [
+            SetEpoch(train_batches),
+            Checkpoint(directory, state, images, writer),
+        ]
+        if writer:
+            callbacks.append(Progress(args.epochs, args.batch_size))
+        if writer:
+            print(f"training {args.model} on {where.describe()} ({keras.backend.backend()}): "
+                  f"{len(splits['train']):,} train / {len(splits['val']):,} val images, "
+                  f"from epoch {state['epochs_done'] + 1}", flush=True)  # fmt: skip
+        model.fit(train_batches, validation_data=val_batches, epochs=args.epochs, initial_epoch=state["epochs_done"],
+                  callbacks=callbacks, verbose=0)  # fmt: skip
+        save_atomic(model, directory / "model.keras", writer)
+    if processes is not None:
+        import jax
+
+        jax.distributed.shutdown()  # every process reaches it after the same saves
+
+
+def epoch_line(epoch: int, epochs: int, logs: dict, seconds: float) -> str:
+    """``epoch 3/10  loss 0.5123  ...  (12.3 s)``: one finished epoch."""
+    parts = [f"epoch {epoch}/{epochs}"]
+    for key in ("loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc"):
+        if key in logs:
+            parts.append(f"{key} {float(logs[key]):.4f}")
+    return "  ".join(parts) + f"  ({seconds:.1f} s)"
+
+
+_shown_epochs: dict[Path, int] = {}
+
+
+def _print_new_epochs(args: TrainArgs) -> None:
+    """While worker processes train: print the epochs process 0 has finished since last asked."""
+    directory = model_dir(args)
+    history = read_state(directory)["history"]
+    for row in history[_shown_epochs.get(directory, 0) :]:
+        print(epoch_line(row["epoch"], args.epochs, row, row.get("seconds", 0.0)), flush=True)
+    _shown_epochs[directory] = len(history)
+
+
+def _finish(args: TrainArgs, manifest: Manifest, splits: dict, seconds: float) -> Manifest:
+    directory = model_dir(args)
+    state = read_state(directory)
+    if state["epochs_done"] < args.epochs or not (directory / "model.keras").exists():
+        raise TrainingError(f"training stopped after {state['epochs_done']} of {args.epochs} epochs; re-run to resume")
+    last = state["history"][-1] if state["history"] else {}
+    manifest.rows_in = len(splits["train"]) + len(splits["val"])
+    manifest.rows_out = len(splits["train"])
+    manifest.extra = {
+        "splits": {name: dict(zip(("sf", "agn"), rows.counts(), strict=True)) for name, rows in splits.items()},
+        "epochs_done": state["epochs_done"],
+        "final": {k: last[k] for k in ("loss", "val_loss", "val_accuracy", "val_auc") if k in last},
+        "images_per_second": last.get("images_per_second"),
+    }
+    manifest.outputs = {"model": str(directory / "model.keras"), "history": str(directory / "history.csv")}
+    manifest.finish()
+    args.workspace.write_manifest(f"train-{args.name}", manifest.to_dict())
+    return manifest
+
+
+def _process_main(payload: str) -> int:
+    """Entry of one training process started by :func:`cluster.multiworker.run_in_every_worker`."""
+    spec = json.loads(payload)
+    processes = Processes(**spec.pop("_processes"))
+    args = TrainArgs(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
+    try:
+        fit(args, processes)
+    except (DataError, DeviceError, WorkspaceError, TrainingError) as exc:
+        print(f"agnsurvey train (process {processes.index}): error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_process_main(sys.argv[1]))

@@ -58,8 +58,7 @@ def prepare(accelerator: str, devices: int | None, processes: Processes | None =
     if processes is not None:
         import jax
 
-        if accelerator != "gpu" and not _has_jax_gpu():
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives; GPUs use NCCL
         jax.distributed.initialize(
             coordinator_address=processes.coordinator, num_processes=processes.count, process_id=processes.index
         )

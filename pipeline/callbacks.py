@@ -76,7 +76,7 @@ class Checkpoint(keras.callbacks.Callback):
         self.history = [h for h in self.history if h["epoch"] < epoch + 1] + [row]
         name = f"checkpoints/epoch-{epoch + 1:04d}.keras"
         if self.writer:
-            (self.directory / "checkpoints").mkdir(exist_ok=True)
+            (self.directory / "checkpoints").mkdir(parents=True, exist_ok=True)
         save_atomic(self.model, self.directory / name, self.writer)
         if not self.writer:
             return

@@ -525,6 +525,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     _configure_logging(ns.debug)
+    if not ns.debug:  # TensorFlow's and XLA's C++ start-up chatter
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     handler: Callable[..., list[Manifest]] = ns.handler
     _signals.update(signal=0, taken=False)
     in_main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers

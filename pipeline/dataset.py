@@ -17,10 +17,13 @@ their shapes), and a resumed run sees the same data as an uninterrupted one.
 It is a ``keras.utils.PyDataset``, which Keras 3 accepts on every backend (TensorFlow, JAX): no
 ``tf.data``-only path and no forked processes (zarr's event loop and JAX are not fork-safe).
 
-Several processes (data-parallel training) each read their own part: process p of P takes every
-P-th block of the epoch's block order. All run the same number of batches of the same size (the
-collectives need it): batches are padded with blank images of weight 0, so every row counts
-exactly once per epoch.
+Several processes (data-parallel training) each read their own part: the epoch's stream of rows
+(blocks in their random order) is cut into P equal pieces and process p reads piece p. All run
+the same number of batches of the same size (the collectives need it): the last batches are
+padded with blank images of weight 0, so every row counts exactly once per epoch. In a training
+batch the real images' weights are scaled by batch size / real images, so a padded step moves the
+weights as much as a full one, the same on one device, several, or several processes (Keras
+averages a loss over the batch size, per replica under TensorFlow's MirroredStrategy).
 """
 
 from __future__ import annotations
@@ -134,7 +137,7 @@ def plan_epoch(
     blocks = _blocks(cube_row, block_rows)
     if rng is not None:
         blocks = [blocks[i] for i in rng.permutation(len(blocks))]
-    blocks = blocks[part[0] :: part[1]]
+    blocks = _piece(blocks, *part)
     stream = np.concatenate([np.arange(a, b) for a, b in blocks]) if blocks else np.empty(0, np.int64)
     size = min(len(stream), shuffle_buffer if rng is not None else batch_size)
     pool = np.full(max(size, 1), -1, dtype=np.int64)
@@ -170,15 +173,26 @@ def _blocks(cube_row: np.ndarray, block_rows: int) -> list[tuple[int, int]]:
     return list(zip(starts.tolist(), stops.tolist(), strict=True))
 
 
-def steps_per_epoch(cube_row: np.ndarray, batch_size: int, block_rows: int, parts: int) -> int:
-    """Batches every process runs per epoch: enough for the largest part, whatever the block order
-    (a part holds at most ceil(blocks / parts) blocks of at most ``block_rows`` rows; exact for one
-    part)."""
-    if parts == 1:
-        return max(1, -(-len(cube_row) // batch_size))
-    sizes = sorted((b - a for a, b in _blocks(cube_row, block_rows)), reverse=True)
-    biggest = sum(sizes[: -(-len(sizes) // parts)])
-    return max(1, -(-biggest // batch_size))
+def _piece(blocks: list[tuple[int, int]], index: int, count: int) -> list[tuple[int, int]]:
+    """Piece ``index`` of ``count`` equal pieces of the row stream that ``blocks`` make, as blocks
+    (a block at a cut is shared: each piece reads its own rows of it)."""
+    sizes = np.array([b - a for a, b in blocks], dtype=np.int64)
+    ends = np.cumsum(sizes)
+    total = int(ends[-1]) if len(ends) else 0
+    low, high = index * total // count, (index + 1) * total // count
+    out = []
+    for (a, _), end, size in zip(blocks, ends.tolist(), sizes.tolist(), strict=True):
+        start = end - size
+        lo, hi = max(start, low), min(end, high)
+        if lo < hi:
+            out.append((a + lo - start, a + hi - start))
+    return out
+
+
+def steps_per_epoch(n_rows: int, batch_size: int, parts: int = 1) -> int:
+    """Batches every process runs per epoch: enough for the largest of ``parts`` equal pieces."""
+    per_part = -(-n_rows // parts)
+    return max(1, -(-per_part // batch_size))
 
 
 class CubeBatches(keras.utils.PyDataset):
@@ -211,7 +225,7 @@ class CubeBatches(keras.utils.PyDataset):
         self.shuffle_buffer, self.block_rows, self.seed = max(shuffle_buffer, batch_size), block_rows, seed
         self.readers, self.prefetch, self.part = max(1, readers), max(1, prefetch), part
         self.weights = np.asarray(class_weight, dtype=np.float32)
-        self.steps = steps or steps_per_epoch(rows.cube_row, batch_size, block_rows, part[1])
+        self.steps = steps or steps_per_epoch(len(rows), batch_size, part[1])
         self.epoch = 0
         self._plans: dict[int, EpochPlan] = {}
         self._producer: _Producer | None = None
@@ -266,6 +280,8 @@ class CubeBatches(keras.utils.PyDataset):
         y[:n] = self.rows.label[positions]
         w = np.zeros(self.batch_size, dtype=np.float32)
         w[:n] = self.weights[y[:n].astype(np.int64)]
+        if self.shuffle and 0 < n < self.batch_size:
+            w[:n] *= self.batch_size / n
         return x, y, w
 
     def on_epoch_end(self) -> None:

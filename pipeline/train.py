@@ -136,6 +136,8 @@ def _prepare_directory(args: TrainArgs, fingerprint: str) -> dict[str, Any]:
                 "to resume, pass --restart to train anew, or --name OTHER to train beside it"
             )
     directory.mkdir(parents=True, exist_ok=True)
+    for stale in [*directory.glob(".*.tmp*"), *directory.glob("checkpoints/.*.tmp*")]:  # a killed run's half files
+        stale.unlink(missing_ok=True)
     write_json_atomic(old_path, recorded)
     return read_state(directory)
 

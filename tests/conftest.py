@@ -134,3 +134,44 @@ def serve_in_thread(handler, path: str = "/viewer/cutout.jpg"):
     finally:
         loop.call_soon_threadsafe(box["stop"].set)
         thread.join(10)
+
+
+def training_workspace(ws: Path, n: int = 400, image_size: int = 16, seed: int = 0, learnable: bool = False,
+                       status: np.ndarray | None = None, labels: np.ndarray | None = None) -> pd.DataFrame:  # fmt: skip
+    """A workspace with WS/labels/ and WS/cube.zarr written directly (no sky, no server): row i has
+    objid 1000 + i, label ``labels[i]`` (default i % 2) and a split from its id. Pixel (0, 0) of
+    every image encodes the row (channel 0: row % 256, channel 1: row // 256) and the rest of the
+    image is one flat value, so any flip or rotation keeps the code readable at every corner;
+    ``learnable`` instead draws AGN bright and SF dim, noisy (a model can learn it)."""
+    from pipeline.splits import SPLITS, split_codes
+    from storage.cube import CubeLayout, create_cube
+
+    rng = np.random.default_rng(seed)
+    objid = np.arange(1000, 1000 + n, dtype=np.int64)
+    label = np.asarray(labels if labels is not None else np.arange(n) % 2, dtype=np.int64)
+    frame = pd.DataFrame({
+        "objid": objid, "cube_row": np.arange(n, dtype=np.int64), "label": label.astype(np.int8),
+        "split": pd.Categorical.from_codes(split_codes(objid), categories=list(SPLITS)),
+    })  # fmt: skip
+    (ws / "labels").mkdir(parents=True)
+    frame.to_parquet(ws / "labels" / "part-00000.parquet")
+    status = np.ones(n, np.int8) if status is None else np.asarray(status, np.int8)
+    layout = CubeLayout(n, image_size, shard_images=64, inner_images=8)
+    cube = create_cube(ws / "cube.zarr", layout, objid, np.ones(n, np.float32), np.zeros(n, np.int8), {})
+    images = np.empty((n, image_size, image_size, 3), np.uint8)
+    if learnable:
+        base = np.where(label == 1, 150, 90)[:, None, None, None] + rng.normal(0, 40, images.shape)
+        images[:] = np.clip(base, 0, 255)
+    else:
+        images[:] = (np.arange(n) * 7 % 200 + 20)[:, None, None, None]
+        for y, x in ((0, 0), (0, -1), (-1, 0), (-1, -1)):
+            images[:, y, x, 0], images[:, y, x, 1], images[:, y, x, 2] = np.arange(n) % 256, np.arange(n) // 256, 0
+    for shard in range(layout.n_shards):
+        rows = layout.shard_rows(shard)
+        cube.write_shard(shard, images[rows.start : rows.stop], status[rows.start : rows.stop])
+    return frame
+
+
+def decode_rows(images: np.ndarray) -> np.ndarray:
+    """The row codes :func:`training_workspace` wrote into pixel (0, 0)."""
+    return images[:, 0, 0, 0].astype(np.int64) + 256 * images[:, 0, 0, 1].astype(np.int64)

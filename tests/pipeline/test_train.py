@@ -1,0 +1,235 @@
+"""Train and evaluate: it learns on the offline sky, resumes after SIGKILL, refuses what it must,
+chooses the threshold on validation only, and trains data-parallel on 2 logical devices and on a
+2-process Dask LocalCluster."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import training_workspace
+
+from pipeline.cli import main
+from pipeline.config import EvaluateArgs, TrainArgs
+from pipeline.errors import DataError, TrainingError, WorkspaceError
+from pipeline.evaluate import evaluate
+from pipeline.train import read_state, train
+from storage.cube import open_cube
+
+ROOT = Path(__file__).resolve().parents[2]
+QUIET = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+@pytest.fixture(scope="module")
+def sky_ws(tmp_path_factory):
+    """An offline sky of 1,500 galaxies run through ingest, label and fetch (about 1,050 labelled)."""
+    ws = tmp_path_factory.mktemp("sky") / "ws"
+    assert main(["--quiet", "--workers", "1", "run", "--workspace", str(ws), "--n", "1500", "--seed", "4"]) == 0
+    return ws
+
+
+@pytest.fixture(scope="module")
+def trained(sky_ws):
+    """The paper's CNN trained 3 epochs on the sky (CPU), then evaluated."""
+    assert main(["--quiet", "train", "-w", str(sky_ws), "--epochs", "3", "--batch-size", "32"]) == 0
+    assert main(["--quiet", "evaluate", "-w", str(sky_ws)]) == 0
+    return sky_ws
+
+
+def test_it_learns_and_the_report_has_everything(trained):
+    ws = trained
+    m = json.loads((ws / "reports" / "metrics.json").read_text())
+    test = m["test"]
+    assert test["roc_auc"] >= 0.75, test
+    for key in ("n", "roc_auc", "pr_auc", "accuracy", "balanced_accuracy", "precision", "recall", "f1"):
+        assert key in test
+    (tn, fp), (fn, tp) = test["confusion"]
+    assert tn + fp + fn + tp == test["n"] == test["n_sf"] + test["n_agn"]
+    assert test["at_0.5"]["threshold"] == 0.5 and test["at_0.3"]["threshold"] == 0.3
+    assert m["policy"] == "balanced" and m["threshold"] == json.loads((ws / "models" / "paper" / "threshold.json")
+                                                                      .read_text())["threshold"]  # fmt: skip
+    for name in ("roc.png", "pr.png", "confusion.png", "gallery.png", "report.md", "predictions.parquet"):
+        assert (ws / "reports" / name).stat().st_size > 0
+    report = (ws / "reports" / "report.md").read_text()
+    assert "0.781" in report and "141,305" in report and "0.894" in report and "210,000" in report
+    assert f"{test['n']:,}" in report
+    history = pd.read_csv(ws / "models" / "paper" / "history.csv")
+    assert history["epoch"].tolist() == [1, 2, 3] and {"val_auc", "val_accuracy", "loss"} <= set(history.columns)
+    # model.keras is a plain Keras model; the stored predictions are its scores of the cube's images
+    model = keras.saving.load_model(ws / "models" / "paper" / "model.keras")
+    predictions = pd.read_parquet(ws / "reports" / "predictions.parquet")
+    assert set(predictions["split"]) == {"val", "test"} and predictions["objid"].is_unique
+    some = predictions.head(20)
+    images = open_cube(ws / "cube.zarr", mode="r").read_rows(some["cube_row"].to_numpy())
+    np.testing.assert_allclose(model.predict(images, verbose=0)[:, 0], some["p_agn"], atol=1e-5)
+
+
+def test_the_threshold_is_chosen_without_test_labels(trained):
+    ws = trained
+    before = json.loads((ws / "reports" / "metrics.json").read_text())
+    originals = {p: pd.read_parquet(p) for p in (ws / "labels").glob("*.parquet")}
+    try:
+        for path, frame in originals.items():  # every test label flipped: val untouched
+            flipped = frame.copy()
+            test = flipped["split"].astype(str) == "test"
+            flipped.loc[test, "label"] = (1 - flipped.loc[test, "label"]).astype(flipped["label"].dtype)
+            flipped.to_parquet(path)
+        evaluate(EvaluateArgs(workspace=ws))
+        after = json.loads((ws / "reports" / "metrics.json").read_text())
+    finally:
+        for path, frame in originals.items():
+            frame.to_parquet(path)
+    assert after["threshold"] == before["threshold"]
+    assert after["val"] == before["val"]
+    assert after["test"]["accuracy"] == pytest.approx(1 - before["test"]["accuracy"])
+    assert after["test"]["roc_auc"] == pytest.approx(1 - before["test"]["roc_auc"])
+
+
+def test_evaluate_policies_and_tta(trained):
+    ws = trained
+    evaluate(EvaluateArgs(workspace=ws, threshold_policy="fixed:0.3", tta=True))
+    m = json.loads((ws / "reports" / "metrics.json").read_text())
+    assert m["threshold"] == 0.3 and m["tta"] is True
+    assert m["test"]["accuracy"] == m["test"]["at_0.3"]["accuracy"]
+    plain = pd.read_parquet(ws / "reports" / "predictions.parquet")
+    evaluate(EvaluateArgs(workspace=ws))
+    assert not np.allclose(pd.read_parquet(ws / "reports" / "predictions.parquet")["p_agn"], plain["p_agn"])
+
+
+def test_a_killed_training_resumes_at_the_next_epoch(sky_ws, capsys):
+    argv = ["--quiet", "train", "-w", str(sky_ws), "--name", "resume", "--epochs", "3", "--batch-size", "32"]
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *argv], cwd=ROOT, env=QUIET,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    directory = sky_ws / "models" / "resume"
+    try:
+        deadline = time.monotonic() + 240
+        while read_state(directory)["epochs_done"] < 1 if directory.exists() else True:
+            assert proc.poll() is None and time.monotonic() < deadline, "training ended before its first checkpoint"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed = read_state(directory)
+    assert 1 <= killed["epochs_done"] < 3
+    keras.saving.load_model(directory / killed["checkpoint"])  # the last checkpoint is whole
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"from epoch {killed['epochs_done'] + 1}" in out and "epoch 1/3" not in out
+    history = read_state(directory)["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[: killed["epochs_done"]] == killed["history"]  # the finished epochs were not redone
+    assert not list(directory.rglob(".*.tmp*"))
+    # a larger --epochs continues; other changes are refused; --restart starts over
+    assert main([*argv, "--batch-size", "16"]) == 2
+    assert "trained with other arguments (batch_size 32 -> 16)" in capsys.readouterr().err
+    assert main([*argv[:-4], "--epochs", "1", "--batch-size", "32", "--restart"]) == 0
+    assert [h["epoch"] for h in read_state(directory)["history"]] == [1]
+
+
+def small(tmp_path, n=260, **kwargs):
+    training_workspace(tmp_path, n=n, image_size=32, learnable=True, **kwargs)
+    return tmp_path
+
+
+def test_clear_errors(tmp_path, capsys):
+    ws = small(tmp_path / "a")
+    with pytest.raises(DataError, match=r"--batch-size 4096 is larger than the \d+ training images"):
+        train(TrainArgs(workspace=ws, batch_size=4096, epochs=1))
+    few = np.zeros(200, np.int8)
+    few[:6] = 1
+    ws_few = small(tmp_path / "few", n=200, status=few)
+    with pytest.raises(DataError, match=r"too few galaxies to train on: the train split has \d+ star-forming and "
+                                        r"\d+ AGN with an ok cutout.*agnsurvey fetch"):  # fmt: skip
+        train(TrainArgs(workspace=ws_few, epochs=1))
+    shutil.rmtree(ws / "cube.zarr")
+    with pytest.raises(WorkspaceError, match="has no image cube; run `agnsurvey fetch"):
+        train(TrainArgs(workspace=ws, epochs=1))
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "-w", str(ws), "--model", "vgg"])
+    assert exited.value.code == 2 and "invalid choice: 'vgg'" in capsys.readouterr().err
+    with pytest.raises(WorkspaceError, match=r"has no trained model.*agnsurvey train"):
+        evaluate(EvaluateArgs(workspace=ws, model="paper"))
+
+
+def test_a_model_directory_from_another_workspace_is_refused(tmp_path):
+    a = small(tmp_path / "a", seed=1)
+    train(TrainArgs(workspace=a, epochs=1, batch_size=32))
+    b = small(tmp_path / "b", labels=(np.arange(260) % 3 == 0).astype(int))
+    shutil.copytree(a / "models", b / "models")
+    with pytest.raises(TrainingError, match=r"trained on other data: it was made by another workspace .*--restart"):
+        train(TrainArgs(workspace=b, epochs=2, batch_size=32))
+    train(TrainArgs(workspace=b, epochs=1, batch_size=32, restart=True))
+    assert read_state(b / "models" / "paper")["epochs_done"] == 1
+
+
+DEVICES = """
+import json, sys
+from cluster import devices
+from pipeline.config import TrainArgs
+from pipeline.errors import DataError
+from pipeline.train import fit, read_state
+ws = sys.argv[1]
+devices.prepare("cpu", 2)
+out = {}
+try:
+    fit(TrainArgs(workspace=ws, name="odd", epochs=1, batch_size=33, accelerator="cpu", devices=2, augment=False))
+except DataError as exc:
+    out["odd"] = str(exc)
+for n in (1, 2):
+    args = TrainArgs(workspace=ws, name=f"d{n}", epochs=1, batch_size=32, accelerator="cpu", devices=n, augment=False)
+    fit(args)
+    out[n] = read_state(args.workspace.models / args.name)["history"][0]["loss"]
+print(json.dumps(out))
+"""
+
+
+def fit_on_devices(ws: Path, backend: str) -> dict:
+    env = {**QUIET, "KERAS_BACKEND": backend}
+    done = subprocess.run([sys.executable, "-c", DEVICES, str(ws)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_two_logical_devices_train_like_one(tmp_path, backend):
+    """MirroredStrategy (TensorFlow) or DataParallel (JAX) over 2 logical CPU devices."""
+    ws = small(tmp_path)
+    losses = fit_on_devices(ws, backend)
+    assert "cannot be split over 2 CPUs" in losses["odd"]
+    assert abs(losses["1"] - losses["2"]) < 0.02, losses
+    model = keras.saving.load_model(ws / "models" / "d2" / "model.keras")
+    assert model.count_params() == keras.saving.load_model(ws / "models" / "d1" / "model.keras").count_params()
+
+
+def test_a_two_process_local_cluster_trains_like_one_device(tmp_path, cluster_client):
+    """One training process per Dask worker (JAX multi-process runtime, gloo on CPU)."""
+    ws = small(tmp_path)
+    args = TrainArgs(workspace=ws, name="mp", epochs=1, batch_size=32, augment=False)
+    manifest = train(args, client=cluster_client)
+    directory = ws / "models" / "mp"
+    assert manifest.extra["epochs_done"] == 1 and (directory / "process-0.log").exists()
+    assert "2 processes x 1 CPU (jax)" in (directory / "process-0.log").read_text()
+    model = keras.saving.load_model(directory / "model.keras")
+    assert model.count_params() > 0
+    single = fit_on_devices(ws, "jax")["1"]
+    assert abs(read_state(directory)["history"][0]["loss"] - single) < 0.05
+
+
+def test_a_failing_training_process_stops_the_others_with_its_log(tmp_path, cluster_client):
+    ws = small(tmp_path)
+    with pytest.raises(Exception, match=r"(?s)training process \d of 2 exited with code 2.*error: --batch-size 34 cannot "
+                                        r"be split"):  # fmt: skip
+        train(TrainArgs(workspace=ws, name="bad", epochs=1, batch_size=34, accelerator="cpu", devices=2),
+              client=cluster_client)  # fmt: skip
+

@@ -7,6 +7,7 @@ GPU; falls back to ``local`` with a warning when CUDA or dask-cuda is missing), 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing.forkserver
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import dask
-from distributed import Client, LocalCluster, WorkerPlugin
+from distributed import Client, LocalCluster, WorkerPlugin, wait
 
 
 class ClusterSpecError(ValueError):
@@ -137,6 +138,9 @@ def progress_enabled() -> bool:
     return _progress["enabled"]
 
 
+FAILED_COMPUTE_WAIT_S = 60.0
+
+
 def compute(*collections: Any, client: Client | None = None) -> tuple[Any, ...]:
     """``dask.compute`` on the injected client, or on dask's current scheduler when None."""
     if client is None:
@@ -146,13 +150,19 @@ def compute(*collections: Any, client: Client | None = None) -> tuple[Any, ...]:
             with ProgressBar(minimum=2.0):
                 return dask.compute(*collections)
         return dask.compute(*collections)
-    if _progress["enabled"]:
-        from distributed import progress
+    futures = client.compute(list(collections))
+    try:
+        if _progress["enabled"]:
+            from distributed import progress
 
-        futures = client.compute(list(collections))
-        progress(futures, notebook=False)
+            progress(futures, notebook=False)
         return tuple(client.gather(futures))
-    return dask.compute(*collections, scheduler=client)
+    except Exception:
+        # one task failed: let the others end before the caller cleans up, so none is still writing
+        # into an output directory being removed (they mostly fail the same way, e.g. a full disk)
+        with contextlib.suppress(Exception):
+            wait(futures, timeout=FAILED_COMPUTE_WAIT_S)
+        raise
 
 
 def persist(*collections: Any, client: Client | None = None) -> tuple[Any, ...]:

@@ -42,14 +42,14 @@ def run_process(module: str, spec: dict[str, Any], index: int, count: int, coord
                 abort: str) -> int:  # fmt: skip
     """The body of one worker's task: run ``python -m module`` for process ``index`` until it ends
     or the job is aborted; raises with the end of its log if it fails."""
-    payload = json.dumps(spec | {"_processes": {"index": index, "count": count, "coordinator": coordinator}})
+    payload = json.dumps(spec | {"_processes": {"index": index, "count": count, "coordinator": coordinator},
+                                 "_parent": os.getpid()})  # fmt: skip
     env = dict(os.environ, KERAS_BACKEND="jax", PYTHONUNBUFFERED="1")
     env.pop("XLA_FLAGS", None)
     stop = Event(abort)
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", module, payload], stdout=out, stderr=subprocess.STDOUT, env=env,
-                                preexec_fn=_die_with_parent)  # fmt: skip
+        proc = subprocess.Popen([sys.executable, "-m", module, payload], stdout=out, stderr=subprocess.STDOUT, env=env)
         try:
             while proc.poll() is None:
                 if stop.is_set():
@@ -70,14 +70,17 @@ def run_process(module: str, spec: dict[str, Any], index: int, count: int, coord
     return 0
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: be killed when the worker that started it dies (Linux), so a
-    killed worker never leaves a training process waiting in a collective."""
+def die_with_parent(parent: int) -> None:
+    """Called first thing by a training process: be killed when the Dask worker that started it
+    dies (Linux ``PR_SET_PDEATHSIG``), so a killed worker never leaves a process waiting in a
+    collective; exit at once if that worker is already gone."""
     if sys.platform.startswith("linux"):
         import ctypes
         import signal
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def run_in_every_worker(

@@ -56,23 +56,37 @@ class SetEpoch(keras.callbacks.Callback):
         self.batches.set_epoch(epoch)
 
 
-class Checkpoint(keras.callbacks.Callback):
+class EpochClock(keras.callbacks.Callback):
+    """Times each epoch: all of it, and its training part alone (until validation starts), for
+    the training rate in images/s (``images`` real training images per epoch)."""
+
+    def __init__(self, images: int) -> None:
+        super().__init__()
+        self.images, self.started, self.trained = images, time.monotonic(), None
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.started, self.trained = time.monotonic(), None
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        self.trained = self.trained or time.monotonic()
+
+    def times(self) -> dict[str, float | None]:
+        now = time.monotonic()
+        train_s = (self.trained or now) - self.started
+        return {"seconds": round(now - self.started, 3), "train_seconds": round(train_s, 3),
+                "images_per_second": round(self.images / train_s, 2) if train_s > 0 else None}  # fmt: skip
+
+
+class Checkpoint(EpochClock):
     """After every epoch: ``checkpoints/epoch-NNNN.keras`` (written, then renamed), the history
     (JSON and CSV), then ``state.json``, the commit point a resumed run starts from."""
 
     def __init__(self, directory: Path, state: dict[str, Any], images_per_epoch: int, writer: bool = True) -> None:
-        super().__init__()
-        self.directory, self.history, self.images = directory, list(state["history"]), images_per_epoch
-        self.writer = writer
-        self.started = time.monotonic()
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self.started = time.monotonic()
+        super().__init__(images_per_epoch)
+        self.directory, self.history, self.writer = directory, list(state["history"]), writer
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        seconds = time.monotonic() - self.started
-        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}, "seconds": round(seconds, 3),
-               "images_per_second": round(self.images / seconds, 2) if seconds > 0 else None}  # fmt: skip
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}, **self.times()}
         self.history = [h for h in self.history if h["epoch"] < epoch + 1] + [row]
         name = f"checkpoints/epoch-{epoch + 1:04d}.keras"
         if self.writer:
@@ -86,16 +100,16 @@ class Checkpoint(keras.callbacks.Callback):
                           {"epochs_done": epoch + 1, "checkpoint": name, "history": self.history})  # fmt: skip
 
 
-class Progress(keras.callbacks.Callback):
+class Progress(EpochClock):
     """A bar per epoch (batches, loss, images/s) on a terminal; one line per finished epoch."""
 
-    def __init__(self, epochs: int, batch_size: int) -> None:
-        super().__init__()
-        self.epochs, self.batch_size, self.show = epochs, batch_size, progress_enabled()
-        self.started, self.epoch = time.monotonic(), 0
+    def __init__(self, epochs: int, batch_size: int, images: int) -> None:
+        super().__init__(images)
+        self.epochs, self.batch_size, self.show, self.epoch = epochs, batch_size, progress_enabled(), 0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self.started, self.epoch = time.monotonic(), epoch
+        super().on_epoch_begin(epoch, logs)
+        self.epoch = epoch
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if not self.show:
@@ -112,4 +126,5 @@ class Progress(keras.callbacks.Callback):
 
         if self.show:
             print(file=sys.stderr)
-        print(epoch_line(epoch + 1, self.epochs, logs or {}, time.monotonic() - self.started), flush=True)
+        times = self.times()
+        print(epoch_line(epoch + 1, self.epochs, {**(logs or {}), **times}, times["seconds"]), flush=True)

@@ -280,10 +280,9 @@ class TrainArgs:
         object.__setattr__(self, "workspace", _workspace(self.workspace))
         if self.model not in MODEL_NAMES:
             raise ConfigError(f"train.model must be one of {', '.join(MODEL_NAMES)} (got {self.model!r})")
-        name = self.name or self.model
-        if not name.replace("-", "").replace("_", "").replace(".", "").isalnum() or name.startswith("."):
-            raise ConfigError(f"train.name {name!r} must be letters, digits, '-', '_' or '.' (a directory name)")
-        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "name", _model_name("train.name", self.name or self.model))
+        if not (isinstance(self.seed, int) and 0 <= self.seed < 2**32):
+            raise ConfigError(f"train.seed must be an integer in [0, 2**32) (got {self.seed!r})")
         for key in ("epochs", "batch_size", "shuffle_buffer", "block_rows", "readers", "prefetch"):
             _positive(f"train.{key}", getattr(self, key))
         _positive("train.devices", self.devices, optional=True)
@@ -313,8 +312,16 @@ class EvaluateArgs:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "workspace", _workspace(self.workspace))
+        _model_name("evaluate.model", self.model)
         _positive("evaluate.batch_size", self.batch_size)
         parse_policy(self.threshold_policy)
+
+
+def _model_name(key: str, name: str) -> str:
+    """A model directory's name (under WS/models/): letters, digits, '-', '_', '.'; no path."""
+    if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum() or name.startswith("."):
+        raise ConfigError(f"{key} {name!r} must be letters, digits, '-', '_' or '.' (a directory under WS/models/)")
+    return name
 
 
 def parse_policy(text: str) -> tuple[str, float | None]:

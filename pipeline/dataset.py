@@ -71,7 +71,7 @@ def select_rows(ws: Workspace, composites: str = "exclude") -> dict[str, Rows]:
     labels = read_labels(ws, columns=["objid", "label", "split"])
     cube = open_cube(ws.cube, mode="r")
     rows = labels["cube_row"].to_numpy()
-    if rows.size and (rows.max() >= cube.layout.n or not np.array_equal(cube.objid[:][rows], labels["objid"])):
+    if rows.size and (rows.max() >= cube.layout.n or not np.array_equal(cube.objids()[rows], labels["objid"])):
         raise WorkspaceError(
             f"{ws.cube} holds another catalog's cutouts than {ws.labels}; run `agnsurvey fetch --workspace "
             f"{ws.root} --restart`"
@@ -198,7 +198,13 @@ def steps_per_epoch(n_rows: int, batch_size: int, parts: int = 1) -> int:
 class CubeBatches(keras.utils.PyDataset):
     """Batches ``(images uint8, labels float32, weights float32)`` of one split for Keras ``fit``,
     ``evaluate`` and ``predict``. ``shuffle``: new block order and buffer each epoch (training);
-    otherwise rows in cube order. ``class_weight``: weight per label (0, 1)."""
+    otherwise rows in cube order. ``class_weight``: weight per label (0, 1). ``pad``: every batch
+    full (several devices or processes need it), the missing images repeated from the batch at
+    weight 0 (never blanks: batch norm would see them); otherwise the last batch is short.
+
+    Call :meth:`close` (or use it as a context manager) when done in the middle of an epoch: the
+    thread reading ahead holds the shuffle buffer until the epoch ends or the reader is closed.
+    """
 
     def __init__(
         self,
@@ -216,6 +222,7 @@ class CubeBatches(keras.utils.PyDataset):
         class_weight: tuple[float, float] = (1.0, 1.0),
         part: tuple[int, int] = (0, 1),
         steps: int | None = None,
+        pad: bool = True,
     ) -> None:
         super().__init__(workers=1, use_multiprocessing=False)
         if batch_size < 1:
@@ -223,10 +230,11 @@ class CubeBatches(keras.utils.PyDataset):
         self.cube: Cube = open_cube(Path(cube_path), mode="r")
         self.rows, self.batch_size, self.shuffle, self.augment_images = rows, batch_size, shuffle, augment_images
         self.shuffle_buffer, self.block_rows, self.seed = max(shuffle_buffer, batch_size), block_rows, seed
-        self.readers, self.prefetch, self.part = max(1, readers), max(1, prefetch), part
+        self.readers, self.prefetch, self.part, self.pad = max(1, readers), max(1, prefetch), part, pad
         self.weights = np.asarray(class_weight, dtype=np.float32)
         self.steps = steps or steps_per_epoch(len(rows), batch_size, part[1])
         self.epoch = 0
+        self.rebuilt = 0  # batches built on their own, out of order (slow: scattered reads)
         self._plans: dict[int, EpochPlan] = {}
         self._producer: _Producer | None = None
 
@@ -240,7 +248,7 @@ class CubeBatches(keras.utils.PyDataset):
     def set_epoch(self, epoch: int) -> None:
         """Make the next batches those of ``epoch`` (0-based): a resumed run calls it first."""
         if epoch != self.epoch:
-            self._stop()
+            self.close()
             self.epoch = epoch
 
     def plan(self, epoch: int | None = None) -> EpochPlan:
@@ -256,60 +264,100 @@ class CubeBatches(keras.utils.PyDataset):
         """Positions (into the split's rows) of the real images of batch ``index``."""
         return self.plan().order[index]
 
+    def _assembler(self) -> _Assembler:
+        return _Assembler(self.plan(), self.rows.label, self.weights, self.batch_size, self.augment_images,
+                          self.pad, self.shuffle and self.pad)  # fmt: skip
+
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if not 0 <= index < self.steps:
             raise IndexError(index)
         producer = self._producer
-        if producer is None or producer.next_index != index or producer.epoch != self.epoch:
+        if producer is None or not producer.serves(index, self.epoch):
             if index != 0:
-                return self._assemble(index, self.cube.read_rows(self.rows.cube_row[self.batch_rows(index)]))
-            self._stop()
-            self._producer = producer = _Producer(self, self.plan())
+                self.rebuilt += 1
+                images = self.cube.read_rows(self.rows.cube_row[self.batch_rows(index)])
+                return self._assembler()(index, images)
+            self.close()
+            self._producer = producer = _Producer(self._assembler(), self.cube, self.rows.cube_row, self.epoch,
+                                                  self.steps, self.readers, self.prefetch)  # fmt: skip
         return producer.take()
 
-    def _assemble(self, index: int, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Batch ``index`` from the images of its rows: augmented, padded to the batch size with
-        blank images of weight 0, with labels and weights."""
-        positions = self.plan().order[index]
-        if self.augment_images:
-            images = augment(images, self.plan().transforms[positions])
-        n, size = len(positions), self.cube.layout.image_size
-        x = np.zeros((self.batch_size, size, size, 3), dtype=np.uint8)
-        x[:n] = images
-        y = np.zeros(self.batch_size, dtype=np.float32)
-        y[:n] = self.rows.label[positions]
-        w = np.zeros(self.batch_size, dtype=np.float32)
-        w[:n] = self.weights[y[:n].astype(np.int64)]
-        if self.shuffle and 0 < n < self.batch_size:
-            w[:n] *= self.batch_size / n
-        return x, y, w
-
     def on_epoch_end(self) -> None:
-        self._stop()
+        self.close()
 
-    def _stop(self) -> None:
+    def close(self) -> None:
+        """Stop reading ahead and free the buffer (the next batch asked for starts again)."""
         if self._producer is not None:
             self._producer.stop()
             self._producer = None
 
+    def __enter__(self) -> CubeBatches:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def __del__(self) -> None:
-        self._stop()
+        self.close()
+
+
+@dataclass(frozen=True)
+class _Assembler:
+    """Makes batch i of a plan from the images of its rows (what the reader thread needs, without
+    the reader itself: a reader dropped mid-epoch is then collected and stops its thread)."""
+
+    plan: EpochPlan
+    label: np.ndarray
+    weights: np.ndarray
+    batch_size: int
+    augment_images: bool
+    pad: bool
+    rescale: bool
+
+    def __call__(self, index: int, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Augmented; padded (when ``pad``) with images of the batch repeated at weight 0; in a
+        padded training batch (``rescale``) the real images weigh batch size / n, as if full."""
+        positions = self.plan.order[index]
+        if self.augment_images:
+            images = augment(images, self.plan.transforms[positions])
+        n = len(positions)
+        size = self.batch_size if self.pad else n
+        x = np.zeros((size, *images.shape[1:]), dtype=np.uint8) if n < size else np.asarray(images)
+        y = np.zeros(size, dtype=np.float32)
+        y[:n] = self.label[positions]
+        if n < size:
+            x[:n] = images
+            if n:
+                repeat = np.arange(size - n) % n
+                x[n:], y[n:] = x[repeat], y[repeat]
+        w = np.zeros(size, dtype=np.float32)
+        w[:n] = self.weights[y[:n].astype(np.int64)]
+        if self.rescale and 0 < n < size:
+            w[:n] *= size / n
+        return x, y, w
 
 
 class _Producer:
     """A thread that replays an epoch plan with pixels: reads blocks ahead (in ``readers`` threads),
     moves them through the buffer, assembles batches into a bounded queue."""
 
-    def __init__(self, reader: CubeBatches, plan: EpochPlan) -> None:
-        self.reader, self.plan, self.epoch, self.next_index = reader, plan, reader.epoch, 0
-        self.ready: queue.Queue = queue.Queue(maxsize=reader.prefetch)
+    def __init__(self, assemble: _Assembler, cube: Cube, cube_row: np.ndarray, epoch: int, steps: int, readers: int,
+                 prefetch: int) -> None:  # fmt: skip
+        self.assemble, self.cube, self.cube_row, self.epoch = assemble, cube, cube_row, epoch
+        self.steps, self.readers, self.next_index, self.failed = steps, readers, 0, False
+        self.ready: queue.Queue = queue.Queue(maxsize=prefetch)
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="cube-batches", daemon=True)
         self.thread.start()
 
+    def serves(self, index: int, epoch: int) -> bool:
+        """Whether the batch asked for is the next this thread makes."""
+        return not self.failed and index == self.next_index and epoch == self.epoch
+
     def take(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         item = self.ready.get()
         if isinstance(item, BaseException):
+            self.failed = True  # its thread has ended: the next request starts again
             raise item
         self.next_index += 1
         return item
@@ -338,25 +386,24 @@ class _Producer:
         return False
 
     def _produce(self) -> None:
-        reader, plan = self.reader, self.plan
-        cube_row, size = reader.rows.cube_row, reader.cube.layout.image_size
+        plan, cube_row = self.assemble.plan, self.cube_row
+        size = self.cube.layout.image_size
         pool = np.zeros((max(plan.fill, 1), size, size, 3), dtype=np.uint8)
-        with ThreadPoolExecutor(reader.readers, thread_name_prefix="cube-read") as pool_of_readers:
+        with ThreadPoolExecutor(self.readers, thread_name_prefix="cube-read") as pool_of_readers:
             blocks = iter(plan.blocks)
             ahead: deque = deque()
 
             def read_ahead() -> None:
-                while len(ahead) < 2 * reader.readers:
+                while len(ahead) < 2 * self.readers:
                     block = next(blocks, None)
                     if block is None:
                         return
-                    rows = cube_row[block[0] : block[1]]
-                    ahead.append(pool_of_readers.submit(_read_block, reader.cube, rows))
+                    ahead.append(pool_of_readers.submit(_read_block, self.cube, cube_row[block[0] : block[1]]))
 
             stream = _Stream(ahead, read_ahead)
             if plan.fill:
                 pool[: plan.fill] = stream.take(plan.fill)
-            for index in range(reader.steps):
+            for index in range(self.steps):
                 if self.stopping.is_set():
                     return
                 slots = plan.slots[index]
@@ -364,7 +411,7 @@ class _Producer:
                 n_in = plan.refill[index]
                 if n_in:
                     pool[slots[:n_in]] = stream.take(n_in)
-                if not self._put(reader._assemble(index, images)):
+                if not self._put(self.assemble(index, images)):
                     return
 
 

@@ -55,6 +55,7 @@ def _evaluate(args: EvaluateArgs) -> Manifest:
         )
     trained_with = json.loads((directory / "args.json").read_text())["arguments"]
     splits = select_rows(ws, trained_with.get("composites", "exclude"))
+    _check_unseen(directory, splits)
     for name in ("val", "test"):
         n_sf, n_agn = splits[name].counts()
         if min(n_sf, n_agn) == 0:
@@ -72,7 +73,10 @@ def _evaluate(args: EvaluateArgs) -> Manifest:
 
     from pipeline.inference import predict_rows
 
-    p_val = predict_rows(model, cube, splits["val"].cube_row, args.batch_size, args.tta)
+    n_val = len(splits["val"])  # val and test in one pass over the cube
+    scores = predict_rows(model, cube, np.r_[splits["val"].cube_row, splits["test"].cube_row], args.batch_size,
+                          args.tta)  # fmt: skip
+    p_val, p_test = scores[:n_val], scores[n_val:]
     policy, value = parse_policy(args.threshold_policy)
     try:
         threshold = metrics.choose_threshold(splits["val"].label, p_val, policy, value)
@@ -82,7 +86,6 @@ def _evaluate(args: EvaluateArgs) -> Manifest:
         "threshold": threshold, "policy": args.threshold_policy, "chosen_on": "val", "n_val": len(p_val),
         "tta": args.tta, "model_checksum": manifest.inputs[0]["checksum"]})  # fmt: skip
 
-    p_test = predict_rows(model, cube, splits["test"].cube_row, args.batch_size, args.tta)
     result = measure(splits, p_val, p_test, threshold)
     result |= {"model": args.model, "policy": args.threshold_policy, "tta": args.tta, "paper": PAPER,
                "guo2022": GUO_2022, "training": _training_summary(directory, trained_with)}  # fmt: skip
@@ -107,6 +110,25 @@ def _evaluate(args: EvaluateArgs) -> Manifest:
     manifest.finish()
     ws.write_manifest("evaluate", manifest.to_dict())
     return manifest
+
+
+def _check_unseen(directory: Path, splits: dict[str, Rows]) -> None:
+    """Refuse to choose a threshold or measure on galaxies the model trained on (the labels were
+    remade with another split or scheme since): its numbers would be optimistic."""
+    from pipeline.train import TRAINED_ON
+
+    path = directory / TRAINED_ON
+    if not path.exists():
+        raise WorkspaceError(f"{directory} does not say which galaxies it trained on ({path.name}); train it again")
+    trained = np.load(path)
+    for name in ("val", "test"):
+        seen = np.isin(splits[name].objid, trained)
+        if seen.any():
+            raise DataError(
+                f"{int(seen.sum()):,} galaxies of the {name} split were in this model's training split (the labels "
+                f"were remade with another --split or --scheme since it trained); relabel as it was trained, or "
+                f"train it again (`agnsurvey train --name {directory.name} --restart`)"
+            )
 
 
 def measure(splits: dict[str, Rows], p_val: np.ndarray, p_test: np.ndarray, threshold: float) -> dict[str, Any]:

@@ -97,9 +97,9 @@ def fetch_shard(job: ShardJob) -> ShardResult:
     start = time.monotonic()
     cube = open_cube(Path(job.cube))
     rows = cube.layout.shard_rows(job.shard)
-    status = cube.status[rows.start : rows.stop]
+    status = cube.status_codes(rows.start, rows.stop)
     has_pixels = (status == STATUS_CODES["ok"]).any()
-    images = cube.images[rows.start : rows.stop] if has_pixels else None
+    images = cube.read_block(rows.start, rows.stop) if has_pixels else None
     if images is None:
         size = cube.layout.image_size
         images = np.zeros((len(rows), size, size, 3), dtype=np.uint8)
@@ -107,7 +107,7 @@ def fetch_shard(job: ShardJob) -> ShardResult:
     result = ShardResult(job.shard, {}, requests=stats.requests, retries=stats.retries,
                          throttled=stats.throttled, bytes=stats.bytes, stopped=stats.stopped,
                          recent=stats.recent, last_failure=stats.last_failure)  # fmt: skip
-    objid = cube.objid[rows.start : rows.stop]
+    objid = cube.objids(rows.start, rows.stop)
     for row, outcome in zip(job.rows, outcomes, strict=True):
         i = row - rows.start
         status[i] = STATUS_CODES[outcome.status]
@@ -203,9 +203,9 @@ def _mismatch(cube: Cube, layout: CubeLayout, attrs: dict, objid: np.ndarray, pi
     for key, value in attrs.items():
         if cube.attrs.get(key) != value:
             return f"{key} {cube.attrs.get(key)!r} != {value!r}"
-    if not np.array_equal(cube.objid[:], objid):
+    if not np.array_equal(cube.objids(), objid):
         return "the catalog's galaxies differ"
-    if not np.array_equal(cube.pixscale[:], pixscale.astype(np.float32), equal_nan=True):
+    if not np.array_equal(cube.pixscales(), pixscale.astype(np.float32), equal_nan=True):
         return "the radii, hence the pixscales, differ"
     return ""
 
@@ -219,7 +219,7 @@ def plan_jobs(args: FetchArgs, cube: Cube, labels: pd.DataFrame, parallel: int, 
     """One job per shard that has ``wanted`` rows without a final status; rate and concurrency
     shared out over the ``parallel`` tasks that run at once."""
     todo = ~np.isin(cube.status_codes(), FINAL_CODES) & wanted
-    pixscale = cube.pixscale[:]
+    pixscale = cube.pixscales()
     shards = sorted({int(r) // cube.layout.shard_images for r in np.flatnonzero(todo)})
     share = tasks_at_once(args, len(shards), parallel)
     settings = ClientSettings(

@@ -24,10 +24,14 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from cluster.devices import DeviceError, Processes
 from pipeline.config import TrainArgs
@@ -35,6 +39,7 @@ from pipeline.errors import DataError, TrainingError, WorkspaceError
 from pipeline.stage import writing
 from storage.manifest import Manifest, write_json_atomic
 
+TRAINED_ON = "train_objid.npy"  # ids of the galaxies a model trained on
 MIN_ROWS_PER_CLASS = 5  # in each of train and val: fewer cannot train or measure anything
 RESUMABLE = {"epochs", "devices", "accelerator", "readers", "prefetch", "restart"}  # may change between runs
 
@@ -54,10 +59,12 @@ def train(args: TrainArgs, client: Any = None) -> Manifest:
                  kept=f"{model_dir(args)} keeps every finished epoch"):  # fmt: skip
         splits, fingerprint = _check_data(args, processes=_worker_count(client))
         state = _prepare_directory(args, fingerprint)
+        np.save(model_dir(args) / TRAINED_ON, splits["train"].objid)  # evaluate refuses to test on these
         manifest = Manifest(stage="train", parameters=_recorded(args))
         manifest.inputs = [{"path": str(ws.labels)}, {"path": str(ws.cube)}]
         started = time.monotonic()
         if state["epochs_done"] >= args.epochs:
+            _final_from_checkpoint(model_dir(args), state)
             print(f"{model_dir(args)} has already trained {state['epochs_done']} epochs; nothing to do")
         elif client is None:
             fit(args)
@@ -68,6 +75,20 @@ def train(args: TrainArgs, client: Any = None) -> Manifest:
             run_in_every_worker(client, "pipeline.train", spec, model_dir(args), watch=lambda: _print_new_epochs(args))
         seconds = time.monotonic() - started
         return _finish(args, manifest, splits, seconds)
+
+
+def _final_from_checkpoint(directory: Path, state: dict[str, Any]) -> None:
+    """The final model of a run killed between its last checkpoint and ``model.keras``: that
+    checkpoint (the same weights), copied then renamed into place."""
+    final = directory / "model.keras"
+    if final.exists() or not state["checkpoint"]:
+        return
+    tmp = final.with_name(f".{final.stem}.{os.getpid()}.tmp.keras")
+    try:
+        shutil.copyfile(directory / state["checkpoint"], tmp)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _worker_count(client: Any) -> int:
@@ -143,7 +164,6 @@ def _prepare_directory(args: TrainArgs, fingerprint: str) -> dict[str, Any]:
 
 
 def _discard(directory: Path) -> None:
-    import shutil
     import uuid
 
     trash = directory.with_name(f".{directory.name}.discarded-{uuid.uuid4().hex[:8]}")
@@ -170,18 +190,14 @@ def fit(args: TrainArgs, processes: Processes | None = None) -> None:
     devices.prepare(args.accelerator, args.devices, processes)
     import keras
 
-    from pipeline.callbacks import Checkpoint, Progress, SetEpoch, save_atomic
     from pipeline.dataset import CubeBatches, class_weights, select_rows
-    from pipeline.model import build_model
 
     where = devices.placement(args.accelerator, args.devices, processes)
     if args.batch_size % where.total:
         raise DataError(
             f"--batch-size {args.batch_size} cannot be split over {where.describe()}; use a multiple of {where.total}"
         )
-    writer = processes is None or processes.index == 0
-    directory = model_dir(args)
-    state = read_state(directory)
+    state = read_state(model_dir(args))
     splits = select_rows(args.workspace, args.composites)
     part = (processes.index, processes.count) if processes else (0, 1)
     local_batch = args.batch_size // where.processes
@@ -189,9 +205,33 @@ def fit(args: TrainArgs, processes: Processes | None = None) -> None:
     train_batches = CubeBatches(args.workspace.cube, splits["train"], local_batch, shuffle=True,
                                 augment_images=args.augment, shuffle_buffer=args.shuffle_buffer, seed=args.seed,
                                 class_weight=class_weights(splits["train"], args.class_weight), **common)  # fmt: skip
-    val_batches = CubeBatches(args.workspace.cube, splits["val"], local_batch, **common)
+    # validation batches are padded only where the devices need equal batches (padding biases val_loss)
+    val_batches = CubeBatches(args.workspace.cube, splits["val"], local_batch, pad=where.total > 1, **common)
     keras.utils.set_random_seed(args.seed)  # the same initial weights in every process
+    policy = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy(args.precision)
+    try:
+        _fit(args, processes, where, state, splits, train_batches, val_batches)
+    finally:
+        train_batches.close()
+        val_batches.close()
+        keras.mixed_precision.set_dtype_policy(policy)
+    if processes is not None:
+        import jax
+
+        jax.distributed.shutdown()  # every process reaches it after the same saves
+
+
+def _fit(args: TrainArgs, processes: Processes | None, where: Any, state: dict[str, Any], splits: dict,
+         train_batches: Any, val_batches: Any) -> None:  # fmt: skip
+    import keras
+
+    from cluster import devices
+    from pipeline.callbacks import Checkpoint, Progress, SetEpoch, save_atomic
+    from pipeline.model import build_model
+
+    writer = processes is None or processes.index == 0
+    directory = model_dir(args)
     image_size = train_batches.cube.layout.image_size
     with devices.distributed(where):
         if state["checkpoint"]:
@@ -203,24 +243,20 @@ def fit(args: TrainArgs, processes: Processes | None = None) -> None:
                 loss="binary_crossentropy",
                 weighted_metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
             )
-        images = args.batch_size * train_batches.steps
+        images = len(splits["train"])
         callbacks: list[keras.callbacks.Callback] = [
             SetEpoch(train_batches),
             Checkpoint(directory, state, images, writer),
         ]
         if writer:
-            callbacks.append(Progress(args.epochs, args.batch_size))
-        if writer:
+            callbacks.append(Progress(args.epochs, args.batch_size, images))
             print(f"training {args.model} on {where.describe()} ({keras.backend.backend()}): "
                   f"{len(splits['train']):,} train / {len(splits['val']):,} val images, "
                   f"from epoch {state['epochs_done'] + 1}", flush=True)  # fmt: skip
+        # shuffle=False: the reader shuffles; Keras would ask for its batches in a random order
         model.fit(train_batches, validation_data=val_batches, epochs=args.epochs, initial_epoch=state["epochs_done"],
-                  callbacks=callbacks, verbose=0)  # fmt: skip
+                  callbacks=callbacks, verbose=0, shuffle=False)  # fmt: skip
         save_atomic(model, directory / "model.keras", writer)
-    if processes is not None:
-        import jax
-
-        jax.distributed.shutdown()  # every process reaches it after the same saves
 
 
 def epoch_line(epoch: int, epochs: int, logs: dict, seconds: float) -> str:
@@ -229,7 +265,8 @@ def epoch_line(epoch: int, epochs: int, logs: dict, seconds: float) -> str:
     for key in ("loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc"):
         if key in logs:
             parts.append(f"{key} {float(logs[key]):.4f}")
-    return "  ".join(parts) + f"  ({seconds:.1f} s)"
+    rate = logs.get("images_per_second")
+    return "  ".join(parts) + f"  ({seconds:.1f} s" + (f", {rate:,.0f} train img/s)" if rate else ")")
 
 
 _shown_epochs: dict[Path, int] = {}
@@ -265,15 +302,26 @@ def _finish(args: TrainArgs, manifest: Manifest, splits: dict, seconds: float) -
 
 
 def _process_main(payload: str) -> int:
-    """Entry of one training process started by :func:`cluster.multiworker.run_in_every_worker`."""
+    """Entry of one training process started by :func:`cluster.multiworker.run_in_every_worker`.
+
+    A failure leaves at once (``os._exit``): JAX's exit handler would otherwise wait minutes at a
+    shutdown barrier for the other processes, which are still waiting for this one.
+    """
     spec = json.loads(payload)
+    from cluster.multiworker import die_with_parent
+
+    die_with_parent(spec.pop("_parent"))
     processes = Processes(**spec.pop("_processes"))
-    args = TrainArgs(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
     try:
+        args = TrainArgs(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
         fit(args, processes)
     except (DataError, DeviceError, WorkspaceError, TrainingError) as exc:
-        print(f"agnsurvey train (process {processes.index}): error: {exc}", file=sys.stderr)
-        return 2
+        print(f"agnsurvey train (process {processes.index}): error: {exc}", file=sys.stderr, flush=True)
+        os._exit(2)
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
     return 0
 
 

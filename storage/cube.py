@@ -88,9 +88,18 @@ class Cube:
 
     # --- reading: nothing outside this module indexes the Zarr arrays -------------------------------
 
-    def status_codes(self) -> np.ndarray:
-        """The status code of every row (int8; names in :data:`STATUS_NAMES`)."""
-        return self.status[:]
+    def status_codes(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The status codes of rows ``start`` to ``stop`` (default: all; int8, names in
+        :data:`STATUS_NAMES`)."""
+        return self.status[start:stop]
+
+    def objids(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The ``objid`` of rows ``start`` to ``stop`` (default: all), as written at creation."""
+        return self.objid[start:stop]
+
+    def pixscales(self) -> np.ndarray:
+        """The pixscale requested for every row, arcsec/pixel (NaN where the radius was unusable)."""
+        return self.pixscale[:]
 
     def ok_rows(self) -> np.ndarray:
         """Rows whose image is there (status ``ok``), ascending."""

@@ -27,7 +27,9 @@ def epoch_rows(batches: CubeBatches, epoch: int) -> tuple[list[int], list[np.nda
         seen += codes.tolist()
         batch_list.append(codes)
         assert (y[w > 0] == codes % 2).all()  # training_workspace labels row i with i % 2
-        assert (x[w == 0] == 0).all() and (y[w == 0] == 0).all()  # padding: blank, weight 0
+        assert set(decode_rows(x)[w == 0]) <= set(codes)  # padding repeats the batch's images, at weight 0
+        if batches.shuffle and len(codes):
+            assert w.sum() == pytest.approx(len(w))  # a padded training batch weighs like a full one
     batches.on_epoch_end()
     return seen, batch_list
 
@@ -107,6 +109,56 @@ def test_two_processes_read_disjoint_parts_that_cover_the_split(tmp_path):
         assert not set(seen[0]) & set(seen[1])
         assert sorted(seen[0] + seen[1]) == sorted(rows.cube_row.tolist())
         assert abs(len(seen[0]) - len(seen[1])) <= 1
+
+
+def test_unpadded_batches_end_short_and_padding_is_never_blank(tmp_path):
+    training_workspace(tmp_path, n=300)
+    rows = select_rows(Workspace(tmp_path))["val"]
+    short = CubeBatches(tmp_path / "cube.zarr", rows, 16, pad=False)
+    sizes = [len(short[i][0]) for i in range(len(short))]
+    assert sum(sizes) == len(rows) and sizes[-1] == len(rows) - 16 * (len(short) - 1) and sizes[-1] < 16
+    padded = CubeBatches(tmp_path / "cube.zarr", rows, 16)
+    x, _, w = padded[len(padded) - 1]
+    assert len(x) == 16 and (w == 0).sum() == 16 - sizes[-1] and x[w == 0].any()
+
+
+def test_a_read_error_is_raised_and_the_next_request_starts_again(tmp_path, monkeypatch):
+    import pipeline.dataset as dataset
+
+    training_workspace(tmp_path, n=200)
+    rows, batches = reader(tmp_path, shuffle=True)
+    real = dataset._read_block
+    failures = iter([OSError("disk went away")])
+
+    def flaky(cube, block_rows):
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return real(cube, block_rows)
+
+    monkeypatch.setattr(dataset, "_read_block", flaky)
+    with pytest.raises(OSError, match="disk went away"):
+        batches[0]
+    x, _, w = batches[0]  # no hang: a new reading thread
+    assert (w > 0).sum() == 32
+    batches.close()
+
+
+def test_a_reader_dropped_mid_epoch_stops_its_thread(tmp_path):
+    import gc
+    import threading
+
+    training_workspace(tmp_path, n=300)
+    _, batches = reader(tmp_path, shuffle=True)
+    batches[0]
+    assert any(t.name == "cube-batches" and t.is_alive() for t in threading.enumerate())
+    del batches
+    gc.collect()
+    for _ in range(100):
+        if not any(t.name == "cube-batches" and t.is_alive() for t in threading.enumerate()):
+            break
+        threading.Event().wait(0.05)
+    assert not any(t.name == "cube-batches" and t.is_alive() for t in threading.enumerate())
 
 
 def test_plan_bounds_the_buffer(tmp_path):

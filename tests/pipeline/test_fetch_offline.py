@@ -19,6 +19,7 @@ import zarr
 
 from pipeline.config import FetchArgs, IngestArgs, LabelArgs, SkyArgs
 from pipeline.cutouts import decode_jpeg, resize
+from pipeline.errors import FetchError
 from pipeline.fetch import fetch, read_cube_status
 from pipeline.ingest import ingest
 from pipeline.label import label
@@ -261,3 +262,42 @@ def test_a_second_fetch_on_the_same_workspace_is_refused_naming_the_first(sky, t
         first.wait()
         m = fetch(args_for(ws, server.url, shard_images=16, inner_images=8))  # the OS released the lock
     assert m.rows_out == n and set(read_cube_status(ws)) == {"ok"}
+
+
+def test_the_cube_belongs_to_the_catalog_relabelling_never_refetches(sky, tmp_path):
+    """label, fetch, relabel with --min-snr 3, fetch: zero requests; a re-ingest of the same inputs
+    keeps the cube; another catalog is refused with the fix."""
+    base, index, n = sky
+    ws = tmp_path / "ws"
+    shutil.copytree(base / "ws" / "catalog", ws / "catalog")
+    shutil.copytree(base / "ws" / "manifests", ws / "manifests")
+    with (
+        dask.config.set(scheduler="synchronous"),
+        serve_in_background(build_server_config(None), index=index) as server,
+    ):
+        label(LabelArgs(workspace=ws, plots=False))
+        first = fetch(args_for(ws, server.url))
+        labelled = pd.read_parquet(ws / "labels")
+        assert first.extra["rows"] == "labelled" and first.rows_in == len(labelled) < n
+        status = read_cube_status(ws)
+        assert len(status) == n  # one row per catalog row ...
+        assert set(status[labelled["cube_row"]]) == {"ok"}  # ... the labelled ones fetched,
+        assert set(status.drop(labelled["cube_row"])) == {"pending"} and not first.unfinished  # the rest waits
+        asked = len(server.requests)
+
+        relabelled = label(LabelArgs(workspace=ws, plots=False, min_snr=3.0))
+        assert 0 < relabelled.rows_out < len(labelled)
+        again = fetch(args_for(ws, server.url))
+        assert again.extra["this_run"]["requests"] == 0 and len(server.requests) == asked
+
+        ingest(IngestArgs(workspace=ws, inputs=[str(base / "sky" / SKY_FITS)]))  # the same inputs again
+        assert fetch(args_for(ws, server.url)).extra["this_run"]["requests"] == 0
+
+        every = fetch(args_for(ws, server.url, rows="all"))  # scoring needs every catalog row
+        assert every.rows_in == n and every.extra["this_run"]["rows_requested"] == n - len(labelled)
+        assert set(read_cube_status(ws)) == {"ok"}
+
+        make_sky(SkyArgs(out=tmp_path / "other", n=300, seed=9))
+        ingest(IngestArgs(workspace=ws, inputs=[str(tmp_path / "other" / SKY_FITS)]))
+        with pytest.raises(FetchError, match=r"holds cutouts of another catalog.*--restart"):
+            fetch(args_for(ws, server.url, rows="all"))

@@ -219,3 +219,12 @@ def test_label_never_reads_a_catalog_that_is_being_replaced(tmp_path, mode):
         holder.kill()
         holder.wait()
     assert not (ws / "labels").exists() or mode == "read"
+
+
+def test_catalog_and_fetch_workers_never_import_a_deep_learning_framework():
+    """Splits live in pipeline.splits (numpy), not beside the Keras reader: a label or fetch task
+    must not pay seconds and hundreds of MB to import TensorFlow or JAX."""
+    code = ("import sys, pipeline.ingest, pipeline.label, pipeline.fetch, pipeline.splits; "
+            "print([m for m in ('keras', 'tensorflow', 'jax') if m in sys.modules])")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -186,6 +186,15 @@ def test_clear_errors(tmp_path, capsys):
         evaluate(EvaluateArgs(workspace=ws, model="paper"))
 
 
+def test_mixed_precision_trains_in_bfloat16_and_leaves_the_global_policy_alone(tmp_path):
+    ws = small(tmp_path)
+    train(TrainArgs(workspace=ws, epochs=1, batch_size=32, precision="mixed_bfloat16"))
+    model = keras.saving.load_model(ws / "models" / "paper" / "model.keras")
+    assert model.get_layer("conv1").dtype_policy.name == "mixed_bfloat16"
+    assert model.get_layer("p_agn").dtype_policy.name == "float32"  # the probability stays float32
+    assert keras.mixed_precision.dtype_policy().name == "float32"
+
+
 def test_evaluate_refuses_to_measure_on_galaxies_the_model_trained_on(tmp_path):
     ws = small(tmp_path)
     train(TrainArgs(workspace=ws, epochs=1, batch_size=32))

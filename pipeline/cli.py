@@ -38,6 +38,8 @@ examples:
   agnsurvey ingest NSA_ECO.csv --workspace eco --column objid=resname --column ra=radeg \\
       --column dec=dedeg --column ha_flux=h_alpha_flux --column nii_flux=nii_6584_flux ...
   agnsurvey label --workspace ws --scheme three-class --min-snr 3
+  agnsurvey train --workspace ws --epochs 10          # re-run to resume; --epochs 20 continues
+  agnsurvey evaluate --workspace ws --threshold-policy purity:0.8 --tta
   agnsurvey --cluster tcp://scheduler:8786 ingest 'nsa/*.fits' --workspace /shared/ws
 """
 
@@ -142,10 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     fetch = stages.add_parser(
         "fetch",
-        help="WS/labels/ -> WS/cube.zarr: one validated, resized cutout per labelled galaxy",
-        description="Fetch a Legacy Surveys cutout of every labelled galaxy (pixscale = radius x 1.5 x 2 / size "
-        "arcsec/pixel), validate it (JPEG of the requested shape; all-black = no coverage), resize it and store "
-        "it in the Zarr cube. Resumable: a re-run requests only rows without a final status.",
+        help="WS/catalog/ -> WS/cube.zarr: one validated, resized cutout per catalog row (the labelled ones first)",
+        description="Fetch a Legacy Surveys cutout of every labelled galaxy, or with --rows all of every catalog "
+        "row (pixscale = radius x 1.5 x 2 / size arcsec/pixel), validate it (JPEG of the requested shape; all-black = "
+        "no coverage), resize it and store it in the Zarr cube, whose row i is the catalog's cube_row i (relabelling "
+        "never fetches an image again). Resumable: a re-run requests only rows without a final status.",
     )
     _workspace_arg(fetch)
     _fetch_args(fetch)

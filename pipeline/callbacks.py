@@ -5,7 +5,6 @@ Imported only once the training process has set up its devices (importing Keras 
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import time
@@ -16,7 +15,7 @@ import keras
 import pandas as pd
 
 from cluster.client import progress_enabled
-from storage.manifest import write_json_atomic
+from storage.manifest import atomic_file, write_json_atomic
 
 
 def save_atomic(model: keras.Model, path: Path, writer: bool = True) -> None:
@@ -24,25 +23,12 @@ def save_atomic(model: keras.Model, path: Path, writer: bool = True) -> None:
 
     With several training processes every one must save (reading weights spread over processes is
     a collective); only the ``writer`` keeps its file."""
-    directory = path.parent if writer else Path(tempfile.mkdtemp(prefix="agnsurvey-save-"))
-    tmp = directory / f".{path.stem}.{os.getpid()}.tmp.keras"
-    try:
-        model.save(tmp)
-        if writer:
-            os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-        if not writer:
-            directory.rmdir()
-
-
-def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        frame.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    if writer:
+        with atomic_file(path) as tmp:
+            model.save(tmp)
+        return
+    with tempfile.TemporaryDirectory(prefix="agnsurvey-save-") as scratch:
+        model.save(Path(scratch) / path.name)
 
 
 class SetEpoch(keras.callbacks.Callback):
@@ -95,7 +81,8 @@ class Checkpoint(EpochClock):
         if not self.writer:
             return
         write_json_atomic(self.directory / "history.json", {"history": self.history})
-        write_csv_atomic(pd.DataFrame(self.history), self.directory / "history.csv")
+        with atomic_file(self.directory / "history.csv") as tmp:
+            pd.DataFrame(self.history).to_csv(tmp, index=False)
         write_json_atomic(self.directory / "state.json",
                           {"epochs_done": epoch + 1, "checkpoint": name, "history": self.history})  # fmt: skip
 

@@ -578,7 +578,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.debug:
             raise
         print(f"agnsurvey: error: {_explain(exc, ns)}", file=sys.stderr)
-        return EXIT_ERROR if isinstance(exc, AgnSurveyError | OSError | MemoryError) else 1
+        from cluster.devices import DeviceError
+
+        return EXIT_ERROR if isinstance(exc, AgnSurveyError | OSError | MemoryError | DeviceError) else 1
     finally:
         _signals["taken"] = True
         for sig, previous in handlers.items():

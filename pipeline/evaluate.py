@@ -11,7 +11,6 @@ WS/reports/ metrics.json  predictions.parquet  roc.png  pr.png  confusion.png  g
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from pipeline.dataset import Rows, select_rows
 from pipeline.errors import DataError, WorkspaceError
 from pipeline.stage import locked, writing
 from storage.cube import open_cube
-from storage.manifest import Manifest, file_checksum, write_json_atomic
+from storage.manifest import Manifest, atomic_file, file_checksum, write_json_atomic
 
 PAPER = {"name": "the paper (its CNN)", "n": 141_305, "threshold": 0.3, "accuracy": 0.781, "roc_auc": 0.85,
          "precision": 0.678, "recall": 0.748, "f1": 0.711,
@@ -38,7 +37,9 @@ GALLERY_COLUMNS = 6
 def evaluate(args: EvaluateArgs) -> Manifest:
     """Choose the threshold on validation, measure on test, write the report; returns the manifest."""
     ws = args.workspace
-    with writing(ws, "reports", "evaluate", reads=("labels", "cube")), locked(ws, f"models/{args.model}"):
+    kept = ("the model's threshold.json and WS/reports/metrics.json are as they were (they are written last; other "
+            "report files may be new)")
+    with writing(ws, "reports", "evaluate", kept=kept, reads=("labels", "cube")), locked(ws, f"models/{args.model}"):
         return _evaluate(args)
 
 
@@ -53,7 +54,9 @@ def _evaluate(args: EvaluateArgs) -> Manifest:
             f"{directory} has no trained model{hint}; run `agnsurvey train --workspace {ws.root} --name {args.model}` "
             "first, or pass --model NAME"
         )
-    trained_with = json.loads((directory / "args.json").read_text())["arguments"]
+    from pipeline.train import _load, read_json
+
+    trained_with = read_json(directory / "args.json")["arguments"]
     splits = select_rows(ws, trained_with.get("composites", "exclude"))
     _check_unseen(directory, splits)
     for name in ("val", "test"):
@@ -63,10 +66,16 @@ def _evaluate(args: EvaluateArgs) -> Manifest:
                 f"the {name} split has {n_sf} star-forming and {n_agn} AGN galaxies with an ok cutout: both classes "
                 "are needed to choose a threshold and measure; fetch more cutouts or ingest a larger catalog"
             )
-    import keras
 
-    model = keras.saving.load_model(model_path)
+    model = _load(model_path)
     cube = open_cube(ws.cube, mode="r")
+    expects = tuple(model.inputs[0].shape[1:3])
+    if expects != (cube.layout.image_size,) * 2:
+        raise DataError(
+            f"{model_path} takes {expects[0]}-pixel images but {ws.cube} holds {cube.layout.image_size}-pixel ones "
+            f"(fetched again with another --image-size); train it again (`agnsurvey train --name {args.model} "
+            "--restart`) or fetch with its image size"
+        )
     manifest = Manifest(stage="evaluate", parameters={"model": args.model, "threshold_policy": args.threshold_policy,
                                                       "tta": args.tta})  # fmt: skip
     manifest.inputs = [{"path": str(model_path), "checksum": file_checksum(model_path)}]
@@ -82,19 +91,20 @@ def _evaluate(args: EvaluateArgs) -> Manifest:
         threshold = metrics.choose_threshold(splits["val"].label, p_val, policy, value)
     except ValueError as exc:
         raise DataError(f"--threshold-policy {args.threshold_policy}: {exc}; ask for a lower purity") from None
-    write_json_atomic(directory / "threshold.json", {
-        "threshold": threshold, "policy": args.threshold_policy, "chosen_on": "val", "n_val": len(p_val),
-        "tta": args.tta, "model_checksum": manifest.inputs[0]["checksum"]})  # fmt: skip
 
     result = measure(splits, p_val, p_test, threshold)
     result |= {"model": args.model, "policy": args.threshold_policy, "tta": args.tta, "paper": PAPER,
                "guo2022": GUO_2022, "training": _training_summary(directory, trained_with)}  # fmt: skip
     reports = ws.reports
     reports.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(reports / "metrics.json", result)
     _write_predictions(reports / "predictions.parquet", splits, p_val, p_test)
     figures = _figures(reports, splits, p_val, p_test, result, cube)
-    _write_atomic(reports / "report.md", report_markdown(result, figures))
+    with atomic_file(reports / "report.md") as tmp:
+        tmp.write_text(report_markdown(result, figures))
+    write_json_atomic(reports / "metrics.json", result)  # last: the report's files are in place
+    write_json_atomic(directory / "threshold.json", {
+        "threshold": threshold, "policy": args.threshold_policy, "chosen_on": "val", "n_val": len(p_val),
+        "tta": args.tta, "model_checksum": manifest.inputs[0]["checksum"]})  # fmt: skip
 
     test = result["test"]
     manifest.rows_in = len(p_val) + len(p_test)
@@ -165,15 +175,8 @@ def _write_predictions(path: Path, splits: dict[str, Rows], p_val: np.ndarray, p
          for name, p in (("val", p_val), ("test", p_test))],  # fmt: skip
         ignore_index=True,
     )
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        frame.to_parquet(tmp, index=False)
 
 
 def _figures(reports: Path, splits: dict[str, Rows], p_val: np.ndarray, p_test: np.ndarray, result: dict,

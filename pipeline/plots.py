@@ -102,10 +102,10 @@ def _pyplot():  # noqa: ANN202
 
 def save_figure(fig, path: Path) -> Path:  # noqa: ANN001
     """Save a figure under a temporary name, then rename: readers never see half a PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, bbox_inches="tight")
-    tmp.replace(path)
+    from storage.manifest import atomic_file
+
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, bbox_inches="tight")
     _pyplot().close(fig)
     return path
 

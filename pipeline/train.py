@@ -37,7 +37,7 @@ from cluster.devices import DeviceError, Processes
 from pipeline.config import TrainArgs
 from pipeline.errors import DataError, TrainingError, WorkspaceError
 from pipeline.stage import writing
-from storage.manifest import Manifest, write_json_atomic
+from storage.manifest import Manifest, atomic_file, write_json_atomic
 
 TRAINED_ON = "train_objid.npy"  # ids of the galaxies a model trained on
 MIN_ROWS_PER_CLASS = 5  # in each of train and val: fewer cannot train or measure anything
@@ -67,10 +67,12 @@ def train(args: TrainArgs, client: Any = None) -> Manifest:
             _final_from_checkpoint(model_dir(args), state)
             print(f"{model_dir(args)} has already trained {state['epochs_done']} epochs; nothing to do")
         elif client is None:
+            (model_dir(args) / "model.keras").unlink(missing_ok=True)  # the epochs before: rebuilt at the end
             fit(args)
         else:
             from cluster.multiworker import run_in_every_worker
 
+            (model_dir(args) / "model.keras").unlink(missing_ok=True)
             spec = dataclasses.asdict(args) | {"workspace": str(ws.root)}
             run_in_every_worker(client, "pipeline.train", spec, model_dir(args), watch=lambda: _print_new_epochs(args))
         seconds = time.monotonic() - started
@@ -83,12 +85,8 @@ def _final_from_checkpoint(directory: Path, state: dict[str, Any]) -> None:
     final = directory / "model.keras"
     if final.exists() or not state["checkpoint"]:
         return
-    tmp = final.with_name(f".{final.stem}.{os.getpid()}.tmp.keras")
-    try:
+    with atomic_file(final) as tmp:
         shutil.copyfile(directory / state["checkpoint"], tmp)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _worker_count(client: Any) -> int:
@@ -119,6 +117,9 @@ def _check_data(args: TrainArgs, processes: int) -> tuple[dict, str]:
             f"of {processes}"
         )
     digest = hashlib.sha256()
+    cube = args.workspace.read_manifest("fetch") or {}
+    settings = {k: cube.get("parameters", {}).get(k) for k in ("image_size", "size", "radius_scale", "layer")}
+    digest.update(json.dumps(settings, sort_keys=True).encode())  # other pixels are other data
     for name in ("train", "val"):
         digest.update(splits[name].cube_row.tobytes())
         digest.update(splits[name].label.tobytes())
@@ -140,7 +141,7 @@ def _prepare_directory(args: TrainArgs, fingerprint: str) -> dict[str, Any]:
         _discard(directory)
     old_path = directory / "args.json"
     if old_path.exists():
-        old = json.loads(old_path.read_text())
+        old = read_json(old_path)
         if old.get("data") != fingerprint:
             where = old.get("workspace")
             why = (f"it was made by another workspace ({where})" if where != str(args.workspace.root)
@@ -176,7 +177,20 @@ def read_state(directory: Path) -> dict[str, Any]:
     path = directory / "state.json"
     if not path.exists():
         return {"epochs_done": 0, "checkpoint": None, "history": []}
-    return json.loads(path.read_text())
+    state = read_json(path)
+    if not isinstance(state, dict) or not {"epochs_done", "checkpoint", "history"} <= set(state):
+        raise TrainingError(f"{path} is not a training state; pass --restart to train anew")
+    return state
+
+
+def read_json(path: Path) -> Any:
+    """A model directory's JSON file, or a clear error when it is damaged."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise TrainingError(f"{path} is missing; train the model again (`agnsurvey train --restart`)") from None
+    except ValueError:
+        raise TrainingError(f"{path} is damaged (not JSON); pass --restart to train anew") from None
 
 
 # --- one training process ------------------------------------------------------------------------
@@ -235,7 +249,7 @@ def _fit(args: TrainArgs, processes: Processes | None, where: Any, state: dict[s
     image_size = train_batches.cube.layout.image_size
     with devices.distributed(where):
         if state["checkpoint"]:
-            model = keras.saving.load_model(directory / state["checkpoint"])
+            model = _load(directory / state["checkpoint"])
         else:
             model = build_model(args.model, image_size)
             model.compile(
@@ -257,6 +271,17 @@ def _fit(args: TrainArgs, processes: Processes | None, where: Any, state: dict[s
         model.fit(train_batches, validation_data=val_batches, epochs=args.epochs, initial_epoch=state["epochs_done"],
                   callbacks=callbacks, verbose=0, shuffle=False)  # fmt: skip
         save_atomic(model, directory / "model.keras", writer)
+
+
+def _load(path: Path) -> Any:
+    """A checkpoint or model, or a clear error when it is missing or damaged."""
+    import keras
+
+    try:
+        return keras.saving.load_model(path)
+    except (ValueError, OSError) as exc:
+        raise TrainingError(f"{path} cannot be loaded ({str(exc).splitlines()[0][:120]}); pass --restart to train "
+                            "anew") from None  # fmt: skip
 
 
 def epoch_line(epoch: int, epochs: int, logs: dict, seconds: float) -> str:

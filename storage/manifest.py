@@ -7,6 +7,8 @@ import json
 import os
 import platform
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -48,15 +50,24 @@ class Manifest:
         return asdict(self)
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> Path:
-    """Write JSON to ``path`` via a temporary file and a rename, so readers never see half a file."""
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix, so writers that go by it still work);
+    when the block succeeds it replaces ``path`` in one rename: readers never see half a file, and
+    a killed writer leaves the old file (and at worst a hidden ``.NAME.PID.tmp*`` file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> Path:
+    """Write JSON to ``path`` via a temporary file and a rename, so readers never see half a file."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
     return path
 
 

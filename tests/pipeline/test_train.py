@@ -292,3 +292,23 @@ def test_a_failing_training_process_stops_the_others_with_its_log(tmp_path, clus
         time.sleep(0.1)
     assert not any(cluster_client.processing().values())
 
+
+
+def test_damaged_model_files_and_other_pixels_are_clear_errors(tmp_path):
+    ws = small(tmp_path)
+    train(TrainArgs(workspace=ws, epochs=1, batch_size=32))
+    directory = ws / "models" / "paper"
+    (directory / "state.json").write_text("{trunc")
+    with pytest.raises(TrainingError, match=r"state.json is damaged \(not JSON\); pass --restart"):
+        train(TrainArgs(workspace=ws, epochs=2, batch_size=32))
+    train(TrainArgs(workspace=ws, epochs=1, batch_size=32, restart=True))
+    (directory / "checkpoints" / "epoch-0001.keras").write_bytes(b"not a zip")
+    with pytest.raises(TrainingError, match=r"epoch-0001.keras cannot be loaded.*--restart"):
+        train(TrainArgs(workspace=ws, epochs=2, batch_size=32))
+    assert not (directory / "model.keras").exists()  # a continuation never leaves the older model as the final one
+
+
+def test_a_missing_gpu_is_an_error_with_exit_code_2(tmp_path, capsys):
+    ws = small(tmp_path)
+    assert main(["--quiet", "train", "-w", str(ws), "--epochs", "1", "--accelerator", "gpu"]) == 2
+    assert "--accelerator gpu: no GPU is visible" in capsys.readouterr().err

@@ -37,7 +37,6 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import pandas as pd
 
 from pipeline.errors import DataError, WorkspaceError
 from pipeline.label import read_labels
@@ -447,8 +446,3 @@ def class_weights(rows: Rows, policy: str) -> tuple[float, float]:
     n_sf, n_agn = rows.counts()
     n = n_sf + n_agn
     return n / (2 * max(n_sf, 1)), n / (2 * max(n_agn, 1))
-
-
-def split_table(splits: dict[str, Rows]) -> pd.DataFrame:
-    """Rows per split and class, for manifests and messages."""
-    return pd.DataFrame({name: dict(zip(("sf", "agn"), r.counts(), strict=True)) for name, r in splits.items()}).T

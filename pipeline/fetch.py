@@ -21,7 +21,6 @@ rows not done stay ``pending``, and the manifest's ``unfinished`` says why and w
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -59,7 +58,7 @@ from storage.cube import (
     open_cube,
     status_counts,
 )
-from storage.manifest import Manifest
+from storage.manifest import Manifest, atomic_file
 from storage.workspace import Workspace, as_workspace
 
 FAILURE_COLUMNS = ["cube_row", "objid", "reason", "attempts", "http_status"]
@@ -398,12 +397,8 @@ def _write_failures(ws: Workspace, failures: list[dict], status: np.ndarray, kee
             frame["cube_row"]
         )
         frame = pd.concat([old[still], frame], ignore_index=True) if still.any() else frame
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_file(path) as tmp:
         frame.sort_values("cube_row").to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _parameters(args: FetchArgs) -> dict:

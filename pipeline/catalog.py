@@ -179,8 +179,10 @@ def inspect_source(
     fmt: str = "auto",
     hdu: int | None = None,
     id_kind: IdKind = "auto",
+    required: Sequence[str] = REQUIRED,
 ) -> CatalogSource:
-    """Read a file's header or schema (no data) and resolve + type-check the canonical columns.
+    """Read a file's header or schema (no data) and resolve + type-check the canonical columns
+    (``required``: those it must have).
 
     ``hdu``: the FITS extension holding the table (None: the first table HDU). ``id_kind``:
     ``string`` keeps ids as text (``source_id``), ``int`` requires integers, ``auto`` goes by the
@@ -200,7 +202,7 @@ def inspect_source(
     if n_rows == 0:
         raise CatalogError(f"{path}: catalog has no rows; remove it from the inputs")
     try:
-        mapping = resolve_columns(path, list(kinds), columns or {}, radius_column)
+        mapping = resolve_columns(path, list(kinds), columns or {}, radius_column, required)
     except CatalogError as exc:
         if len(tables) > 1 or (tables and hdu != 1):
             raise CatalogError(f"{exc}\n  {_hdu_note(hdu, tables)}") from None
@@ -345,7 +347,8 @@ def _text_kind(values: pd.Series) -> ColumnKind:
     return "int" if present.str.match(_INTEGER).all() else "float"
 
 
-def resolve_columns(path: str, available: Sequence[str], user: Mapping[str, str], radius_column: str) -> dict[str, str]:
+def resolve_columns(path: str, available: Sequence[str], user: Mapping[str, str], radius_column: str,
+                    required: Sequence[str] = REQUIRED) -> dict[str, str]:  # fmt: skip
     """Canonical → source column for one file; raises when a required or user-named column is absent."""
     by_upper = {name.upper(): name for name in available}
     mapping: dict[str, str] = {}
@@ -366,7 +369,7 @@ def resolve_columns(path: str, available: Sequence[str], user: Mapping[str, str]
             raise CatalogError(_missing_message(path, canonical, radius_column, available, user_given=True))
         if found is not None:
             mapping[canonical] = found
-    for canonical in REQUIRED:
+    for canonical in required:
         if canonical not in mapping:
             raise CatalogError(_missing_message(path, canonical, defaults[canonical], available, False))
     users: dict[str, list[str]] = {}
@@ -735,10 +738,11 @@ def inspect_all(
     fmt: str = "auto",
     hdu: int | None = None,
     id_kind: IdKind = "auto",
+    required: Sequence[str] = REQUIRED,
 ) -> list[CatalogSource]:
     """Inspect every input (no data read); errors name the file. Sources keep the input order."""
     paths = expand_inputs(patterns)
-    sources = [inspect_source(p, columns, radius_column, fmt, hdu, id_kind) for p in paths]
+    sources = [inspect_source(p, columns, radius_column, fmt, hdu, id_kind, required) for p in paths]
     kinds = {s.string_id for s in sources}
     if len(kinds) > 1:
         mixed = ", ".join(s.path for s in sources if s.string_id)

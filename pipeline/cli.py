@@ -51,12 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", type=Path, help="TOML config file (tables [cluster], [ingest], [label], ...)")
-    parser.add_argument(
-        "--cluster",
-        help="where to run: local (default, embedded LocalCluster), local-cuda, tcp://host:8786, or a scheduler file",
-    )
-    parser.add_argument("--workers", type=int, dest="n_workers", help="worker processes of a local cluster")
-    parser.add_argument("--threads", type=int, dest="threads_per_worker", help="threads per local worker")
+    _cluster_args(parser, None)
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
@@ -68,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--seed", type=int, help="random seed; same seed, same catalog (default 0)")
     make.add_argument("--out", type=Path, required=True, help="output directory")
     make.add_argument("--partition-rows", type=int, help="rows generated per task (default 250000)")
+    make.add_argument("--layout", choices=("v0", "v1"), help="v0 (default): NSA v0_1_2 FITS + Parquet, with "
+                      "emission lines; v1: nsa_v1_sky.fits, NSA v1_0_1 names, no lines (to score)")  # fmt: skip
     make.set_defaults(handler=_sky_make)
 
     serve = sky_cmds.add_parser(
@@ -108,28 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.add_argument("catalogs", nargs="+", metavar="CATALOG", help="files, globs or Parquet directories")
     _workspace_arg(ingest)
-    ingest.add_argument(
-        "--column",
-        action="append",
-        default=[],
-        metavar="CANONICAL=SOURCE",
-        help="map a source column to a canonical one (repeatable), e.g. --column ha_flux=h_alpha_flux; "
-        f"canonical names: {', '.join(cfg.CANONICAL_COLUMNS)}",
-    )
-    ingest.add_argument(
-        "--radius-column",
-        help="galaxy radius in arcsec for the cutout scale (default PETROTH90: 3 radii frame the whole galaxy)",
-    )
+    _catalog_args(ingest)
     ingest.add_argument("--shard-rows", type=int, help="target rows per output shard (default 50000)")
     ingest.add_argument("--chunk-rows", type=int, help="rows per read task (default 500000)")
-    ingest.add_argument("--format", choices=["auto", "fits", "parquet", "csv"], help="input format (default auto)")
-    ingest.add_argument("--hdu", type=int, help="FITS extension holding the table (default: the first table, HDU 1)")
-    ingest.add_argument(
-        "--id-kind",
-        choices=cfg.ID_KINDS,
-        help="string: keep ids exactly as text (source_id; objid = their stable hash), e.g. for unsigned 64-bit "
-        "ids above 2^63-1; int: every id must be an integer; auto (default): by the column's type",
-    )
     ingest.set_defaults(handler=_ingest)
 
     label = stages.add_parser(
@@ -198,6 +176,32 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--tta", action="store_true", default=None, help="average the 8 flips/rotations")
     evaluate.set_defaults(handler=_evaluate, needs_cluster=False)
 
+    score = stages.add_parser(
+        "score",
+        help="model + any catalog -> WS/scores/: P(AGN) and a label per galaxy (no spectra needed)",
+        description="Score every row of catalog files (read and column-mapped as ingest does; none given: the "
+        "workspace's own catalog) with a trained model. Pixels come from Legacy Surveys cutouts fetched into "
+        "WS/scoring/cube.zarr (every row, as `fetch --rows all`: same politeness, resumable; scoring streams behind "
+        "the fetch) or, with --images COLUMN, from local image files. Labels use the threshold evaluate stored "
+        "beside the model unless --threshold is given. Output: WS/scores/part-*.parquet (objid, ra, dec, p_agn, "
+        "label, status); a re-run skips complete parts.",
+    )
+    score.add_argument("catalogs", nargs="*", metavar="CATALOG", help="files, globs or Parquet directories "
+                       "(default: the workspace's own catalog)")  # fmt: skip
+    _workspace_arg(score)
+    score.add_argument("--model", help="the model directory train wrote (WS/models/NAME), its model.keras, or NAME")
+    score.add_argument("--images", metavar="COLUMN", help="score local image files named in this catalog column "
+                       "(JPEG/PNG, any size; relative to the catalog file) instead of fetching cutouts")  # fmt: skip
+    score.add_argument("--threshold", type=float, help="P(AGN) at or above which label = 1 (default: the model's "
+                       "threshold.json from evaluate)")  # fmt: skip
+    score.add_argument("--batch-size", type=int, help="images per prediction (default 1024 on a GPU, 256 on a CPU)")
+    score.add_argument("--tta", action="store_true", default=None, help="average the 8 flips/rotations (8x slower)")
+    score.add_argument("--restart", action="store_true", default=None,
+                       help="discard earlier scores (needed with another model, threshold or catalog)")  # fmt: skip
+    _catalog_args(score)
+    _fetch_args(score, url_required=False, restart=False)
+    score.set_defaults(handler=_score)
+
     run = stages.add_parser(
         "run",
         help="the main job: offline sky (or --catalog) -> ingest -> label -> fetch",
@@ -212,8 +216,32 @@ def build_parser() -> argparse.ArgumentParser:
     _label_args(run)
     _fetch_args(run, url_required=False)
     run.set_defaults(handler=_run)
+    for leaf in _leaf_parsers(stages):
+        if leaf.get_default("handler") is not _sky_serve:
+            _cluster_args(leaf, argparse.SUPPRESS)  # --cluster / --workers also after the stage's name
     parser.epilog = _stage_list(stages) + "\n" + EXAMPLES
     return parser
+
+
+def _cluster_args(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "--cluster", default=default,
+        help="where to run: local (default: a LocalCluster sized to this machine), local:N (N worker processes), "
+        "local-cuda (one worker per GPU), slurm ([cluster.slurm] in --config), tcp://host:8786, or a scheduler file",
+    )  # fmt: skip
+    parser.add_argument("--workers", type=int, dest="n_workers", default=default,
+                        help="worker processes of a local cluster")  # fmt: skip
+    parser.add_argument("--threads", type=int, dest="threads_per_worker", default=default,
+                        help="threads per local worker")  # fmt: skip
+
+
+def _leaf_parsers(stages: argparse._SubParsersAction) -> list[argparse.ArgumentParser]:
+    """Every stage's parser, and for a stage with commands (sky) every command's."""
+    leaves = []
+    for sub in stages.choices.values():
+        nested = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
+        leaves += _leaf_parsers(nested[0]) if nested else [sub]
+    return leaves
 
 
 def _stage_list(stages: argparse._SubParsersAction) -> str:
@@ -231,11 +259,35 @@ def _stage_list(stages: argparse._SubParsersAction) -> str:
     return f"stages (each writes into the workspace WS and a JSON manifest in WS/manifests/):\n{body}\n"
 
 
+def _catalog_args(parser: argparse.ArgumentParser) -> None:
+    """How a catalog file is read: column map, radius column, format, FITS HDU, kind of ids."""
+    parser.add_argument(
+        "--column",
+        action="append",
+        default=[],
+        metavar="CANONICAL=SOURCE",
+        help="map a source column to a canonical one (repeatable), e.g. --column ha_flux=h_alpha_flux; "
+        f"canonical names: {', '.join(cfg.CANONICAL_COLUMNS)}",
+    )
+    parser.add_argument(
+        "--radius-column",
+        help="galaxy radius in arcsec for the cutout scale (default PETROTH90: 3 radii frame the whole galaxy)",
+    )
+    parser.add_argument("--format", choices=["auto", "fits", "parquet", "csv"], help="input format (default auto)")
+    parser.add_argument("--hdu", type=int, help="FITS extension holding the table (default: the first table, HDU 1)")
+    parser.add_argument(
+        "--id-kind",
+        choices=cfg.ID_KINDS,
+        help="string: keep ids exactly as text (source_id; objid = their stable hash), e.g. for unsigned 64-bit "
+        "ids above 2^63-1; int: every id must be an integer; auto (default): by the column's type",
+    )
+
+
 def _workspace_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace", "-w", type=Path, help="the run's directory (or set workspace in --config)")
 
 
-def _fetch_args(parser: argparse.ArgumentParser, url_required: bool = True) -> None:
+def _fetch_args(parser: argparse.ArgumentParser, url_required: bool = True, restart: bool = True) -> None:
     parser.add_argument(
         "--cutout-url",
         help="the viewer's cutout endpoint, e.g. https://www.legacysurvey.org/viewer/cutout.jpg or the offline "
@@ -254,7 +306,8 @@ def _fetch_args(parser: argparse.ArgumentParser, url_required: bool = True) -> N
         help="seconds one image may take, retries included (default 300); a service asking (Retry-After) "
         "for a longer wait ends the run, rows left pending",
     )
-    parser.add_argument("--restart", action="store_true", default=None, help="discard an existing cube")
+    if restart:
+        parser.add_argument("--restart", action="store_true", default=None, help="discard an existing cube")
     if url_required:
         parser.add_argument(
             "--rows",
@@ -307,7 +360,8 @@ def parse_columns(pairs: Sequence[str]) -> dict[str, str]:
 def _sky_make(ns: argparse.Namespace, raw: dict, client: ClientFactory) -> list[Manifest]:
     from pipeline.synthetic.catalog import make_sky
 
-    args = cfg.build(cfg.SkyArgs, raw, "sky", out=ns.out, n=ns.n, seed=ns.seed, partition_rows=ns.partition_rows)
+    args = cfg.build(cfg.SkyArgs, raw, "sky", out=ns.out, n=ns.n, seed=ns.seed, partition_rows=ns.partition_rows,
+                     layout=ns.layout)  # fmt: skip
     return [_print_summary("sky make", make_sky(args, client=client()))]
 
 
@@ -420,6 +474,28 @@ def _evaluate(ns: argparse.Namespace, raw: dict, client: ClientFactory) -> list[
     return [_print_summary("evaluate", evaluate(args))]
 
 
+def _score_args(ns: argparse.Namespace, raw: dict) -> cfg.ScoreArgs:
+    """The score stage's arguments; its cutouts are fetched with the [fetch] settings and flags."""
+    fetch_table = raw.get("fetch", {})
+    url = ns.cutout_url or fetch_table.get("cutout_url")
+    fetch_args = _fetch_args_from(ns, raw) if url else None
+    score_table = raw.get("score", {})
+    columns = {**raw.get("ingest", {}).get("columns", {}), **score_table.get("columns", {})}
+    return cfg.build(
+        cfg.ScoreArgs, {**raw, "score": {**score_table, "columns": columns}}, "score", workspace=ns.workspace,
+        model=ns.model, inputs=tuple(ns.catalogs) or None, columns=parse_columns(ns.column) or None,
+        radius_column=ns.radius_column, format=ns.format, hdu=ns.hdu, id_kind=ns.id_kind, images=ns.images,
+        threshold=ns.threshold, batch_size=ns.batch_size, tta=ns.tta, restart=ns.restart, fetch=fetch_args,
+    )  # fmt: skip
+
+
+def _score(ns: argparse.Namespace, raw: dict, client: ClientFactory) -> list[Manifest]:
+    from pipeline.score import score
+
+    args = _score_args(ns, raw)
+    return [_print_summary("score", score(args, client=client(), report=_print_summary))]
+
+
 ClientFactory = Callable[[], Any]
 OFFLINE_RATE, OFFLINE_CONCURRENCY = 2000.0, 64  # the local server is ours: no politeness limit needed
 OFFLINE_URL = "http://127.0.0.1/viewer/cutout.jpg"  # replaced by the offline server's address once it listens
@@ -472,7 +548,7 @@ def _print_summary(stage: str, manifest: Manifest) -> Manifest:
         rows.append((f"  class {name}", f"{n:,}"))
     for name, n in extra.get("status", {}).items():
         rows.append((f"  status {name}", f"{n:,}"))
-    if "threshold" in extra:
+    if "threshold" in extra and "policy" in extra:
         rows.append(("threshold", f"{extra['threshold']:.4f} ({extra.get('policy')}, chosen on the val split)"))
     paper = extra.get("paper", {})
     for section in ("final", "test"):
@@ -480,6 +556,14 @@ def _print_summary(stage: str, manifest: Manifest) -> Manifest:
             if isinstance(value, float | int):
                 text = f"{value:,}" if isinstance(value, int) else f"{value:.4f}"
                 rows.append((f"  {section} {key}", text + (f"  (paper {paper[key]:,})" if key in paper else "")))
+    scoring = extra.get("scoring")
+    if scoring:
+        rows.append(("this run", f"{scoring['images']:,} images scored in {scoring['parts_scored']:,} parts "
+                                 f"({scoring['images_per_second'] or 0:,.0f} img/s), {scoring['parts_skipped']:,} "
+                                 "parts already complete"))  # fmt: skip
+        labels = extra.get("labels", {})
+        rows.append(("labels", f"{labels.get('agn', 0):,} AGN, {labels.get('sf', 0):,} star-forming at threshold "
+                               f"{extra['threshold']:.4f}"))  # fmt: skip
     this_run = extra.get("this_run")
     if this_run:
         rows.append(("this run", f"{this_run['rows_requested']:,} rows requested, {this_run['requests']:,} requests, "
@@ -542,7 +626,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads_per_worker=ns.threads_per_worker,
         )  # fmt: skip
         with ExitStack() as stack:
-            from cluster.client import ClusterSpecError, connect, show_progress
+            from cluster.client import show_progress
             from storage.workspace import release_locks_last
 
             stack.enter_context(release_locks_last())  # after the cluster is closed: its workers may still write
@@ -552,13 +636,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             def client() -> Any:
                 """The cluster's client, connected on first use (None for stages that need none)."""
                 if not clients and getattr(ns, "needs_cluster", True):
-                    try:
-                        clients.append(stack.enter_context(
-                            connect(cluster.spec, cluster.n_workers, cluster.threads_per_worker,
-                                    cluster.memory_limit, debug=ns.debug)
-                        ))  # fmt: skip
-                    except (ClusterSpecError, OSError, TimeoutError, ValueError, TypeError) as exc:
-                        raise ConfigError(f"cannot connect to cluster {cluster.spec!r}: {exc}") from None
+                    clients.append(_open_cluster(stack, cluster, ns, raw))
                 return clients[0] if clients else None
 
             try:
@@ -590,6 +668,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     for text in unfinished:
         print(f"agnsurvey: incomplete: {text}", file=sys.stderr)
     return EXIT_INCOMPLETE if unfinished else EXIT_OK
+
+
+def _open_cluster(stack: ExitStack, cluster: cfg.ClusterConfig, ns: argparse.Namespace, raw: dict) -> Any:
+    """Connect to the configured cluster, print its dashboard, and check that the workers of a
+    remote one see the workspace (before any work starts)."""
+    from cluster.client import ClusterSpecError, check_workspace_visible, connect, dashboard_link, parse_spec
+
+    try:
+        kind = parse_spec(cluster.spec, cluster.n_workers, cluster.threads_per_worker, cluster.memory_limit,
+                          cluster.slurm, ns.debug)  # fmt: skip
+        client = stack.enter_context(connect(kind))
+    except ClusterSpecError as exc:
+        raise ConfigError(str(exc)) from None
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
+        raise ConfigError(f"cannot connect to cluster {cluster.spec!r}: {exc}") from None
+    link = dashboard_link(client)
+    if link and not ns.quiet:
+        workers = len(client.scheduler_info().get("workers", {}))
+        print(f"dask: {type(kind).__name__.lower()} cluster, {workers} workers, dashboard {link}", file=sys.stderr)
+    workspace = getattr(ns, "workspace", None) or raw.get("workspace")
+    if kind.remote and workspace:
+        try:
+            check_workspace_visible(client, Path(workspace))
+        except ClusterSpecError as exc:
+            raise ConfigError(str(exc)) from None
+    return client
 
 
 NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}

@@ -6,8 +6,14 @@ file has one table per stage with the same field names::
     workspace = "ws"
 
     [cluster]
-    spec = "local"            # local | local-cuda | tcp://host:8786 | path/to/scheduler.json
+    spec = "local"            # local | local:N | local-cuda | slurm | tcp://host:8786 | scheduler.json
     n_workers = 2
+    [cluster.slurm]           # with spec = "slurm" (dask-jobqueue)
+    queue = "gpu"
+    account = "astro"
+    cores = 8
+    memory = "32GiB"
+    jobs = 4
 
     [ingest]
     radius_column = "PETROTH90"
@@ -65,26 +71,37 @@ CANONICAL_COLUMNS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """Where the Dask graphs run. ``spec``: local, local-cuda, tcp://host:port or a scheduler file."""
+    """Where the Dask graphs run. ``spec``: local, local:N, local-cuda, slurm, tcp://host:port or a
+    scheduler file; ``n_workers`` and ``threads_per_worker`` size a local cluster; ``slurm``: the
+    ``[cluster.slurm]`` table (queue, account, walltime, cores, memory, processes, jobs, ...)."""
 
     spec: str = "local"
     n_workers: int | None = None
     threads_per_worker: int | None = None
     memory_limit: str = "auto"
+    slurm: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _positive("cluster.n_workers", self.n_workers, optional=True)
         _positive("cluster.threads_per_worker", self.threads_per_worker, optional=True)
+        from cluster.client import ClusterSpecError, SlurmSettings
+
+        try:
+            object.__setattr__(self, "slurm", SlurmSettings.from_table(self.slurm))
+        except (ClusterSpecError, TypeError) as exc:
+            raise ConfigError(f"[cluster.slurm]: {exc}") from None
 
 
 @dataclass(frozen=True)
 class SkyArgs:
-    """The offline NSA-like catalog: ``n`` galaxies from ``seed``, written to ``out``."""
+    """The offline NSA-like catalog: ``n`` galaxies from ``seed``, written to ``out``; ``layout``
+    ``v0`` (NSA v0_1_2: FITS + Parquet with emission lines) or ``v1`` (NSA v1_0_1 names, no lines)."""
 
     out: Path
     n: int = 20_000
     seed: int = 0
     partition_rows: int = 250_000
+    layout: Literal["v0", "v1"] = "v0"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
@@ -92,6 +109,8 @@ class SkyArgs:
         _positive("sky.partition_rows", self.partition_rows)
         if self.seed < 0:
             raise ConfigError(f"sky.seed must be >= 0 (got {self.seed})")
+        if self.layout not in ("v0", "v1"):
+            raise ConfigError(f"sky.layout must be v0 (NSA v0_1_2) or v1 (NSA v1_0_1) (got {self.layout!r})")
 
 
 @dataclass(frozen=True)
@@ -317,6 +336,57 @@ class EvaluateArgs:
         parse_policy(self.threshold_policy)
 
 
+@dataclass(frozen=True)
+class ScoreArgs:
+    """A trained model + any catalog → ``WS/scores/`` Parquet: P(AGN) and a label for every row.
+
+    ``model``: the directory ``train`` wrote (or its ``model.keras``, or a name under WS/models/);
+    its ``threshold.json`` (from ``evaluate``) gives the label's threshold unless ``threshold`` is
+    set. ``inputs``: catalog files read and column-mapped as ``ingest`` does (``columns``,
+    ``radius_column``, ``format``, ``hdu``, ``id_kind``); none: the workspace's own catalog. Pixels
+    come from a cube fetched with the ``[fetch]`` settings (``fetch``), or with ``images`` from a
+    column of local image paths (JPEG/PNG of any size; relative paths are relative to the catalog
+    file), read in parts of ``part_rows`` rows. ``batch_size``: images per prediction (None: 1024
+    on a GPU, 256 on a CPU). ``tta``: average the 8 flips/rotations. ``restart``: discard earlier
+    scores (needed to score with another model, threshold or catalog).
+    """
+
+    workspace: Workspace
+    model: str
+    inputs: tuple[str, ...] = ()
+    columns: Mapping[str, str] = field(default_factory=dict)
+    radius_column: str = "PETROTH90"
+    format: Literal["auto", "fits", "parquet", "csv"] = "auto"
+    hdu: int | None = None
+    id_kind: IdKind = "auto"
+    images: str | None = None
+    threshold: float | None = None
+    batch_size: int | None = None
+    tta: bool = False
+    part_rows: int = 1024
+    restart: bool = False
+    fetch: FetchArgs | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "workspace", _workspace(self.workspace))
+        object.__setattr__(self, "inputs", tuple(str(p) for p in self.inputs))
+        object.__setattr__(self, "columns", dict(self.columns))
+        if not isinstance(self.model, str) or not self.model:
+            raise ConfigError("score.model: give the model directory train wrote, e.g. --model ws/models/paper")
+        if self.images is not None and not self.inputs:
+            raise ConfigError("score --images COLUMN needs the catalog that holds the column (agnsurvey score CATALOG)")
+        if self.threshold is not None and not (isinstance(self.threshold, int | float) and 0 < self.threshold < 1):
+            raise ConfigError(f"score.threshold must be in (0, 1) (got {self.threshold!r})")
+        _positive("score.batch_size", self.batch_size, optional=True)
+        _positive("score.part_rows", self.part_rows)
+        for key in self.columns:
+            if key not in CANONICAL_COLUMNS:
+                raise ConfigError(f"score.columns: unknown canonical column {key!r}; use one of "
+                                  f"{', '.join(CANONICAL_COLUMNS)}")  # fmt: skip
+        if self.id_kind not in ID_KINDS:
+            raise ConfigError(f"score.id_kind must be one of {', '.join(ID_KINDS)} (got {self.id_kind!r})")
+
+
 def _model_name(key: str, name: str) -> str:
     """A model directory's name (under WS/models/): letters, digits, '-', '_', '.'; no path."""
     if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum() or name.startswith("."):
@@ -364,8 +434,10 @@ SECTIONS: dict[str, type] = {
     "fetch": FetchArgs,
     "train": TrainArgs,
     "evaluate": EvaluateArgs,
+    "score": ScoreArgs,
 }
 TOP_LEVEL_KEYS = {"workspace"}
+INTERNAL_KEYS = {"workspace", "out", "fetch"}  # set by the command line or from other tables
 SELF_CHECKED_TABLES = {"serve"}  # validated by its own builder (pipeline.synthetic.server.build_server_config)
 
 
@@ -386,8 +458,8 @@ def load_config(path: Path | str | None) -> dict[str, Any]:
                 raise ConfigError(f"{path}: [{key}] must be a table")
             hints = typing.get_type_hints(SECTIONS[key])
             for sub, subvalue in value.items():
-                if sub not in hints or sub in ("workspace", "inputs", "out"):
-                    allowed = sorted(set(hints) - {"workspace", "inputs", "out"})
+                if sub not in hints or sub in INTERNAL_KEYS:
+                    allowed = sorted(set(hints) - INTERNAL_KEYS)
                     raise ConfigError(f"{path}: unknown key {key}.{sub}; known keys of [{key}]: {', '.join(allowed)}")
                 _check_type(f"{key}.{sub}", subvalue, hints[sub], path)
         elif key == "workspace" and not isinstance(value, str):
@@ -417,7 +489,8 @@ def _matches(value: Any, hint: Any) -> bool:
             return False
         return all(_matches(v, args[0]) for v in value)
     if origin in (Mapping, dict):
-        return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+        any_values = get_args(hint)[1:] == (Any,)
+        return isinstance(value, dict) and (any_values or all(isinstance(v, str) for v in value.values()))
     if hint is float:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if hint is int:

@@ -46,3 +46,7 @@ class Interrupted(KeyboardInterrupt):
 
     def __str__(self) -> str:
         return self.message if isinstance(self.message, str) else self.message()
+
+
+class ScoreError(AgnSurveyError):
+    """A catalog cannot be scored as asked (model, threshold, images, earlier scores)."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -275,17 +275,18 @@ def _run_jobs(
         raise
 
 
-def fetch(args: FetchArgs, client: Client | None = None) -> Manifest:
+def fetch(args: FetchArgs, client: Client | None = None, on_shard: Callable[[int], None] | None = None) -> Manifest:
     """Fill ``WS/cube.zarr`` with a cutout per labelled galaxy; returns the manifest.
 
     Rows that failed or were left pending are named in ``manifest.unfinished`` (a re-run retries them).
+    ``on_shard(k)`` is called as soon as shard k is written (scoring streams behind fetching).
     """
     check_cutout_url(args.cutout_url)
     with writing(args.workspace, "cube", "fetch"):
-        return _fetch(args, client)
+        return _fetch(args, client, on_shard)
 
 
-def _fetch(args: FetchArgs, client: Client | None) -> Manifest:
+def _fetch(args: FetchArgs, client: Client | None, on_shard: Callable[[int], None] | None) -> Manifest:
     ws = args.workspace
     with locked(ws, "catalog", shared=True), locked(ws, "labels", shared=True):  # not while being replaced
         labels = read_fetch_inputs(ws)
@@ -314,6 +315,8 @@ def _fetch(args: FetchArgs, client: Client | None) -> Manifest:
             for key in ("requests", "retries", "throttled", "bytes"):
                 setattr(totals, key, getattr(totals, key) + getattr(result, key))
             totals.stopped = totals.stopped or result.stopped
+            if on_shard is not None:
+                on_shard(result.shard)
             if show:
                 _progress_line(totals, requested, time.monotonic() - started)
     except KeyboardInterrupt:

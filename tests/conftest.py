@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -175,3 +177,31 @@ def training_workspace(ws: Path, n: int = 400, image_size: int = 16, seed: int =
 def decode_rows(images: np.ndarray) -> np.ndarray:
     """The row codes :func:`training_workspace` wrote into pixel (0, 0)."""
     return images[:, 0, 0, 0].astype(np.int64) + 256 * images[:, 0, 0, 1].astype(np.int64)
+
+
+class _Killer(threading.Thread):
+    """Kill -9 the process of the first worker seen running a task whose key starts with ``prefix``."""
+
+    def __init__(self, client, prefix: str, timeout: float):
+        super().__init__(daemon=True)
+        self.client, self.prefix, self.timeout = client, prefix, timeout
+        self.pids = client.run(os.getpid)
+        self.killed: str = ""
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        while not self.killed and time.monotonic() < deadline:
+            for worker, keys in self.client.processing().items():
+                if any(str(k).startswith(self.prefix) for k in keys) and worker in self.pids:
+                    os.kill(self.pids[worker], signal.SIGKILL)
+                    self.killed = worker
+                    return
+            time.sleep(0.02)
+
+
+def kill_a_worker_running(client, prefix: str, timeout: float = 120.0) -> _Killer:
+    """Start a thread that SIGKILLs a worker process (its nanny starts a new one) as soon as the
+    worker runs a ``prefix`` task; ``.killed`` names it once done."""
+    killer = _Killer(client, prefix, timeout)
+    killer.start()
+    return killer

@@ -50,9 +50,10 @@ from cluster.client import compute
 from pipeline.config import SkyArgs
 from pipeline.errors import ConfigError
 from pipeline.synthetic.footprint import footprint_area_deg2, in_footprint
-from storage.manifest import Manifest, file_checksum, write_json_atomic
+from storage.manifest import Manifest, atomic_file, file_checksum, write_json_atomic
 
 SKY_FITS = "nsa_sky.fits"
+SKY_V1_FITS = "nsa_v1_sky.fits"
 SKY_PARQUET = "nsa_sky.parquet"
 SKY_MANIFEST = "sky_manifest.json"
 
@@ -486,6 +487,8 @@ def make_sky(args: SkyArgs, client: Client | None = None) -> Manifest:
     """
     if args.n > np.iinfo(np.int32).max:
         raise ConfigError(f"sky.n must be < 2**31 (NSAID is a 32-bit integer, got {args.n})")
+    if args.layout == "v1":
+        return make_sky_v1(args)
     manifest = Manifest(stage="sky", parameters={"n": args.n, "seed": args.seed, "partition_rows": args.partition_rows})
     out = Path(args.out).absolute()
     row_bytes = fits_dtype().itemsize
@@ -547,6 +550,34 @@ def make_sky(args: SkyArgs, client: Client | None = None) -> Manifest:
     manifest.finish()
     manifest.extra["rows_per_second"] = round(args.n / max(manifest.seconds, 1e-9))
     write_json_atomic(out / SKY_MANIFEST, manifest.to_dict())
+    return manifest
+
+
+V1_RENAMES = {"PETROTH50": "PETRO_TH50", "PETROTH90": "PETRO_TH90", "SERSIC_TH50": "ELPETRO_TH50_R",
+              "NMGY": "ELPETRO_FLUX", "NMGY_IVAR": "ELPETRO_FLUX_IVAR", "ABSMAG": "ELPETRO_ABSMAG"}  # fmt: skip
+
+
+def make_sky_v1(args: SkyArgs) -> Manifest:
+    """The same galaxies in the NSA v1_0_1 layout (``nsa_v1_sky.fits``): v1 column names (PETRO_TH90,
+    ELPETRO_*), no emission lines. Such a catalog can be scored, not labelled. Written in one piece
+    (about 120 bytes a row in memory); the hidden ``SIM_CLASS`` stays for the offline server."""
+    manifest = Manifest(stage="sky", parameters={"n": args.n, "seed": args.seed, "layout": "v1"})
+    out = Path(args.out).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    rows = generate_rows(args.seed, 0, args.n)
+    columns = []
+    for c in COLUMNS:
+        if c.name.startswith(LINES) and "FLUX" in c.name:
+            continue
+        name = V1_RENAMES.get(c.name, c.name)
+        columns.append(fits.Column(name=name, format=c.tform, unit=c.unit, array=rows[c.name]))
+    hdu = fits.BinTableHDU.from_columns(columns, name="NSA")
+    with atomic_file(out / SKY_V1_FITS) as tmp:
+        fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp)
+    manifest.rows_out = args.n
+    manifest.outputs = {"fits": {"path": str(out / SKY_V1_FITS), "checksum": file_checksum(out / SKY_V1_FITS)}}
+    manifest.extra = {"class_counts": {name: int((rows["SIM_CLASS"] == k).sum()) for k, name in enumerate(CLASS_NAMES)}}
+    manifest.finish()
     return manifest
 
 

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
+from conftest import kill_a_worker_running
+from distributed import Client, LocalCluster
 
 from pipeline.config import FetchArgs, IngestArgs, LabelArgs, SkyArgs
 from pipeline.cutouts import decode_jpeg, resize
@@ -301,3 +303,23 @@ def test_the_cube_belongs_to_the_catalog_relabelling_never_refetches(sky, tmp_pa
         ingest(IngestArgs(workspace=ws, inputs=[str(tmp_path / "other" / SKY_FITS)]))
         with pytest.raises(FetchError, match=r"holds cutouts of another catalog.*--restart"):
             fetch(args_for(ws, server.url, rows="all"))
+
+
+def test_a_worker_killed_mid_fetch_gives_the_uninterrupted_cube(sky, tmp_path):
+    _, index, n = sky
+    killed, whole = workspace(sky, tmp_path / "a", outside=2), workspace(sky, tmp_path / "b", outside=2)
+    with serve_in_background(build_server_config(None, latency_s=0.05), index=index) as server:
+        fetch(args_for(whole, server.url, shard_images=16, inner_images=8))
+        with (
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+            Client(cluster) as client,
+        ):
+            killer = kill_a_worker_running(client, "fetch_shard")
+            m = fetch(args_for(killed, server.url, shard_images=16, inner_images=8), client=client)
+            killer.join()
+    assert killer.killed, "no worker was killed: the test did not test anything"
+    assert m.unfinished == "" and m.extra["status"]["ok"] == n - 2
+    a = zarr.open_group(str(killed / "cube.zarr"), mode="r")
+    b = zarr.open_group(str(whole / "cube.zarr"), mode="r")
+    np.testing.assert_array_equal(a["status"][:], b["status"][:])
+    np.testing.assert_array_equal(a["images"][:], b["images"][:])

@@ -1,0 +1,199 @@
+"""Score: any catalog (no emission lines) → WS/scores/, on real worker processes, killed workers included."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from conftest import kill_a_worker_running, training_workspace
+from distributed import Client, LocalCluster
+
+from pipeline.config import FetchArgs, ScoreArgs, SkyArgs
+from pipeline.cutouts import resize
+from pipeline.errors import CatalogError, ScoreError
+from pipeline.score import load_counts, read_scores, score
+from pipeline.synthetic.catalog import SKY_V1_FITS, make_sky
+from pipeline.synthetic.server import build_server_config, serve_in_background
+from pipeline.synthetic.skyindex import SkyIndex
+from storage.cube import open_cube
+from storage.manifest import file_checksum
+
+DEMO = Path(__file__).resolve().parents[3] / "shared" / "data" / "convnet_demo"
+IMAGE = 32
+THRESHOLD = 0.4321  # stored by "evaluate"; an unusual value so that its use is visible
+
+
+def brightness_model(directory: Path, image_size: int, threshold: float | None = THRESHOLD) -> Path:
+    """A small real Keras model (uint8 in, P in (0, 1) out, spread over the range by image brightness),
+    saved as train does, with the threshold.json evaluate would write beside it."""
+    import keras
+
+    inputs = keras.Input((image_size, image_size, 3), dtype="uint8")
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    output = keras.layers.Dense(1, activation="sigmoid")
+    model = keras.Model(inputs, output(x))
+    output.set_weights([np.full((3, 1), 20.0), np.array([-20 * 0.30])])  # P = sigmoid(20 (Σ channel means - 0.3))
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save(directory / "model.keras")
+    if threshold is not None:
+        checksum = file_checksum(directory / "model.keras")
+        stored = {"threshold": threshold, "policy": "balanced", "chosen_on": "val", "model_checksum": checksum}
+        (directory / "threshold.json").write_text(json.dumps(stored))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def v1_sky(tmp_path_factory):
+    """A v1-layout offline sky (no emission lines) of 300 galaxies, one more catalog holding a galaxy
+    outside the survey footprint, the server's index, and a model."""
+    base = tmp_path_factory.mktemp("v1")
+    make_sky(SkyArgs(out=base / "sky", n=300, seed=5, layout="v1"))
+    outside = base / "outside.csv"
+    pd.DataFrame({"NSAID": [10**9], "RA": [200.0], "DEC": [-70.0], "PETRO_TH90": [8.0]}).to_csv(outside, index=False)
+    model = brightness_model(base / "model", IMAGE)
+    return base / "sky" / SKY_V1_FITS, outside, SkyIndex.from_catalog(base / "sky" / SKY_V1_FITS), model
+
+
+def fetch_args(ws: Path, url: str) -> FetchArgs:
+    return FetchArgs(workspace=ws, cutout_url=url, size=64, image_size=IMAGE, shard_images=32, inner_images=8,
+                     rate=1000.0, concurrency=16)  # fmt: skip
+
+
+def predict_here(model_dir: Path, images: np.ndarray) -> np.ndarray:
+    import keras
+
+    model = keras.saving.load_model(model_dir / "model.keras", compile=False)
+    return model.predict(images, batch_size=64, verbose=0).reshape(-1)
+
+
+def test_a_v1_catalog_on_two_worker_processes(v1_sky, tmp_path, cluster_client):
+    fits_path, outside, index, model_dir = v1_sky
+    ws = tmp_path / "ws"
+    with serve_in_background(build_server_config(None), index=index) as server:
+        args = ScoreArgs(workspace=ws, model=str(model_dir), inputs=(str(fits_path), str(outside)),
+                         fetch=fetch_args(ws, server.url), batch_size=16)  # fmt: skip
+        m = score(args, client=cluster_client)
+        scores = read_scores(ws)
+        requests = len(server.requests)
+        again = score(args, client=cluster_client)
+        assert len(server.requests) == requests  # a re-run fetches nothing ...
+    assert again.extra["scoring"]["parts_scored"] == 0  # ... and scores nothing
+    assert m.unfinished == "" and m.extra["scoring"]["parts_scored"] == 10
+
+    from astropy.io import fits
+
+    ids = fits.getdata(fits_path, 1)["NSAID"].astype(np.int64).tolist() + [10**9]
+    assert sorted(scores["objid"]) == sorted(ids)  # every row exactly once
+    off = scores.set_index("objid").loc[10**9]
+    assert off["status"] == "no_coverage" and pd.isna(off["p_agn"]) and pd.isna(off["label"])
+    ok = scores[scores["status"] == "ok"]
+    assert len(ok) == 300
+
+    cube = open_cube(ws / "scoring" / "cube.zarr", mode="r")
+    catalog = pd.read_parquet(ws / "scoring" / "catalog").sort_values("cube_row")
+    rows = catalog.set_index("objid").loc[ok["objid"], "cube_row"].to_numpy()
+    expected = predict_here(model_dir, cube.read_rows(rows))
+    np.testing.assert_allclose(ok["p_agn"].to_numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert (ok["label"].to_numpy() == (ok["p_agn"].to_numpy() >= THRESHOLD)).all()
+    assert 0 < ok["label"].mean() < 1  # the threshold separates something
+    meta = json.loads(pq.read_schema(next((ws / "scores").glob("part-*.parquet"))).metadata[b"agnsurvey"])
+    assert meta["model_sha256"] == file_checksum(model_dir / "model.keras") and meta["threshold"] == THRESHOLD
+    assert meta["model_name"] == "model"
+    loads = [n for counts in cluster_client.run(load_counts).values() for n in counts.values()]
+    assert max(loads) == 1  # once per worker, not once per part (10 parts ran)
+
+
+def test_scores_are_never_mixed_across_models_or_thresholds(v1_sky, tmp_path):
+    fits_path, outside, index, model_dir = v1_sky
+    ws = tmp_path / "ws"
+    with serve_in_background(build_server_config(None), index=index) as server:
+        base = dict(workspace=ws, model=str(model_dir), inputs=(str(fits_path),), fetch=fetch_args(ws, server.url))
+        score(ScoreArgs(**base))
+        with pytest.raises(ScoreError, match="threshold 0.4321; pass --restart"):
+            score(ScoreArgs(**base, threshold=0.9))
+        m = score(ScoreArgs(**base, threshold=0.9, restart=True))
+    scores = read_scores(ws)
+    assert m.extra["threshold"] == 0.9 and (scores["label"] == (scores["p_agn"] >= 0.9)).all()
+    other = brightness_model(tmp_path / "other", IMAGE, threshold=None)
+    with pytest.raises(ScoreError, match="has no threshold.json: run `agnsurvey evaluate"):
+        score(ScoreArgs(workspace=ws, model=str(other), inputs=(str(fits_path),)))
+    small = brightness_model(tmp_path / "small", 16, threshold=0.5)
+    with pytest.raises(ScoreError, match="the cutouts are 32 pixels, the model takes 16"):
+        score(ScoreArgs(workspace=ws, model=str(small), inputs=(str(fits_path),), restart=True))
+
+
+@pytest.mark.skipif(not DEMO.exists(), reason="real SDSS JPEGs (../shared/data/convnet_demo) not present")
+def test_local_real_sdss_jpegs_no_service(tmp_path):
+    files = sorted((DEMO / "test").glob("*.jpg"))
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(files[0].read_bytes()[:300])  # a JPEG cut short
+    ids = [int(f.stem) for f in files] + [1]
+    catalog = tmp_path / "images.csv"
+    pd.DataFrame({"objID": ids, "file": [str(f) for f in files] + ["corrupt.jpg"]}).to_csv(catalog, index=False)
+    model_dir = brightness_model(tmp_path / "model", IMAGE)
+    args = ScoreArgs(workspace=tmp_path / "ws", model=str(model_dir), inputs=(str(catalog),), images="file",
+                     columns={"objid": "objID"}, part_rows=32)  # fmt: skip
+    m = score(args)
+    scores = read_scores(tmp_path / "ws")
+    assert sorted(scores["objid"]) == sorted(ids)  # every file scored once (ids are 64-bit SDSS objIDs)
+    assert scores.set_index("objid").loc[1, "status"] == "bad_image"  # relative path: beside the catalog
+    assert (scores["status"] == "ok").sum() == len(files) and m.unfinished == ""
+    assert "corrupt.jpg" in m.extra["bad_images"][0]
+    from PIL import Image
+
+    first = np.asarray(Image.open(files[0]).convert("RGB"))  # 128x128 SDSS cutouts, resized to the model's 32
+    expected = predict_here(model_dir, resize(first, IMAGE)[None])[0]
+    assert scores.set_index("objid").loc[ids[0], "p_agn"] == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(CatalogError, match="has no column 'path' of image paths"):
+        score(ScoreArgs(workspace=tmp_path / "ws2", model=str(model_dir), inputs=(str(catalog),), images="path",
+                        columns={"objid": "objID"}))  # fmt: skip
+
+
+def cube_workspace(ws: Path, n: int, image_size: int, status: np.ndarray | None = None) -> None:
+    """A workspace with a fetched cube (complete unless ``status`` says otherwise): the labels and
+    cube of ``training_workspace`` plus a catalog."""
+    frame = training_workspace(ws, n=n, image_size=image_size, learnable=True, status=status)
+    rng = np.random.default_rng(0)
+    (ws / "catalog").mkdir()
+    pd.DataFrame({"objid": frame["objid"], "cube_row": frame["cube_row"], "ra": rng.uniform(0, 360, n),
+                  "dec": rng.uniform(-10, 10, n), "radius_arcsec": np.full(n, 5.0, np.float32)}
+                 ).to_parquet(ws / "catalog" / "part-00000.parquet")  # fmt: skip
+
+
+def test_a_worker_killed_mid_score_loses_and_duplicates_nothing(tmp_path):
+    ws = tmp_path / "ws"
+    cube_workspace(ws, n=640, image_size=16)
+    model_dir = brightness_model(tmp_path / "model", 16)
+    args = ScoreArgs(workspace=ws, model=str(model_dir), batch_size=8, tta=True)
+    whole = read_scores_after(score(args), ws)
+    shutil.rmtree(ws / "scores")
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        killer = kill_a_worker_running(client, "score_part")
+        m = score(args, client=client)
+        killer.join()
+        assert killer.killed, "no worker was killed: the test did not test anything"
+    killed = read_scores_after(m, ws)
+    assert m.unfinished == ""
+    assert killed["objid"].is_unique and len(killed) == 640
+    pd.testing.assert_frame_equal(killed, whole, check_exact=False, rtol=1e-6)
+
+
+def read_scores_after(manifest, ws: Path) -> pd.DataFrame:
+    assert manifest.rows_in == manifest.rows_out
+    return read_scores(ws).sort_values("objid").reset_index(drop=True)
+
+
+def test_own_catalog_without_a_url_needs_a_complete_cube(tmp_path):
+    ws = tmp_path / "ws"
+    cube_workspace(ws, n=64, image_size=16, status=np.where(np.arange(64) < 3, 0, 1))  # 3 rows pending
+    model_dir = brightness_model(tmp_path / "model", 16)
+    with pytest.raises(ScoreError, match="lacks some cutouts: give --cutout-url"):
+        score(ScoreArgs(workspace=ws, model=str(model_dir)))
+    assert not (ws / "scores").exists() or not any((ws / "scores").iterdir())

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import training_workspace
+from distributed import Client, LocalCluster
 
 from cluster.multiworker import TrainingProcessError
 from pipeline.cli import main
@@ -292,6 +294,40 @@ def test_a_failing_training_process_stops_the_others_with_its_log(tmp_path, clus
         time.sleep(0.1)
     assert not any(cluster_client.processing().values())
 
+
+
+def test_a_worker_killed_mid_training_then_a_rerun_resumes_from_the_last_checkpoint(tmp_path):
+    ws = small(tmp_path)
+    args = TrainArgs(workspace=ws, name="killed", epochs=3, batch_size=32, augment=False)
+    directory = ws / "models" / "killed"
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        pids = client.run(os.getpid)
+        worker = sorted(pids)[1]
+
+        def kill_after_first_epoch() -> None:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                if (directory / "state.json").exists() and read_state(directory)["epochs_done"] >= 1:
+                    os.kill(pids[worker], signal.SIGKILL)
+                    return
+                time.sleep(0.05)
+
+        killer = threading.Thread(target=kill_after_first_epoch, daemon=True)
+        killer.start()
+        with pytest.raises(TrainingProcessError, match=r"left while training .* re-run the same command to resume"):
+            train(args, client=client)
+        killer.join()
+        done = read_state(directory)["epochs_done"]
+        assert 1 <= done < 3 and not (directory / "model.keras").exists()
+        history = read_state(directory)["history"][:done]
+        client.wait_for_workers(2, timeout=60)  # the nanny restarted the killed worker
+        manifest = train(args, client=client)
+    assert manifest.extra["epochs_done"] == 3
+    assert read_state(directory)["history"][:done] == history  # the finished epochs were kept, not redone
+    assert f"from epoch {done + 1}" in (directory / "process-0.log").read_text()
 
 
 def test_damaged_model_files_and_other_pixels_are_clear_errors(tmp_path):

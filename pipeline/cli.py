@@ -9,7 +9,6 @@ continue); 130 interrupted (Ctrl-C; 143 for SIGTERM).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import errno
 import logging
 import os
@@ -204,18 +203,49 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = stages.add_parser(
         "run",
-        help="the main job: offline sky (or --catalog) -> ingest -> label -> fetch",
-        description="Run every stage on the embedded default: without --catalog, an offline NSA-like sky "
-        "of --n galaxies is generated into WS/sky/ first; without --cutout-url, cutouts come from an offline "
-        "sky server started on 127.0.0.1 for the catalog being run (synthetic images, no network).",
+        help="the whole pipeline from one config: sky -> ingest -> label -> fetch -> train -> evaluate -> score",
+        description="Run every stage of a config file (tables [ingest], [label], [fetch], [train], [evaluate], "
+        "[score], [cluster]; flags override it), skipping each stage whose outputs are complete for the same inputs "
+        "and settings; a changed setting reruns exactly the stages after it. Without catalog files ([ingest] inputs "
+        "or --catalog) an offline NSA-like sky of --n galaxies is made in WS/sky/; without a cutout URL, cutouts come "
+        "from an offline sky server started on 127.0.0.1 (synthetic images, no network). Scoring runs when the "
+        "config has a [score] table, or with --score. `agnsurvey init` writes a commented config to start from.",
     )
+    run.add_argument("run_config", nargs="?", type=Path, metavar="CONFIG.toml", help="the run's config (or --config)")
     _workspace_arg(run)
     run.add_argument("--catalog", nargs="+", metavar="CATALOG", help="catalog files instead of the offline sky")
-    run.add_argument("--n", type=int, default=20_000, help="galaxies in the offline sky (default 20000)")
-    run.add_argument("--seed", type=int, default=0, help="offline sky seed (default 0)")
+    run.add_argument("--n", type=int, help="galaxies in the offline sky (default 20000)")
+    run.add_argument("--seed", type=int, help="offline sky seed (default 0)")
+    run.add_argument("--epochs", type=int, help="training epochs (default 10)")
+    run.add_argument("--score", action="store_true", default=None, help="also score every catalog row")
+    run.add_argument("--until", choices=cfg.RUN_STAGES[1:], help="the last stage to run (default: all)")
     _label_args(run)
     _fetch_args(run, url_required=False)
     run.set_defaults(handler=_run)
+
+    demo = stages.add_parser(
+        "demo",
+        help="the whole pipeline on an offline sky, end to end, in minutes: metrics beside the paper's",
+        description="`run` on a built-in config over an offline NSA-like sky of --n galaxies: the offline cutout "
+        "server is started in-process, work runs on a LocalCluster, a paper CNN is trained, evaluated and used to "
+        "score every galaxy. Prints the metrics next to the paper's and where the report and plots are.",
+    )
+    demo.add_argument("--n", type=int, default=DEMO_N, help=f"galaxies in the offline sky (default {DEMO_N:,})")
+    demo.add_argument("--workspace", "-w", type=Path, default=Path("agnsurvey-demo"),
+                      help="the demo's directory (default ./agnsurvey-demo)")  # fmt: skip
+    demo.add_argument("--epochs", type=int, help=f"training epochs (default {DEMO_EPOCHS})")
+    demo.set_defaults(handler=_demo)
+
+    init = stages.add_parser(
+        "init",
+        help="write a commented config for the real NSA v0_1_2 catalog and the real cutout service",
+        description="Write DIR/agnsurvey.toml: every table `agnsurvey run` reads, commented, for the real NSA v0_1_2 "
+        "catalog (nsa_v0_1_2.fits) and the Legacy Surveys cutout service, with polite defaults. Edit, then "
+        "`agnsurvey run DIR/agnsurvey.toml`.",
+    )
+    init.add_argument("directory", nargs="?", type=Path, default=Path("."), help="where to write it (default .)")
+    init.add_argument("--force", action="store_true", help="replace an existing agnsurvey.toml")
+    init.set_defaults(handler=_init, needs_cluster=False)
     for leaf in _leaf_parsers(stages):
         if leaf.get_default("handler") is not _sky_serve:
             _cluster_args(leaf, argparse.SUPPRESS)  # --cluster / --workers also after the stage's name
@@ -497,45 +527,90 @@ def _score(ns: argparse.Namespace, raw: dict, client: ClientFactory) -> list[Man
 
 
 ClientFactory = Callable[[], Any]
-OFFLINE_RATE, OFFLINE_CONCURRENCY = 2000.0, 64  # the local server is ours: no politeness limit needed
-OFFLINE_URL = "http://127.0.0.1/viewer/cutout.jpg"  # replaced by the offline server's address once it listens
+
+
+DEMO_N, DEMO_EPOCHS = 20_000, 5
 
 
 def _run(ns: argparse.Namespace, raw: dict, connect: ClientFactory) -> list[Manifest]:
-    from pipeline.fetch import fetch
-    from pipeline.ingest import ingest
-    from pipeline.label import label
-    from pipeline.run import check_run_inputs, run_inputs
-    from pipeline.stage import writing
-    from pipeline.synthetic.catalog import SKY_FITS, make_sky
-    from pipeline.synthetic.server import build_server_config, serve_in_background
+    from pipeline.run import run_pipeline
 
-    label_args = _label_args_from(ns, raw)  # validates the workspace and label options first
-    ws = label_args.workspace
-    sky_dir = ws.root / "sky"
-    sky = None if ns.catalog else cfg.SkyArgs(out=sky_dir, n=ns.n, seed=ns.seed)
-    inputs = ns.catalog or [str(sky_dir / SKY_FITS)]
-    ingest_args = _ingest_args(ns, raw, inputs)
-    offline = not (ns.cutout_url or raw.get("fetch", {}).get("cutout_url"))
-    if offline:  # the local server is ours: no politeness limit needed
-        ns.rate = ns.rate or raw.get("fetch", {}).get("rate") or OFFLINE_RATE
-        ns.concurrency = ns.concurrency or raw.get("fetch", {}).get("concurrency") or OFFLINE_CONCURRENCY
-    fetch_args = _fetch_args_from(ns, raw, cutout_url=OFFLINE_URL if offline else None)  # validated now
-    kept = "every stage that finished is complete; the one that was running kept its previous output"
-    with writing(ws, "run", "run", kept=kept):
-        check_run_inputs(ws, run_inputs(sky, ingest_args, label_args, fetch_args), restart=bool(ns.restart))
-        client = connect()
-        done = []
-        if sky is not None:
-            done.append(_print_summary("sky make", make_sky(sky, client=client)))
-        done.append(_print_summary("ingest", ingest(ingest_args, client=client)))
-        done.append(_print_summary("label", label(label_args, client=client)))
-        if not offline:
-            return [*done, _print_summary("fetch", fetch(fetch_args, client=client))]
-        with serve_in_background(build_server_config(raw.get("serve"), catalog=tuple(inputs))) as server:
-            print(f"\noffline cutout server for {', '.join(Path(p).name for p in inputs)}: {server.url}")
-            fetched = fetch(dataclasses.replace(fetch_args, cutout_url=server.url), client=client)
-        return [*done, _print_summary("fetch", fetched)]
+    if ns.run_config is not None:
+        raw = cfg.load_config(ns.run_config)
+    args = cfg.run_args(
+        raw, workspace=ns.workspace, catalogs=tuple(ns.catalog or ()), score=ns.score, until=ns.until,
+        restart=ns.restart, sky={"n": ns.n, "seed": ns.seed}, train={"epochs": ns.epochs},
+        label={"scheme": ns.scheme, "min_snr": ns.min_snr, "split": ns.split, "plots": ns.plots},
+        fetch={"cutout_url": ns.cutout_url, "layer": ns.layer, "size": ns.size, "image_size": ns.image_size,
+               "concurrency": ns.concurrency, "rate": ns.rate, "retries": ns.retries, "deadline_s": ns.deadline_s},
+    )  # fmt: skip
+    stages = run_pipeline(args, client=connect(), report=_print_summary)
+    _print_run_table(args, stages)
+    return [s.manifest for s in stages if s.manifest is not None]
+
+
+def _demo(ns: argparse.Namespace, raw: dict, connect: ClientFactory) -> list[Manifest]:
+    from pipeline.run import run_pipeline
+
+    raw = {"workspace": str(ns.workspace), "sky": {"n": ns.n, "seed": 0}, "score": {},
+           "train": {"epochs": ns.epochs or DEMO_EPOCHS}}  # fmt: skip
+    args = cfg.run_args(raw)
+    print(f"agnsurvey demo: {ns.n:,} offline galaxies in {args.workspace.root} (re-run to resume; nothing leaves "
+          "this machine)")  # fmt: skip
+    stages = run_pipeline(args, client=connect(), report=_print_summary)
+    _print_run_table(args, stages)
+    return [s.manifest for s in stages if s.manifest is not None]
+
+
+def _init(ns: argparse.Namespace, raw: dict, connect: ClientFactory) -> list[Manifest]:
+    from pipeline.templates import write_init_config
+
+    path = write_init_config(ns.directory, force=ns.force)
+    print(f"wrote {path}: edit the catalog path and [cluster], then `agnsurvey run {path}`")
+    return []
+
+
+def _print_run_table(args: cfg.RunArgs, stages: list) -> None:
+    """One table for the whole run: per stage, what it did, rows, images, a metric, time; then where
+    the report is."""
+    from pipeline.run import manifest_name
+
+    ws = args.workspace
+    lines = [("stage", "done", "rows", "images", "result", "time")]
+    for s in stages:
+        m = s.manifest.to_dict() if s.manifest is not None else (ws.read_manifest(manifest_name(args, s.name)) or {})
+        extra = m.get("extra", {})
+        status = extra.get("status", {})
+        images = status.get("ok") if s.name in ("fetch", "score") else None
+        result = ""
+        if s.name == "label":
+            result = ", ".join(f"{k} {v:,}" for k, v in (extra.get("classes") or {}).items())
+        elif s.name == "train":
+            final = extra.get("final") or {}
+            result = f"{extra.get('epochs_done')} epochs, val AUC {final['val_auc']:.3f}" if "val_auc" in final else ""
+        elif s.name == "evaluate":
+            test = extra.get("test") or {}
+            result = (f"test AUC {test.get('roc_auc', 0):.3f} (paper 0.93), acc {test.get('accuracy', 0):.3f}, "
+                      f"threshold {extra.get('threshold', 0):.3f}") if test else ""  # fmt: skip
+        elif s.name == "score":
+            labels = extra.get("labels") or {}
+            result = f"{labels.get('agn', 0):,} AGN, {labels.get('sf', 0):,} SF" if labels else ""
+        rows = m.get("rows_out")
+        done = "ran" if s.ran else "skipped"
+        if s.manifest is not None and s.manifest.unfinished:
+            done = "incomplete"
+        lines.append((s.name, done, f"{rows:,}" if isinstance(rows, int) else "", f"{images:,}" if images else "",
+                      result, f"{s.seconds:.1f} s" if s.ran else "-"))  # fmt: skip
+    widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]))]
+    print(f"\nrun {ws.root}")
+    for row in lines:
+        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    report = ws.reports / "report.md"
+    if report.exists():
+        print(f"\nreport  {report}\nplots   {', '.join(p.name for p in sorted(ws.reports.glob('*.png')))} in "
+              f"{ws.reports}")  # fmt: skip
+    if ws.scores.exists():
+        print(f"scores  {ws.scores} (Parquet: objid, ra, dec, p_agn, label, status)")
 
 
 def _print_summary(stage: str, manifest: Manifest) -> Manifest:

@@ -387,6 +387,88 @@ class ScoreArgs:
             raise ConfigError(f"score.id_kind must be one of {', '.join(ID_KINDS)} (got {self.id_kind!r})")
 
 
+RUN_STAGES: tuple[str, ...] = ("sky", "ingest", "label", "fetch", "train", "evaluate", "score")
+OFFLINE_URL = "offline"  # fetch.cutout_url of a run: start the offline sky server for the run's catalog
+OFFLINE_RATE, OFFLINE_CONCURRENCY = 2000.0, 64  # the offline server is ours: no politeness limit needed
+
+
+@dataclass(frozen=True)
+class RunArgs:
+    """The whole pipeline, one table per stage: ``sky`` (None when ``ingest.inputs`` names catalog
+    files), ingest, label, fetch (``cutout_url`` ``offline``: an offline sky server is started for
+    the run), train, evaluate, and score (None: not configured). ``until``: the last stage to run.
+    ``serve``: the offline server's ``[serve]`` table. ``restart``: rebuild a workspace made from
+    other inputs (its cutouts are fetched again)."""
+
+    workspace: Workspace
+    ingest: IngestArgs
+    label: LabelArgs
+    fetch: FetchArgs
+    train: TrainArgs
+    evaluate: EvaluateArgs
+    sky: SkyArgs | None = None
+    score: ScoreArgs | None = None
+    serve: Mapping[str, Any] = field(default_factory=dict)
+    until: str = "score"
+    restart: bool = False
+
+    def __post_init__(self) -> None:
+        if self.until not in RUN_STAGES[1:]:
+            raise ConfigError(f"run.until must be one of {', '.join(RUN_STAGES[1:])} (got {self.until!r})")
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The stages this run executes, in order."""
+        wanted = [s for s in RUN_STAGES if (s != "sky" or self.sky) and (s != "score" or self.score)]
+        last = RUN_STAGES.index(self.until)
+        return tuple(s for s in wanted if RUN_STAGES.index(s) <= last)
+
+
+def run_args(
+    raw: Mapping[str, Any],
+    workspace: str | Path | None = None,
+    catalogs: tuple[str, ...] | None = None,
+    score: bool | None = None,
+    until: str | None = None,
+    restart: bool | None = None,
+    **sections: Mapping[str, Any],
+) -> RunArgs:
+    """Every stage's arguments from a config (``load_config``) plus overrides, one mapping per table
+    in ``sections`` (None values: not given). Validated before anything runs. Without catalog files
+    (``catalogs`` or ``ingest.inputs``) the run makes an offline sky in ``WS/sky/``; without
+    ``fetch.cutout_url`` it serves that sky's cutouts itself. ``score`` (default: when the config
+    has a ``[score]`` table) scores ``score.inputs`` or, without them, every row of the catalog."""
+    ws = _workspace(workspace or raw.get("workspace") or "")
+    if not (workspace or raw.get("workspace")):
+        raise ConfigError("run needs a workspace: give --workspace DIR or workspace = \"DIR\" in the config file")
+    over = {name: {k: v for k, v in sections.get(name, {}).items() if v is not None} for name in RUN_STAGES}
+    inputs = tuple(catalogs or ()) or tuple(raw.get("ingest", {}).get("inputs", ()))
+    sky = None if inputs else build(SkyArgs, raw, "sky", out=ws.root / "sky", **over["sky"])
+    inputs = inputs or (str(ws.root / "sky" / "nsa_sky.fits"),)
+    ingest = build(IngestArgs, raw, "ingest", workspace=ws, **{**over["ingest"], "inputs": inputs})
+    label = build(LabelArgs, raw, "label", workspace=ws, **over["label"])
+    table = raw.get("fetch", {})
+    fetch_over = dict(over["fetch"])
+    if not (fetch_over.get("cutout_url") or table.get("cutout_url")):
+        fetch_over["cutout_url"] = OFFLINE_URL
+    if fetch_over.get("cutout_url", table.get("cutout_url")) == OFFLINE_URL:
+        fetch_over.setdefault("rate", table.get("rate", OFFLINE_RATE))
+        fetch_over.setdefault("concurrency", table.get("concurrency", OFFLINE_CONCURRENCY))
+    fetch = build(FetchArgs, raw, "fetch", workspace=ws, **fetch_over)
+    train = build(TrainArgs, raw, "train", workspace=ws, **over["train"])
+    evaluate = build(EvaluateArgs, raw, "evaluate", workspace=ws, **{**over["evaluate"], "model": train.name})
+    scored = None
+    if score if score is not None else "score" in raw:
+        model = str(ws.models / train.name)
+        scored = build(ScoreArgs, raw, "score", workspace=ws, **{**over["score"], "model": model, "fetch": fetch})
+        if not scored.inputs and not scored.images:  # scoring every catalog row: fetch them all at once
+            fetch = dataclasses.replace(fetch, rows="all")
+            scored = dataclasses.replace(scored, fetch=fetch)
+    return RunArgs(workspace=ws, ingest=ingest, label=label, fetch=fetch, train=train, evaluate=evaluate, sky=sky,
+                   score=scored, serve=dict(raw.get("serve", {})), until=until or raw.get("run", {}).get("until",
+                   "score"), restart=bool(restart))  # fmt: skip
+
+
 def _model_name(key: str, name: str) -> str:
     """A model directory's name (under WS/models/): letters, digits, '-', '_', '.'; no path."""
     if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum() or name.startswith("."):
@@ -437,6 +519,7 @@ SECTIONS: dict[str, type] = {
     "score": ScoreArgs,
 }
 TOP_LEVEL_KEYS = {"workspace"}
+RUN_TABLE = {"until": str}  # [run]: the last stage `agnsurvey run` executes
 INTERNAL_KEYS = {"workspace", "out", "fetch"}  # set by the command line or from other tables
 SELF_CHECKED_TABLES = {"serve"}  # validated by its own builder (pipeline.synthetic.server.build_server_config)
 
@@ -462,12 +545,19 @@ def load_config(path: Path | str | None) -> dict[str, Any]:
                     allowed = sorted(set(hints) - INTERNAL_KEYS)
                     raise ConfigError(f"{path}: unknown key {key}.{sub}; known keys of [{key}]: {', '.join(allowed)}")
                 _check_type(f"{key}.{sub}", subvalue, hints[sub], path)
+        elif key == "run":
+            if not isinstance(value, dict) or set(value) - set(RUN_TABLE) or not all(map(_is_str, value.values())):
+                raise ConfigError(f"{path}: [run] takes until = one of {', '.join(RUN_STAGES[1:])} (got {value!r})")
         elif key == "workspace" and not isinstance(value, str):
             raise ConfigError(f'{path}: workspace = {value!r} must be a path in quotes, e.g. workspace = "ws"')
         elif key not in TOP_LEVEL_KEYS | SELF_CHECKED_TABLES:
             known = ", ".join(sorted(TOP_LEVEL_KEYS | SELF_CHECKED_TABLES | set(SECTIONS)))
             raise ConfigError(f"{path}: unknown key {key!r}; known top-level keys and tables: {known}")
     return raw
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
 
 
 def _check_type(key: str, value: Any, hint: Any, path: Path) -> None:

@@ -127,6 +127,12 @@ def _check_data(args: TrainArgs, processes: int) -> tuple[dict, str]:
     return splits, digest.hexdigest()
 
 
+def data_fingerprint(args: TrainArgs, processes: int = 1) -> str:
+    """What the model's training data is (splits' rows, labels, ids, and the cutout settings), as a
+    hash: another fingerprint means other data (``agnsurvey run`` retrains only then)."""
+    return _check_data(args, processes)[1]
+
+
 def _recorded(args: TrainArgs) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(args).items() if k != "workspace"}
 

@@ -79,7 +79,8 @@ def test_an_interrupt_python_drops_is_raised_again(tmp_path):
 def test_run_is_the_whole_main_job(tmp_path, capsys):
     """`agnsurvey run` on the offline sky: sky → ingest → label → fetch, with manifests, labels, plots, cube."""
     ws = tmp_path / "ws"
-    assert main(["--quiet", "--workers", "2", "run", "--workspace", str(ws), "--n", "1500", "--seed", "4"]) == 0
+    assert main(["--quiet", "--workers", "2", "run", "--workspace", str(ws), "--n", "1500", "--seed", "4",
+                 "--until", "fetch"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "sky make" in out and "ingest" in out and "label" in out and "class sf" in out
     ingest_m = json.loads((ws / "manifests" / "ingest.json").read_text())
@@ -162,7 +163,7 @@ def test_run_refuses_a_workspace_made_from_other_inputs_but_relabels_without_ref
     ws = tmp_path / "ws"
     r50 = tmp_path / "r50.toml"
     r50.write_text('[ingest]\nradius_column = "PETROTH50"\n')
-    run = ["run", "--workspace", str(ws), "--n", "400"]
+    run = ["run", "--workspace", str(ws), "--n", "400", "--until", "fetch"]
     cli = ["--quiet", "--workers", "1"]
     assert main([*cli, *run, "--seed", "1"]) == 0
     before = {p.name: p.read_bytes() for p in (ws / "manifests").iterdir()}
@@ -185,7 +186,8 @@ def test_run_refuses_a_workspace_made_from_other_inputs_but_relabels_without_ref
     assert fetched["parameters"] and fetched["extra"]["this_run"]["rows_requested"] == 0
     assert json.loads((ws / "manifests" / "label.json").read_text())["parameters"]["min_snr"] == 3.0
 
-    catalog_run = [*cli, "run", "--workspace", str(tmp_path / "wc"), "--catalog", str(ws / "sky" / "nsa_sky.fits")]
+    catalog_run = [*cli, "run", "--workspace", str(tmp_path / "wc"), "--catalog", str(ws / "sky" / "nsa_sky.fits"),
+                   "--until", "fetch"]  # fmt: skip
     assert main(catalog_run) == 0
     (ws / "sky" / "nsa_sky.fits").write_bytes((ws / "sky" / "nsa_sky.fits").read_bytes())  # same path, new file
     assert main(catalog_run) == 2 and "source.mtime_ns" in capsys.readouterr().err

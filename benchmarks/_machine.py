@@ -144,3 +144,12 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], right: S
     text = "\n".join([line(columns), line(["-" * w for w in widths]), *(line(r) for r in cells)])
     print(text)
     return text
+
+
+def summary_row(stage: str, work: str, rate: float, unit: str, reference: str, reference_rate: float) -> dict[str, Any]:
+    """One line of ``agnsurvey bench``'s table: a stage's rate beside the reference measured in the
+    same run (an alternative, or the measured ceiling), and their ratio."""
+    ratio = rate / reference_rate if reference_rate else None
+    return {"stage": stage, "work": work, "rate": round(rate, 2), "unit": unit, "reference": reference,
+            "reference_rate": round(reference_rate, 2),
+            "ratio": round(ratio, 3) if ratio is not None else None}  # fmt: skip

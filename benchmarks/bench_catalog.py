@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from _machine import format_rate, machine_info, print_table, usable_cores, write_results
+from _machine import format_rate, machine_info, print_table, summary_row, usable_cores, write_results
 from astropy.io import fits
 from astropy.table import Table
 from dask.utils import key_split
@@ -498,9 +498,17 @@ def main(argv: list[str] | None = None) -> int:
     notes += [line for r in results for line in breakdown_lines(r)]
     notes += ["aims:"] + aims(results, kernel, args.workers)
     print("\n".join(notes))
+    summary = []
+    for size in {row["size"] for row in table if "size" in row}:
+        rate = {row["method"]: row.get("rows/s") for row in table if row.get("size") == size}
+        if "agnsurvey ingest+label" in rate:
+            for reference in ("pandas (paper)", "floor x2 FITS->Pq->Pq"):
+                summary.append(summary_row("catalog (ingest+label)", f"{size} rows, {args.workers} workers",
+                                           rate["agnsurvey ingest+label"], "rows/s", reference, rate[reference]))
     path = write_results(
         "bench_catalog",
         {
+            "summary": summary,
             "parameters": {
                 "sizes": args.sizes,
                 "workers": args.workers,

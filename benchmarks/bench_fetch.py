@@ -61,7 +61,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import psutil
-from _machine import machine_info, print_table, usable_cores, write_results
+from _machine import machine_info, print_table, summary_row, usable_cores, write_results
 from distributed import Client, LocalCluster
 
 from pipeline.config import FetchArgs, IngestArgs, LabelArgs, SkyArgs
@@ -760,9 +760,14 @@ def main(argv: list[str] | None = None) -> int:
         *aims(points, sequential, args.latency),
     ]
     print("\n".join(notes))
+    stage = points[-1]
+    summary = [summary_row(f"fetch ({stage['method']})", f"{stage['images']:,} images, latency {args.latency:g} s",
+                           stage["images_per_s"], "img/s", "bound: min(ideal, CPU limit)",
+                           min(stage["ideal_images_per_s"], stage["cpu_limit_images_per_s"]))]  # fmt: skip
     path = write_results(
         "bench_fetch",
         {
+            "summary": summary,
             "parameters": {
                 "latency_s": args.latency,
                 "concurrency": args.concurrency,

@@ -44,7 +44,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _machine import machine_info, print_table, write_results  # noqa: E402
+from _machine import machine_info, print_table, summary_row, write_results  # noqa: E402
 
 PAPER_IMAGES = 141_305
 PAPER_TRAIN_FRACTION = 0.75
@@ -249,8 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, list(rows[0]) if rows else ["backend"],
                 right=["batch", "ceiling img/s", "pipeline img/s", "x ceiling", "reader alone img/s",
                        "10 paper epochs h"])  # fmt: skip
+    summary = [summary_row(f"train ({r['backend']}, {r['model']})", f"{args.steps} batches of {args.batch_size}",
+                           r["pipeline_images_per_s"], "img/s", "in-memory ceiling", r["ceiling_images_per_s"])
+               for r in results]  # fmt: skip
     path = write_results("bench_train", {"parameters": vars(args) | {"workspace": str(args.workspace)},
-                                         "cube": cube, "results": results}, machine)  # fmt: skip
+                                         "cube": cube, "results": results, "summary": summary}, machine)  # fmt: skip
     print(f"\nwrote {path}")
     return 0 if results else 1
 

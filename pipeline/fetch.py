@@ -275,18 +275,25 @@ def _run_jobs(
         raise
 
 
-def fetch(args: FetchArgs, client: Client | None = None, on_shard: Callable[[int], None] | None = None) -> Manifest:
+def fetch(
+    args: FetchArgs,
+    client: Client | None = None,
+    on_shard: Callable[[int], None] | None = None,
+    max_tasks: int | None = None,
+) -> Manifest:
     """Fill ``WS/cube.zarr`` with a cutout per labelled galaxy; returns the manifest.
 
     Rows that failed or were left pending are named in ``manifest.unfinished`` (a re-run retries them).
-    ``on_shard(k)`` is called as soon as shard k is written (scoring streams behind fetching).
+    ``on_shard(k)`` is called as soon as shard k is written, and ``max_tasks`` caps the fetch tasks
+    running at once (scoring streams behind fetching on the worker threads left free).
     """
     check_cutout_url(args.cutout_url)
     with writing(args.workspace, "cube", "fetch"):
-        return _fetch(args, client, on_shard)
+        return _fetch(args, client, on_shard, max_tasks)
 
 
-def _fetch(args: FetchArgs, client: Client | None, on_shard: Callable[[int], None] | None) -> Manifest:
+def _fetch(args: FetchArgs, client: Client | None, on_shard: Callable[[int], None] | None,
+           max_tasks: int | None) -> Manifest:  # fmt: skip
     ws = args.workspace
     with locked(ws, "catalog", shared=True), locked(ws, "labels", shared=True):  # not while being replaced
         labels = read_fetch_inputs(ws)
@@ -299,6 +306,7 @@ def _fetch(args: FetchArgs, client: Client | None, on_shard: Callable[[int], Non
         run_async(probe(args.cutout_url, args.layer))
     cube = prepare_cube(args, labels)
     threads = sum(client.nthreads().values()) if client is not None else 1
+    threads = min(threads, max_tasks or threads)
     jobs = plan_jobs(args, cube, labels, threads, wanted)
     if jobs and not fresh:  # a finished cube needs no network to confirm it
         run_async(probe(args.cutout_url, args.layer))

@@ -203,7 +203,9 @@ class _Pipeline:
     def _ingest_settings(self) -> tuple[dict, list]:
         a = self.args.ingest
         return {k: getattr(a, k) for k in ("columns", "radius_column", "format", "hdu", "id_kind")}, [
-            _files(a.inputs), self.upstream]
+            _files(a.inputs),
+            self.upstream,
+        ]
 
     def _ingest_complete(self, made: dict) -> bool:
         return self.ws.catalog.exists()

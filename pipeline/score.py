@@ -513,7 +513,9 @@ def _score_cube(args: ScoreArgs, source_ws: Workspace, frame: pd.DataFrame, mode
             fetch_args = dataclasses.replace(args.fetch, workspace=source_ws, rows="all", restart=refetch)
             from pipeline.fetch import fetch
 
-            fetched = fetch(fetch_args, client=client, on_shard=submit if client is not None else None)
+            threads = sum(client.nthreads().values()) if client is not None else 1
+            fetched = fetch(fetch_args, client=client, on_shard=submit if client is not None else None,
+                            max_tasks=max(1, threads - 1))  # a worker thread stays free for scoring  # fmt: skip
             report("fetch", fetched)
         for shard in range(n_shards):
             submit(shard)

@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_DIR = Path(os.environ.get("AGNSURVEY_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 PACKAGES: tuple[str, ...] = ("dask", "distributed", "pandas", "pyarrow", "numpy", "astropy", "agnsurvey")
 
 

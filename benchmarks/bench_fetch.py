@@ -92,10 +92,11 @@ now = time.perf_counter
 
 
 def prepare_workspace(data: Path, n_images: int) -> tuple[Path, Path, pd.DataFrame, dict[str, Any]]:
-    """(sky FITS, workspace, labels) with exactly ``n_images`` labelled galaxies (cube_index 0..N-1).
+    """(sky FITS, workspace, catalog rows) with exactly ``n_images`` labelled galaxies.
 
     The sky is made with room to spare, ingested and labelled (one process, small); the workspace
-    measured holds the first N labelled rows by cube_index, which is what ``fetch`` reads.
+    measured holds, as its catalog (cube_row 0..N-1), the first N labelled rows in sky order, and
+    no labels: ``fetch`` then requests every one of them.
     """
     t0 = now()
     sky_n = math.ceil(n_images / LABELLED_FRACTION) + 256
@@ -106,17 +107,19 @@ def prepare_workspace(data: Path, n_images: int) -> tuple[Path, Path, pd.DataFra
         make_sky(SkyArgs(out=sky_dir, n=sky_n, seed=SKY_SEED))
         ingest(IngestArgs(workspace=full, inputs=(str(sky_dir / SKY_FITS),)))
         label(LabelArgs(workspace=full, plots=False))
-        labels = pd.read_parquet(full / "labels").sort_values("cube_index").reset_index(drop=True)
+        labels = pd.read_parquet(full / "labels", columns=["objid"])
         if len(labels) >= n_images:
             break
         sky_n *= 2
     else:
         raise RuntimeError(f"could not get {n_images} labelled galaxies from the offline sky")
-    subset = labels[labels["cube_index"] < n_images].reset_index(drop=True)
+    catalog = pd.read_parquet(full / "catalog").sort_values("cube_row")
+    subset = catalog[catalog["objid"].isin(labels["objid"])].head(n_images).reset_index(drop=True)
+    subset["cube_row"] = range(len(subset))
     ws = data / "ws"
     shutil.rmtree(ws, ignore_errors=True)
-    (ws / "labels").mkdir(parents=True)
-    subset.to_parquet(ws / "labels" / "part-00000.parquet", index=False)
+    (ws / "catalog").mkdir(parents=True)
+    subset.to_parquet(ws / "catalog" / "part-00000.parquet", index=False)
     info = {"sky_rows": sky_n, "labelled_rows": len(labels), "images": len(subset), "seconds": now() - t0}
     return sky_dir / SKY_FITS, ws, subset, info
 

@@ -246,6 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("directory", nargs="?", type=Path, default=Path("."), help="where to write it (default .)")
     init.add_argument("--force", action="store_true", help="replace an existing agnsurvey.toml")
     init.set_defaults(handler=_init, needs_cluster=False)
+    bench = stages.add_parser(
+        "bench",
+        help="run the benchmarks in benchmarks/ and print one table: rate beside a reference measured in the same run",
+        description="Run benchmarks/bench_<STAGE>.py (catalog: ingest+label vs pandas and the I/O floor; fetch: vs "
+        "the latency/CPU bound; train: input pipeline vs the in-memory ceiling; score: Dask scoring vs the in-memory "
+        "ceiling, streaming fetch+score vs fetch alone), each writing its JSON with machine info to "
+        "benchmarks/results/, then print one table and write the combined JSON there. --quick: small sizes.",
+    )
+    bench.add_argument("suite", nargs="?", default="all", choices=["catalog", "fetch", "train", "score", "all"],
+                       help="which benchmark (default all)")  # fmt: skip
+    bench.add_argument("--quick", action="store_true", help="small sizes: a check in minutes, not a measurement")
+    bench.set_defaults(handler=_bench, needs_cluster=False)
     for leaf in _leaf_parsers(stages):
         if leaf.get_default("handler") is not _sky_serve:
             _cluster_args(leaf, argparse.SUPPRESS)  # --cluster / --workers also after the stage's name
@@ -567,6 +579,14 @@ def _init(ns: argparse.Namespace, raw: dict, connect: ClientFactory) -> list[Man
 
     path = write_init_config(ns.directory, force=ns.force)
     print(f"wrote {path}: edit the catalog path and [cluster], then `agnsurvey run {path}`")
+    return []
+
+
+def _bench(ns: argparse.Namespace, raw: dict, connect: ClientFactory) -> list[Manifest]:
+    from pipeline.bench import run_benchmarks, table
+
+    rows, path = run_benchmarks(ns.suite, quick=ns.quick)
+    print(f"\nagnsurvey bench {ns.suite}{' --quick' if ns.quick else ''}\n{table(rows)}\n\nwrote {path}")
     return []
 
 

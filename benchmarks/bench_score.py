@@ -10,7 +10,7 @@
    fetch every row, score each shard as soon as it is written), against **fetch alone** (the same
    rows fetched into another workspace). Ratio 1.0: scoring costs no time beyond the fetch.
 
-    python benchmarks/bench_score.py [--images 4096] [--workers 2] [--stream-galaxies 1024]
+    python benchmarks/bench_score.py [--images 4096] [--workers 2] [--stream-galaxies 2048]
                                      [--latency 0.1] [--rate 50] [--quick]
 
 Prints a table and writes ``benchmarks/results/bench_score-<timestamp>.json``. With a GPU (a lent
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=4096, help="images in the cube (default 4096)")
     parser.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
-    parser.add_argument("--stream-galaxies", type=int, default=1024, help="galaxies fetched and scored (default 1024)")
+    parser.add_argument("--stream-galaxies", type=int, default=2048, help="galaxies fetched and scored (default 2048)")
     parser.add_argument("--latency", type=float, default=0.1, help="offline server latency, s (default 0.1)")
     parser.add_argument("--rate", type=float, default=50.0, help="polite request rate, requests/s (default 50)")
     parser.add_argument("--quick", action="store_true", help="a small check: 2,048 images, 256 galaxies")

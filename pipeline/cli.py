@@ -494,6 +494,9 @@ def _label(ns: argparse.Namespace, raw: dict, client: ClientFactory) -> list[Man
 
 
 def _train(ns: argparse.Namespace, raw: dict, client: ClientFactory) -> list[Manifest]:
+    from pipeline.quiet_import import import_keras
+
+    import_keras()
     from pipeline.train import train
 
     args = cfg.build(
@@ -509,6 +512,9 @@ def _train(ns: argparse.Namespace, raw: dict, client: ClientFactory) -> list[Man
 
 
 def _evaluate(ns: argparse.Namespace, raw: dict, client: ClientFactory) -> list[Manifest]:
+    from pipeline.quiet_import import import_keras
+
+    import_keras()
     from pipeline.evaluate import evaluate
 
     args = cfg.build(cfg.EvaluateArgs, raw, "evaluate", workspace=ns.workspace, model=ns.model,
@@ -545,7 +551,10 @@ DEMO_N, DEMO_EPOCHS = 20_000, 5
 
 
 def _run(ns: argparse.Namespace, raw: dict, connect: ClientFactory) -> list[Manifest]:
+    from pipeline.quiet_import import import_keras
     from pipeline.run import run_pipeline
+
+    import_keras()  # train and evaluate run in this process
 
     if ns.run_config is not None:
         raw = cfg.load_config(ns.run_config)
@@ -562,7 +571,10 @@ def _run(ns: argparse.Namespace, raw: dict, connect: ClientFactory) -> list[Mani
 
 
 def _demo(ns: argparse.Namespace, raw: dict, connect: ClientFactory) -> list[Manifest]:
+    from pipeline.quiet_import import import_keras
     from pipeline.run import run_pipeline
+
+    import_keras()  # train and evaluate run in this process
 
     raw = {"workspace": str(ns.workspace), "sky": {"n": ns.n, "seed": 0}, "score": {},
            "train": {"epochs": ns.epochs or DEMO_EPOCHS}}  # fmt: skip
@@ -610,8 +622,10 @@ def _print_run_table(args: cfg.RunArgs, stages: list) -> None:
             result = f"{extra.get('epochs_done')} epochs, val AUC {final['val_auc']:.3f}" if "val_auc" in final else ""
         elif s.name == "evaluate":
             test = extra.get("test") or {}
-            result = (f"test AUC {test.get('roc_auc', 0):.3f} (paper 0.93), acc {test.get('accuracy', 0):.3f}, "
-                      f"threshold {extra.get('threshold', 0):.3f}") if test else ""  # fmt: skip
+            paper = extra.get("paper") or {}
+            result = (f"test AUC {test.get('roc_auc', 0):.3f} (paper {paper.get('roc_auc', '?')}), accuracy "
+                      f"{test.get('accuracy', 0):.3f} (paper {paper.get('accuracy', '?')}), threshold "
+                      f"{extra.get('threshold', 0):.3f}") if test else ""  # fmt: skip
         elif s.name == "score":
             labels = extra.get("labels") or {}
             result = f"{labels.get('agn', 0):,} AGN, {labels.get('sf', 0):,} SF" if labels else ""

@@ -107,8 +107,9 @@ def loaded_model(info: ModelInfo) -> Any:
     worker: a new one replaces it)."""
     with _model_lock:
         if info.sha256 not in _models:
-            import keras
+            from pipeline.quiet_import import import_keras
 
+            keras = import_keras()
             _models.clear()
             _models[info.sha256] = (keras.saving.load_model(info.path, compile=False), threading.Lock())
             model_loads[info.sha256] += 1
@@ -234,8 +235,10 @@ def _score(args: ScoreArgs, client: Client | None, report: Report) -> Manifest:
         existing = _existing_parts(ws.scores, fingerprint, args.restart)
         parts = [_part(args, model, fingerprint, k, frame.iloc[a : a + args.part_rows])
                  for k, a in enumerate(range(0, len(frame), args.part_rows))]  # fmt: skip
-        results = list(_run_parts([p for p in parts if p.number not in existing], client))
-        fetched = None
+        todo = {p.number: p for p in parts if p.number not in existing}
+        if client is not None:
+            todo = {k: client.submit(score_part, p, pure=False) for k, p in todo.items()}
+        results, fetched = list(_gather(todo, client)), None
     else:
         source_ws = _prepare_source(args, client, report)
         with locked(source_ws, "catalog", shared=True):
@@ -350,20 +353,6 @@ def _part(args: ScoreArgs, model: ModelInfo, fingerprint: dict, number: int, row
     out = args.workspace.scores / PART_NAME.format(number)
     batch = args.batch_size or default_batch_size()
     return Part(number, rows.reset_index(drop=True), str(out), model, batch, args.tta, fingerprint, cube)
-
-
-def _run_parts(parts: list[Part], client: Client | None) -> Iterator[PartResult]:
-    """Results as parts finish: on the cluster, or one after another here."""
-    if client is None:
-        yield from map(score_part, parts)
-        return
-    futures = [client.submit(score_part, p, pure=False) for p in parts]
-    try:
-        for future in as_completed(futures):
-            yield future.result()
-    except BaseException:
-        client.cancel(futures)
-        raise
 
 
 # ---------------------------------------------------------------- images from local files
@@ -528,21 +517,28 @@ def _score_cube(args: ScoreArgs, source_ws: Workspace, frame: pd.DataFrame, mode
 
 
 def _gather(submitted: dict[int, Any], client: Client | None) -> Iterator[PartResult]:
+    """Results as parts finish (futures on the cluster, or parts scored here), with a progress line."""
     show = progress_enabled()
     total, done, images, started = len(submitted), 0, 0, time.monotonic()
     if client is None:
         work: Iterator[PartResult] = map(score_part, submitted.values())
     else:
         work = (future.result() for future in as_completed(list(submitted.values())))
-    for result in work:
-        done, images = done + 1, images + result.images
-        if show:
-            rate = images / max(time.monotonic() - started, 1e-9)
-            print(f"\rscore {done:,}/{total:,} parts  {images:,} images  {rate:,.0f} img/s", end="", file=sys.stderr,
-                  flush=True)  # fmt: skip
-        yield result
-    if show and total:
-        print(file=sys.stderr)
+    try:
+        for result in work:
+            done, images = done + 1, images + result.images
+            if show:
+                rate = images / max(time.monotonic() - started, 1e-9)
+                print(f"\rscore {done:,}/{total:,} parts  {images:,} images  {rate:,.0f} img/s", end="",
+                      file=sys.stderr, flush=True)  # fmt: skip
+            yield result
+    except BaseException:  # Ctrl-C or a failed part: no task is left writing parts
+        if client is not None:
+            client.cancel(list(submitted.values()))
+        raise
+    finally:
+        if show and total:
+            print(file=sys.stderr)
 
 
 # ---------------------------------------------------------------- the manifest

@@ -83,6 +83,9 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+WORKER_GONE_GRACE_S = 3.0  # how long a failure waits to learn whether a worker died (then that is the news)
+
+
 def run_in_every_worker(
     client: Client,
     module: str,
@@ -103,6 +106,9 @@ def run_in_every_worker(
                       abort, workers=[w], allow_other_workers=False, pure=False, key=f"train-process-{i}-{abort}")
         for i, w in enumerate(workers)
     ]  # fmt: skip
+    def gone() -> list[str]:
+        return sorted(set(workers) - set(client.scheduler_info()["workers"]))
+
     try:
         while True:
             time.sleep(1.0)
@@ -111,12 +117,15 @@ def run_in_every_worker(
             failed = [f for f in futures if f.status in ("error", "cancelled", "lost")]
             if failed:
                 stop.set()
-                failed[0].result()  # raises the process's error
-            gone = set(workers) - set(client.scheduler_info()["workers"])
-            if gone:
+                deadline = time.monotonic() + WORKER_GONE_GRACE_S
+                while not gone() and time.monotonic() < deadline:
+                    time.sleep(0.2)  # the others' collective errors may come before the scheduler sees a death
+                if not gone():
+                    failed[0].result()  # raises the process's error
+            if gone():
                 stop.set()
                 raise TrainingProcessError(
-                    f"Dask worker {sorted(gone)[0]} left while training (killed, or out of memory); re-run the same "
+                    f"Dask worker {gone()[0]} left while training (killed, or out of memory); re-run the same "
                     "command to resume from the last checkpoint"
                 )
             if all(f.status == "finished" for f in futures):

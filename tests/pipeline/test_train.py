@@ -36,7 +36,8 @@ def sky_ws(tmp_path_factory):
     """An offline sky of 3,000 galaxies run through ingest, label and fetch (about 2,100 labelled:
     1,600 to train on, 210 to test; with half that, the test AUC of 3 epochs swings by ±0.05)."""
     ws = tmp_path_factory.mktemp("sky") / "ws"
-    assert main(["--quiet", "--workers", "1", "run", "--workspace", str(ws), "--n", "3000", "--seed", "4"]) == 0
+    assert main(["--quiet", "--workers", "1", "run", "--workspace", str(ws), "--n", "3000", "--seed", "4", "--until",
+                 "fetch"]) == 0  # fmt: skip
     return ws
 
 

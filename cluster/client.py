@@ -18,6 +18,7 @@ import logging
 import multiprocessing.forkserver
 import os
 import re
+import shutil
 import signal
 import socket
 import threading
@@ -214,6 +215,11 @@ class Slurm:
             ) from None
 
     def open(self, stack: ExitStack) -> Client:
+        if shutil.which("sbatch") is None:
+            raise ClusterSpecError(
+                "--cluster slurm: sbatch is not on this machine's PATH; run agnsurvey on a SLURM login node (or "
+                "load the slurm module)"
+            )
         cluster = stack.enter_context(self.cluster())
         cluster.scale(jobs=self.settings.jobs)
         return stack.enter_context(Client(cluster))

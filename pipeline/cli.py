@@ -211,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
         "from an offline sky server started on 127.0.0.1 (synthetic images, no network). Scoring runs when the "
         "config has a [score] table, or with --score. `agnsurvey init` writes a commented config to start from.",
     )
-    run.add_argument("run_config", nargs="?", type=Path, metavar="CONFIG.toml", help="the run's config (or --config)")
+    run.add_argument("run_config", nargs="?", type=Path, metavar="CONFIG.toml",
+                     help="the run's config (or the global --config)")  # fmt: skip
     _workspace_arg(run)
     run.add_argument("--catalog", nargs="+", metavar="CATALOG", help="catalog files instead of the offline sky")
     run.add_argument("--n", type=int, help="galaxies in the offline sky (default 20000)")
@@ -234,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workspace", "-w", type=Path, default=Path("agnsurvey-demo"),
                       help="the demo's directory (default ./agnsurvey-demo)")  # fmt: skip
     demo.add_argument("--epochs", type=int, help=f"training epochs (default {DEMO_EPOCHS})")
+    demo.add_argument("--restart", action="store_true", help="rebuild a demo workspace made with another --n")
     demo.set_defaults(handler=_demo)
 
     init = stages.add_parser(
@@ -528,7 +530,12 @@ def _score_args(ns: argparse.Namespace, raw: dict) -> cfg.ScoreArgs:
     url = ns.cutout_url or fetch_table.get("cutout_url")
     fetch_args = _fetch_args_from(ns, raw) if url else None
     score_table = raw.get("score", {})
-    columns = {**raw.get("ingest", {}).get("columns", {}), **score_table.get("columns", {})}
+    ingest_table = raw.get("ingest", {})
+    wanted = ("objid", "ra", "dec", "radius_arcsec")
+    positions = {k: v for k, v in ingest_table.get("columns", {}).items() if k in wanted}
+    columns = {**positions, **score_table.get("columns", {})}  # not the line fluxes: scoring needs none
+    if "radius_column" in ingest_table:  # cutouts framed as the training ones were
+        score_table = {"radius_column": ingest_table["radius_column"], **score_table}
     return cfg.build(
         cfg.ScoreArgs, {**raw, "score": {**score_table, "columns": columns}}, "score", workspace=ns.workspace,
         model=ns.model, inputs=tuple(ns.catalogs) or None, columns=parse_columns(ns.column) or None,
@@ -556,8 +563,6 @@ def _run(ns: argparse.Namespace, raw: dict, connect: ClientFactory) -> list[Mani
 
     import_keras()  # train and evaluate run in this process
 
-    if ns.run_config is not None:
-        raw = cfg.load_config(ns.run_config)
     args = cfg.run_args(
         raw, workspace=ns.workspace, catalogs=tuple(ns.catalog or ()), score=ns.score, until=ns.until,
         restart=ns.restart, sky={"n": ns.n, "seed": ns.seed}, train={"epochs": ns.epochs},
@@ -578,7 +583,7 @@ def _demo(ns: argparse.Namespace, raw: dict, connect: ClientFactory) -> list[Man
 
     raw = {"workspace": str(ns.workspace), "sky": {"n": ns.n, "seed": 0}, "score": {},
            "train": {"epochs": ns.epochs or DEMO_EPOCHS}}  # fmt: skip
-    args = cfg.run_args(raw)
+    args = cfg.run_args(raw, restart=ns.restart)
     print(f"agnsurvey demo: {ns.n:,} offline galaxies in {args.workspace.root} (re-run to resume; nothing leaves "
           "this machine)")  # fmt: skip
     stages = run_pipeline(args, client=connect(), report=_print_summary)
@@ -729,7 +734,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
     unraisable, sys.unraisablehook = sys.unraisablehook, _unraisable
     try:
-        raw = cfg.load_config(ns.config)
+        run_config = getattr(ns, "run_config", None)
+        if run_config is not None and ns.config is not None and run_config != ns.config:
+            raise ConfigError(f"two configs given ({ns.config} and {run_config}); give one")
+        raw = cfg.load_config(run_config or ns.config)  # the cluster too comes from the run's config
         cluster = cfg.build(
             cfg.ClusterConfig, raw, "cluster", spec=ns.cluster, n_workers=ns.n_workers,
             threads_per_worker=ns.threads_per_worker,
@@ -797,6 +805,14 @@ def _open_cluster(stack: ExitStack, cluster: cfg.ClusterConfig, ns: argparse.Nam
         workers = len(client.scheduler_info().get("workers", {}))
         print(f"dask: {type(kind).__name__.lower()} cluster, {workers} workers, dashboard {link}", file=sys.stderr)
     workspace = getattr(ns, "workspace", None) or raw.get("workspace")
+    if kind.remote:
+        try:
+            client.wait_for_workers(1, timeout=WORKERS_TIMEOUT_S)
+        except TimeoutError:
+            raise ConfigError(
+                f"no Dask worker joined {cluster.spec!r} within {WORKERS_TIMEOUT_S:.0f} s; check that workers run "
+                "(SLURM: squeue, and the jobs' logs) and can reach the scheduler"
+            ) from None
     if kind.remote and workspace:
         try:
             check_workspace_visible(client, Path(workspace))
@@ -806,6 +822,7 @@ def _open_cluster(stack: ExitStack, cluster: cfg.ClusterConfig, ns: argparse.Nam
 
 
 NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+WORKERS_TIMEOUT_S = 300.0  # a remote cluster's first worker (a SLURM job may queue a while)
 
 
 def _explain(exc: Exception, ns: argparse.Namespace) -> str:

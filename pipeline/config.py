@@ -461,6 +461,9 @@ def run_args(
     if score if score is not None else "score" in raw:
         model = str(ws.models / train.name)
         scored = build(ScoreArgs, raw, "score", workspace=ws, **{**over["score"], "model": model, "fetch": fetch})
+        if scored.inputs and not scored.images and fetch.cutout_url == OFFLINE_URL:
+            raise ConfigError("score.inputs with the offline sky server: it serves only the run's own catalog; "
+                              "give fetch.cutout_url, or score.images for local files")  # fmt: skip
         if not scored.inputs and not scored.images:  # scoring every catalog row: fetch them all at once
             fetch = dataclasses.replace(fetch, rows="all")
             scored = dataclasses.replace(scored, fetch=fetch)
@@ -533,6 +536,8 @@ def load_config(path: Path | str | None) -> dict[str, Any]:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist; pass an existing file to --config") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not valid TOML: it is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     for key, value in raw.items():

@@ -171,6 +171,10 @@ class _Pipeline:
             self.upstream = _digest([fingerprint, before.get("started_at")])
             return StageRun(name, False, None, 0.0, "current: same inputs and settings, outputs complete")
         started = time.monotonic()
+        if before.get("attempt") == fingerprint:  # an earlier attempt of these settings was cut short: continue it
+            before = {}
+        else:
+            self._record(name, {**before, "attempt": fingerprint})
         manifest = getattr(self, f"_{name}")(before, fingerprint, tokens)
         self.report(name if name != "sky" else "sky make", manifest)
         seconds = time.monotonic() - started
@@ -253,10 +257,11 @@ class _Pipeline:
         return self.server_url
 
     def _train_settings(self) -> tuple[dict, list]:
-        from pipeline.train import data_fingerprint
+        from pipeline.train import RESUMABLE, data_fingerprint
 
         a = self.args.train
-        settings = {k: v for k, v in dataclasses.asdict(a).items() if k not in ("workspace", "restart")}
+        ignored = {"workspace", *RESUMABLE} - {"epochs"}  # devices, readers, ...: the same model, sooner or later
+        settings = {k: v for k, v in dataclasses.asdict(a).items() if k not in ignored}
         return settings, [data_fingerprint(a)]  # the data's content: an identical relabel retrains nothing
 
     def _train_complete(self, made: dict) -> bool:
@@ -290,7 +295,8 @@ class _Pipeline:
 
     def _score_settings(self) -> tuple[dict, list]:
         s = self.args.score
-        settings = {k: v for k, v in dataclasses.asdict(s).items() if k not in ("workspace", "fetch", "restart")}
+        speed = ("workspace", "fetch", "restart", "batch_size")  # these change no score
+        settings = {k: v for k, v in dataclasses.asdict(s).items() if k not in speed}
         return settings, [self.upstream, self.recorded.get("fetch", {}).get("started_at")]
 
     def _score_complete(self, made: dict) -> bool:

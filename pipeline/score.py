@@ -249,7 +249,7 @@ def _score(args: ScoreArgs, client: Client | None, report: Report) -> Manifest:
         existing = _existing_parts(ws.scores, fingerprint, args.restart)
         results, fetched = _score_cube(args, source_ws, frame, model, fingerprint, existing, client, report)
     seconds = time.monotonic() - started
-    return _finish(manifest, args, model, frame, results, existing, fetched, seconds)
+    return _finish(manifest, args, model, frame, results, existing, fetched, seconds, fingerprint)
 
 
 def resolve_model(args: ScoreArgs) -> ModelInfo:
@@ -373,12 +373,21 @@ def _image_catalog(args: ScoreArgs) -> tuple[dict, pd.DataFrame]:
         for chunk in plan_chunks(src, 1_000_000):
             raw = read_raw(chunk, extra=[column])
             frame = canonical_frame(raw, src, first_row=lambda c=chunk: rows_before(c))
-            paths = pd.Series(np.asarray(raw[column], dtype=object)).astype(str).str.strip()
+            paths = pd.Series(np.asarray(raw[column], dtype=object)).fillna("").astype(str).str.strip()
             base = Path(src.path).absolute().parent
             frame["image_path"] = [p if os.path.isabs(p) else str(base / p) for p in paths]
             frames.append(frame[[c for c in ("objid", "source_id", "ra", "dec", "image_path") if c in frame]])
     frame = pd.concat(frames, ignore_index=True)
-    files = [{"path": s.path, "bytes": s.n_bytes, "mtime_ns": os.stat(s.path).st_mtime_ns} for s in sources]
+    repeated = frame["objid"].duplicated()
+    if repeated.any():
+        first = frame.loc[repeated.idxmax()]
+        shown = first["source_id"] if "source_id" in frame else first["objid"]
+        raise CatalogError(
+            f"{', '.join(args.inputs)}: id {shown} appears more than once ({int(repeated.sum()):,} repeated ids); "
+            "give each image row its own id (--column objid=NAME), so that every score names one galaxy"
+        )
+    files = [{"path": os.path.abspath(s.path), "bytes": s.n_bytes, "mtime_ns": os.stat(s.path).st_mtime_ns}
+             for s in sources]  # fmt: skip
     return {"catalog": files, "images": args.images, "part_rows": args.part_rows}, frame
 
 
@@ -402,13 +411,22 @@ def _prepare_source(args: ScoreArgs, client: Client | None, report: Report) -> W
                 "`agnsurvey ingest` first"
             )
         return source_ws
-    ingest_args = IngestArgs(workspace=source_ws, inputs=args.inputs, columns=args.columns,
+    sources = inspect_all(args.inputs, args.columns, args.radius_column, args.format, args.hdu, args.id_kind)
+    for src in sources:
+        if "radius_arcsec" not in src.mapping:
+            raise CatalogError(
+                f"{src.path}: has no radius column ({args.radius_column}), which fetching a cutout needs; map the "
+                "column holding the galaxy's radius in arcsec with --radius-column NAME, or score local files with "
+                "--images COLUMN"
+            )
+    inputs = tuple(os.path.abspath(s.path) for s in sources)
+    ingest_args = IngestArgs(workspace=source_ws, inputs=inputs, columns=args.columns,
                              radius_column=args.radius_column, format=args.format, hdu=args.hdu,
                              id_kind=args.id_kind)  # fmt: skip
     from pipeline.ingest import _parameters as ingest_parameters
     from pipeline.run import _files
 
-    wanted = {"parameters": ingest_parameters(ingest_args), "files": _files(args.inputs)}
+    wanted = {"parameters": ingest_parameters(ingest_args), "files": _files(inputs)}
     recorded = (source_ws.read_manifest("ingest") or {}).get("extra", {}).get("score_source")
     if recorded == json.loads(json.dumps(wanted)) and source_ws.catalog.exists():
         return source_ws
@@ -449,11 +467,8 @@ def _cube_settings(args: ScoreArgs, source_ws: Workspace, model: ModelInfo) -> d
     asked = None if f is None else {"image_size": f.image_size, **{k: getattr(f, k) for k in CUBE_SETTINGS}}
     if asked is not None:
         asked["pixscale_bounds"] = list(asked["pixscale_bounds"])
-    have = None
-    if source_ws.cube.exists():
-        cube = open_cube(source_ws.cube, mode="r")
-        have = {"image_size": cube.layout.image_size, **{k: cube.attrs.get(k) for k in CUBE_SETTINGS}}
-    settings = have or asked or {}
+    have = _cube_have(source_ws)
+    settings = (asked if args.restart and args.inputs and asked else have or asked) or {}
     if have and asked and have != asked and not (args.restart and args.inputs):
         diff = ", ".join(f"{k} {have[k]!r} -> {asked[k]!r}" for k in have if have[k] != asked[k])
         fix = "pass --restart to fetch them anew" if args.inputs else "score with the cube's settings"
@@ -467,12 +482,20 @@ def _cube_settings(args: ScoreArgs, source_ws: Workspace, model: ModelInfo) -> d
     return asked if have and asked and have != asked else settings
 
 
+def _cube_have(source_ws: Workspace) -> dict | None:
+    """The existing cube's cutout settings (None without a cube)."""
+    if not source_ws.cube.exists():
+        return None
+    cube = open_cube(source_ws.cube, mode="r")
+    return {"image_size": cube.layout.image_size, **{k: cube.attrs.get(k) for k in CUBE_SETTINGS}}
+
+
 def _score_cube(args: ScoreArgs, source_ws: Workspace, frame: pd.DataFrame, model: ModelInfo, fingerprint: dict,
                 existing: set[int], client: Client | None, report: Report,
                 ) -> tuple[list[PartResult], Manifest | None]:  # fmt: skip
     """Fetch what the cube lacks and score shard by shard, each shard as soon as it is written."""
-    refetch = bool(args.restart and args.inputs and fingerprint["source"]["cube"] != _cube_settings(
-        dataclasses.replace(args, fetch=None), source_ws, model))  # fmt: skip
+    have = _cube_have(source_ws)
+    refetch = bool(args.restart and args.inputs and have and fingerprint["source"]["cube"] != have)
     cube = open_cube(source_ws.cube, mode="r") if source_ws.cube.exists() and not refetch else None
     need_fetch = cube is None or bool((status_rank(cube.status_codes()) < 2).any())
     if need_fetch and (args.fetch is None or not args.fetch.cutout_url):
@@ -545,8 +568,9 @@ def _gather(submitted: dict[int, Any], client: Client | None) -> Iterator[PartRe
 
 
 def _finish(manifest: Manifest, args: ScoreArgs, model: ModelInfo, frame: pd.DataFrame, results: list[PartResult],
-            existing: set[int], fetched: Manifest | None, seconds: float) -> Manifest:  # fmt: skip
+            existing: set[int], fetched: Manifest | None, seconds: float, fingerprint: dict) -> Manifest:  # fmt: skip
     ws = args.workspace
+    _existing_parts(ws.scores, fingerprint, restart=False)  # no part of another model, threshold or catalog
     files = sorted(ws.scores.glob("part-*.parquet")) if ws.scores.exists() else []
     written = pd.concat([pd.read_parquet(p, columns=["status", "label"]) for p in files]) if files else None
     status = written["status"] if written is not None else pd.Series([], dtype=str)

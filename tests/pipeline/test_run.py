@@ -80,7 +80,17 @@ def test_the_config_is_checked_before_anything_runs(tmp_path):
     bad.write_text(f'workspace = "{tmp_path / "ws"}"\n[run]\nuntil = "lunch"\n')
     with pytest.raises(ConfigError, match="run.until must be one of ingest, label"):
         run_args(load_config(bad))
+    bad.write_bytes(b"\xff\xfeworkspace")
+    with pytest.raises(ConfigError, match="is not valid TOML: it is not UTF-8"):
+        load_config(bad)
     assert not (tmp_path / "ws").exists()  # nothing ran, nothing was made
+
+
+def test_the_runs_own_config_chooses_the_cluster(tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text(f'workspace = "{tmp_path / "ws"}"\n[sky]\nn = 300\n[cluster]\nspec = "local:1"\n')
+    assert main(["run", str(config), "--until", "ingest"]) == 0
+    assert "dask: local cluster, 1 workers" in capsys.readouterr().err
 
 
 def test_a_notebook_runs_the_same_with_one_call(tmp_path):

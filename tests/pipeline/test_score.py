@@ -197,3 +197,24 @@ def test_own_catalog_without_a_url_needs_a_complete_cube(tmp_path):
     with pytest.raises(ScoreError, match="lacks some cutouts: give --cutout-url"):
         score(ScoreArgs(workspace=ws, model=str(model_dir)))
     assert not (ws / "scores").exists() or not any((ws / "scores").iterdir())
+
+
+def test_image_rows_bad_paths_repeated_ids_and_a_catalog_without_radius(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.full((40, 60, 3), 120, np.uint8)).save(tmp_path / "wide.png")  # not square: centre crop
+    catalog = tmp_path / "images.csv"
+    pd.DataFrame({"id": [1, 2, 3], "file": ["wide.png", "", "missing.jpg"]}).to_csv(catalog, index=False)
+    model_dir = brightness_model(tmp_path / "model", 16)
+    base = dict(model=str(model_dir), inputs=(str(catalog),), images="file", columns={"objid": "id"})
+    m = score(ScoreArgs(workspace=tmp_path / "ws", **base))
+    status = read_scores(tmp_path / "ws").set_index("objid")["status"].to_dict()
+    assert status == {1: "ok", 2: "bad_image", 3: "bad_image"} and m.unfinished == ""
+    pd.DataFrame({"id": [1, 2, 1], "file": ["wide.png"] * 3}).to_csv(catalog, index=False)
+    with pytest.raises(CatalogError, match="id 1 appears more than once"):
+        score(ScoreArgs(workspace=tmp_path / "ws2", **base))
+    positions = tmp_path / "positions.csv"
+    pd.DataFrame({"NSAID": [1], "RA": [150.0], "DEC": [2.0]}).to_csv(positions, index=False)
+    with pytest.raises(CatalogError, match=r"has no radius column \(PETROTH90\).*--radius-column NAME"):
+        score(ScoreArgs(workspace=tmp_path / "ws3", model=str(model_dir), inputs=(str(positions),),
+                        fetch=fetch_args(tmp_path / "ws3", "http://127.0.0.1:9/viewer/cutout.jpg")))  # fmt: skip

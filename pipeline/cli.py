@@ -558,11 +558,6 @@ DEMO_N, DEMO_EPOCHS = 20_000, 5
 
 
 def _run(ns: argparse.Namespace, raw: dict, connect: ClientFactory) -> list[Manifest]:
-    from pipeline.quiet_import import import_keras
-    from pipeline.run import run_pipeline
-
-    import_keras()  # train and evaluate run in this process
-
     args = cfg.run_args(
         raw, workspace=ns.workspace, catalogs=tuple(ns.catalog or ()), score=ns.score, until=ns.until,
         restart=ns.restart, sky={"n": ns.n, "seed": ns.seed}, train={"epochs": ns.epochs},
@@ -570,22 +565,24 @@ def _run(ns: argparse.Namespace, raw: dict, connect: ClientFactory) -> list[Mani
         fetch={"cutout_url": ns.cutout_url, "layer": ns.layer, "size": ns.size, "image_size": ns.image_size,
                "concurrency": ns.concurrency, "rate": ns.rate, "retries": ns.retries, "deadline_s": ns.deadline_s},
     )  # fmt: skip
-    stages = run_pipeline(args, client=connect(), report=_print_summary)
-    _print_run_table(args, stages)
-    return [s.manifest for s in stages if s.manifest is not None]
+    return _run_pipeline(args, connect)
 
 
 def _demo(ns: argparse.Namespace, raw: dict, connect: ClientFactory) -> list[Manifest]:
-    from pipeline.quiet_import import import_keras
-    from pipeline.run import run_pipeline
-
-    import_keras()  # train and evaluate run in this process
-
     raw = {"workspace": str(ns.workspace), "sky": {"n": ns.n, "seed": 0}, "score": {},
            "train": {"epochs": ns.epochs or DEMO_EPOCHS}}  # fmt: skip
     args = cfg.run_args(raw, restart=ns.restart)
     print(f"agnsurvey demo: {ns.n:,} offline galaxies in {args.workspace.root} (re-run to resume; nothing leaves "
           "this machine)")  # fmt: skip
+    return _run_pipeline(args, connect)
+
+
+def _run_pipeline(args: cfg.RunArgs, connect: ClientFactory) -> list[Manifest]:
+    """Run every stage of ``args`` on the cluster, then print the run's table."""
+    from pipeline.quiet_import import import_keras
+    from pipeline.run import run_pipeline
+
+    import_keras()  # train and evaluate run in this process
     stages = run_pipeline(args, client=connect(), report=_print_summary)
     _print_run_table(args, stages)
     return [s.manifest for s in stages if s.manifest is not None]

@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     rates = ", ".join(f"{k} {v:,.0f}" for k, v in top["images_per_s_by_method"].items())
     print(f"in-memory ceiling: the faster of {rates} img/s (this process, all cores)")
     print("aims: warm score >= 0.85 of the ceiling; streaming fetch + score >= 0.9 of fetch alone")
-    parameters = vars(args) | {"batch_size": BATCH, "command": " ".join(sys.argv)}
+    command = " ".join(["benchmarks/bench_score.py", *sys.argv[1:]])
+    parameters = vars(args) | {"batch_size": BATCH, "command": command}
     payload = {"parameters": parameters, "cube": cube, "ceiling": top, "score": scored, "stream": streamed,
                "summary": summary, "table_text": text}
     path = write_results("bench_score", payload, machine)

@@ -54,8 +54,8 @@ def run_benchmarks(which: str = "all", quick: bool = False, directory: Path = BE
         if done.returncode or result is None:
             raise BenchError(f"benchmarks/{script} failed (exit {done.returncode}); its output is above. Re-run it "
                              "alone to see why")  # fmt: skip
-        files.append(str(result))
-        rows += [dict(r, result=str(result)) for r in json.loads(result.read_text()).get("summary", [])]
+        files.append(result.name)  # a name, not this machine's path
+        rows += [dict(r, result=result.name) for r in json.loads(result.read_text()).get("summary", [])]
     return rows, write_combined(directory, rows, files, quick)
 
 

@@ -147,6 +147,13 @@ def expand_inputs(patterns: Sequence[str]) -> list[str]:
     return paths
 
 
+def file_stats(paths: tuple[str, ...]) -> dict[str, list]:
+    """Catalog files by absolute path, size and modification time: a file replaced in place differs."""
+    found = [os.path.abspath(p) for p in expand_inputs(paths)]
+    stats = [os.stat(p) for p in found]
+    return {"catalog": found, "bytes": [st.st_size for st in stats], "mtime_ns": [st.st_mtime_ns for st in stats]}
+
+
 def sniff_format(path: str) -> Format:
     """Format from the extension, else from the first bytes (FITS 'SIMPLE', Parquet 'PAR1', text)."""
     name = path.lower()

@@ -164,7 +164,7 @@ def ingest(args: IngestArgs, client: Client | None = None) -> Manifest:
 
 
 def _ingest(args: IngestArgs, client: Client | None) -> Manifest:
-    manifest = Manifest(stage="ingest", parameters=_parameters(args))
+    manifest = Manifest(stage="ingest", parameters=parameters(args))
     sources = inspect_all(args.inputs, args.columns, args.radius_column, args.format, args.hdu, args.id_kind)
     manifest.warnings = [w for w in map(_lines_warning, sources) if w]
     chunks = [c for s in sources for c in plan_chunks(s, args.chunk_rows)]
@@ -257,7 +257,7 @@ def _start_checksums(sources: list[CatalogSource], client: Client | None) -> lis
     return [file_checksum(s.path) for s in sources]
 
 
-def _parameters(args: IngestArgs) -> dict:
+def parameters(args: IngestArgs) -> dict:
     return {
         "inputs": list(args.inputs),
         "columns": dict(args.columns),

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.catalog import expand_inputs
+from pipeline.catalog import file_stats
 from pipeline.config import OFFLINE_URL, FetchArgs, IngestArgs, LabelArgs, RunArgs, SkyArgs
 from pipeline.errors import WorkspaceError
 from pipeline.label import parameters as label_parameters
@@ -44,7 +44,7 @@ Inputs = dict[str, dict[str, Any]]
 def run_inputs(sky: SkyArgs | None, ingest: IngestArgs, label: LabelArgs, fetch: FetchArgs) -> Inputs:
     """What a run's outputs depend on, one table per part: the source (offline sky or catalog
     files), and the ingest, label and cube settings (not politeness or the service's address)."""
-    source = {"n": sky.n, "seed": sky.seed} if sky else _files(ingest.inputs)
+    source = {"n": sky.n, "seed": sky.seed} if sky else file_stats(ingest.inputs)
     return {
         "source": source,
         "ingest": {k: getattr(ingest, k) for k in ("columns", "radius_column", "format", "hdu", "id_kind")},
@@ -52,13 +52,6 @@ def run_inputs(sky: SkyArgs | None, ingest: IngestArgs, label: LabelArgs, fetch:
         "cube": {k: getattr(fetch, k) for k in ("layer", "size", "image_size", "radius_scale", "shard_images",
                                                "inner_images")} | {"pixscale_bounds": list(fetch.pixscale_bounds)},
     }  # fmt: skip
-
-
-def _files(paths: tuple[str, ...]) -> dict[str, list]:
-    """Catalog files by absolute path, size and modification time: a file replaced in place differs."""
-    found = [os.path.abspath(p) for p in expand_inputs(paths)]
-    stats = [os.stat(p) for p in found]
-    return {"catalog": found, "bytes": [st.st_size for st in stats], "mtime_ns": [st.st_mtime_ns for st in stats]}
 
 
 def check_run_inputs(ws: Workspace, inputs: Inputs, restart: bool) -> None:
@@ -207,7 +200,7 @@ class _Pipeline:
     def _ingest_settings(self) -> tuple[dict, list]:
         a = self.args.ingest
         return {k: getattr(a, k) for k in ("columns", "radius_column", "format", "hdu", "id_kind")}, [
-            _files(a.inputs),
+            file_stats(a.inputs),
             self.upstream,
         ]
 

@@ -423,10 +423,10 @@ def _prepare_source(args: ScoreArgs, client: Client | None, report: Report) -> W
     ingest_args = IngestArgs(workspace=source_ws, inputs=inputs, columns=args.columns,
                              radius_column=args.radius_column, format=args.format, hdu=args.hdu,
                              id_kind=args.id_kind)  # fmt: skip
-    from pipeline.ingest import _parameters as ingest_parameters
-    from pipeline.run import _files
+    from pipeline.catalog import file_stats
+    from pipeline.ingest import parameters as ingest_parameters
 
-    wanted = {"parameters": ingest_parameters(ingest_args), "files": _files(inputs)}
+    wanted = {"parameters": ingest_parameters(ingest_args), "files": file_stats(inputs)}
     recorded = (source_ws.read_manifest("ingest") or {}).get("extra", {}).get("score_source")
     if recorded == json.loads(json.dumps(wanted)) and source_ws.catalog.exists():
         return source_ws

@@ -437,8 +437,13 @@ def _prepare_source(args: ScoreArgs, client: Client | None, report: Report) -> W
         )
     from pipeline.ingest import ingest
 
-    shutil.rmtree(source_ws.cube, ignore_errors=True)
-    manifest = ingest(ingest_args, client=client)
+    manifest = ingest(ingest_args, client=client)  # first: a bad catalog leaves the old cutouts alone
+    if source_ws.cube.exists():  # the cutouts of the catalog scored before (--restart was given)
+        with writing(source_ws, "cube", "score"):
+            trash = source_ws.root / f".cube.zarr.discarded-{os.getpid()}"
+            os.replace(source_ws.cube, trash)  # one rename: the cube is whole or gone
+            (source_ws.root / "cube_failures.parquet").unlink(missing_ok=True)
+            shutil.rmtree(trash, ignore_errors=True)
     manifest.extra["score_source"] = wanted
     source_ws.write_manifest("ingest", manifest.to_dict())
     report("ingest", manifest)

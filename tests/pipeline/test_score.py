@@ -218,3 +218,17 @@ def test_image_rows_bad_paths_repeated_ids_and_a_catalog_without_radius(tmp_path
     with pytest.raises(CatalogError, match=r"has no radius column \(PETROTH90\).*--radius-column NAME"):
         score(ScoreArgs(workspace=tmp_path / "ws3", model=str(model_dir), inputs=(str(positions),),
                         fetch=fetch_args(tmp_path / "ws3", "http://127.0.0.1:9/viewer/cutout.jpg")))  # fmt: skip
+
+
+def test_another_catalog_is_refused_and_a_bad_one_keeps_the_cutouts(v1_sky, tmp_path):
+    fits_path, outside, index, model_dir = v1_sky
+    ws = tmp_path / "ws"
+    with serve_in_background(build_server_config(None), index=index) as server:
+        score(ScoreArgs(workspace=ws, model=str(model_dir), inputs=(str(fits_path),), fetch=fetch_args(ws, server.url)))
+    with pytest.raises(ScoreError, match="holds another catalog's cutouts .* pass --restart"):
+        score(ScoreArgs(workspace=ws, model=str(model_dir), inputs=(str(outside),)))
+    broken = tmp_path / "broken.csv"
+    pd.DataFrame({"NSAID": [1], "RA": [150.0], "DEC": [200.0], "PETRO_TH90": [5.0]}).to_csv(broken, index=False)
+    with pytest.raises(CatalogError, match="no usable rows"):  # found by ingest itself
+        score(ScoreArgs(workspace=ws, model=str(model_dir), inputs=(str(broken),), restart=True))
+    assert open_cube(ws / "scoring" / "cube.zarr", mode="r").status_codes().size == 300  # the cutouts are kept

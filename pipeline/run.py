@@ -23,11 +23,10 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.catalog import file_stats
 from pipeline.config import OFFLINE_URL, FetchArgs, IngestArgs, LabelArgs, RunArgs, SkyArgs
@@ -37,6 +36,9 @@ from pipeline.stage import writing
 from pipeline.synthetic.catalog import SKY_FITS, SKY_MANIFEST
 from storage.manifest import Manifest, file_checksum, read_manifest
 from storage.workspace import Workspace
+
+if TYPE_CHECKING:
+    from pipeline.score import Report
 
 Inputs = dict[str, dict[str, Any]]
 
@@ -126,7 +128,6 @@ class StageRun:
     why: str = ""
 
 
-Report = Callable[[str, Manifest], Any]
 POLITENESS = ("cutout_url", "concurrency", "rate", "retries", "timeout_s", "deadline_s", "give_up_window",
               "give_up_fraction", "restart")  # fmt: skip
 

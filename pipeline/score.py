@@ -48,14 +48,14 @@ from pipeline.catalog import canonical_frame, inspect_all, plan_chunks, read_raw
 from pipeline.config import IngestArgs, ScoreArgs
 from pipeline.errors import CatalogError, ScoreError, WorkspaceError
 from pipeline.stage import locked, writing
-from storage.cube import STATUS_NAMES, open_cube, status_rank
+from storage.cube import FINAL_STATUSES, STATUS_NAMES, open_cube, status_rank
 from storage.manifest import Manifest, atomic_file, file_checksum
 from storage.workspace import Workspace
 
 PART_NAME = "part-{:05d}.parquet"
 METADATA_KEY = b"agnsurvey"
 STATUSES = ("ok", "no_coverage", "bad_radius", "failed", "pending", "bad_image")
-FINAL = {"ok", "no_coverage", "bad_radius", "bad_image"}  # a part of only these is complete
+FINAL = {*FINAL_STATUSES, "bad_image"}  # a part of only these is complete (bad_image: no cutout to retry)
 SCORING_DIR = "scoring"  # WS/scoring/: the workspace a scored catalog is ingested and fetched into
 
 
@@ -209,7 +209,7 @@ def _write_part(path: Path, rows: pd.DataFrame, p_agn: np.ndarray, status: np.nd
 
 # ---------------------------------------------------------------- the stage
 
-Report = Callable[[str, Manifest], Any]
+Report = Callable[[str, Manifest], Any]  # told of each stage's manifest as it finishes (the CLI prints it)
 
 
 def score(args: ScoreArgs, client: Client | None = None, report: Report | None = None) -> Manifest:

@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import CANONICAL_COLUMNS, IdKind
 from pipeline.errors import CatalogError
+from storage.hats_catalog import data_files, is_hats
 
 Format = Literal["fits", "parquet", "csv"]
 
@@ -127,7 +128,8 @@ class Chunk:
 
 
 def expand_inputs(patterns: Sequence[str]) -> list[str]:
-    """Files named by paths, globs or Parquet dataset directories, in the order given."""
+    """Files named by paths, globs, Parquet dataset directories or HATS catalog directories (their
+    data files), in the order given."""
     paths: list[str] = []
     for pattern in patterns:
         matches = sorted(glob.glob(os.path.expanduser(pattern))) if glob.has_magic(pattern) else [pattern]
@@ -135,7 +137,9 @@ def expand_inputs(patterns: Sequence[str]) -> list[str]:
             raise CatalogError(f"{pattern}: no file matches this pattern; check the path or quote the glob")
         for match in matches:
             p = Path(match)
-            if p.is_dir():
+            if p.is_dir() and is_hats(p):  # its data files only: not its thumbnail or statistics files
+                paths.extend(str(f) for f in data_files(p))
+            elif p.is_dir():
                 parts = sorted(str(f) for f in p.rglob("*.parquet") if not f.name.startswith("."))
                 if not parts:
                     raise CatalogError(f"{p}: directory holds no *.parquet files; name catalog files instead")

@@ -98,14 +98,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = stages.add_parser(
         "ingest",
-        help="catalog files -> WS/catalog/ Parquet shards in sky order",
-        description="Read NSA FITS (memory-mapped), Parquet or CSV catalogs into the canonical schema, "
-        "drop rows with bad coordinates or duplicate ids, and write sky-ordered Parquet shards.",
+        help="catalog files -> WS/catalog/, a HATS catalog in sky order",
+        description="Read NSA FITS (memory-mapped), Parquet, CSV or HATS catalogs into the canonical schema, "
+        "drop rows with bad coordinates or duplicate ids, and write a HATS catalog (HEALPix-partitioned "
+        "Parquet that lsdb.open_catalog reads) sorted on _healpix_29.",
     )
-    ingest.add_argument("catalogs", nargs="+", metavar="CATALOG", help="files, globs or Parquet directories")
+    ingest.add_argument(
+        "catalogs", nargs="+", metavar="CATALOG",
+        help="files, globs, Parquet directories or HATS catalog directories",
+    )
     _workspace_arg(ingest)
     _catalog_args(ingest)
-    ingest.add_argument("--shard-rows", type=int, help="target rows per output shard (default 50000)")
+    ingest.add_argument(
+        "--max-rows", type=int,
+        help="most rows in one HEALPix partition of the HATS output (default 500000; smaller where needed to "
+        "give every worker thread two partitions)",
+    )
     ingest.add_argument("--chunk-rows", type=int, help="rows per read task (default 500000)")
     ingest.set_defaults(handler=_ingest)
 
@@ -434,7 +442,7 @@ def _ingest_args(ns: argparse.Namespace, raw: dict, inputs: Sequence[str]) -> cf
         inputs=tuple(inputs),
         columns=parse_columns(getattr(ns, "column", [])) or None,
         radius_column=getattr(ns, "radius_column", None),
-        shard_rows=getattr(ns, "shard_rows", None),
+        max_rows=getattr(ns, "max_rows", None),
         chunk_rows=getattr(ns, "chunk_rows", None),
         format=getattr(ns, "format", None),
         hdu=getattr(ns, "hdu", None),
@@ -827,7 +835,7 @@ def _explain(exc: Exception, ns: argparse.Namespace) -> str:
     if isinstance(exc, AgnSurveyError):
         return str(exc)
     if isinstance(exc, MemoryError):
-        return "out of memory; lower --image-size, --chunk-rows or --shard-rows, or use fewer --threads per worker"
+        return "out of memory; lower --image-size, --chunk-rows or --max-rows, or use fewer --threads per worker"
     if isinstance(exc, OSError):
         where = exc.filename or getattr(ns, "workspace", None) or "the workspace"
         if exc.errno == errno.EROFS:

@@ -115,11 +115,12 @@ class SkyArgs:
 
 @dataclass(frozen=True)
 class IngestArgs:
-    """Catalog files → ``WS/catalog/`` Parquet shards in the canonical schema, in sky order.
+    """Catalog files → ``WS/catalog/``, a HATS catalog in the canonical schema, in sky order.
 
     ``columns`` maps canonical names to source columns (overrides the NSA defaults);
     ``radius_column`` is the radius in arcsec used for the cutout scale (PETROTH90: three radii
-    then frame the whole galaxy); ``shard_rows`` is the target rows per output shard;
+    then frame the whole galaxy); ``max_rows`` is the most rows of one HEALPix partition (fewer
+    when needed to give every worker thread two partitions);
     ``chunk_rows`` the rows one read task takes from a FITS or Parquet input; ``hdu`` the FITS
     extension holding the table (None: the first table); ``id_kind``: ``string`` keeps ids as
     text (``source_id``, hashed into ``objid``), ``int`` requires exact integers, ``auto`` goes by
@@ -130,7 +131,7 @@ class IngestArgs:
     inputs: tuple[str, ...]
     columns: Mapping[str, str] = field(default_factory=dict)
     radius_column: str = "PETROTH90"
-    shard_rows: int = 50_000
+    max_rows: int = 500_000
     chunk_rows: int = 500_000
     format: Literal["auto", "fits", "parquet", "csv"] = "auto"
     hdu: int | None = None
@@ -142,7 +143,7 @@ class IngestArgs:
         object.__setattr__(self, "columns", dict(self.columns))
         if not self.inputs:
             raise ConfigError("ingest needs at least one catalog file (agnsurvey ingest CATALOG ...)")
-        _positive("ingest.shard_rows", self.shard_rows)
+        _positive("ingest.max_rows", self.max_rows)
         _positive("ingest.chunk_rows", self.chunk_rows)
         for key in self.columns:
             if key not in CANONICAL_COLUMNS:

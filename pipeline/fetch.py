@@ -46,6 +46,7 @@ from pipeline.cutouts import (
     run_async,
 )
 from pipeline.errors import FetchError, Interrupted, WorkspaceError
+from pipeline.ingest import read_catalog
 from pipeline.label import read_labels
 from pipeline.stage import locked, writing
 from storage.cube import (
@@ -124,21 +125,12 @@ def fetch_shard(job: ShardJob) -> ShardResult:
     return result
 
 
-def read_fetch_inputs(ws: Workspace) -> pd.DataFrame:
-    """cube_row, objid, ra, dec, radius_arcsec of every catalog galaxy, in cube order."""
-    if not ws.catalog.exists() or not any(ws.catalog.glob("*.parquet")):
+def read_fetch_inputs(ws: Workspace, extra: tuple[str, ...] = ()) -> pd.DataFrame:
+    """cube_row, objid, ra, dec, radius_arcsec (and ``extra`` columns) of every catalog galaxy, in
+    cube order."""
+    if not ws.catalog.exists() or not any(ws.catalog.iterdir()):
         raise WorkspaceError(f"{ws.root} has no ingested catalog; run `agnsurvey ingest CATALOG --workspace {ws.root}`")
-    columns = ["cube_row", "objid", "ra", "dec", "radius_arcsec"]
-    try:
-        catalog = pd.read_parquet(ws.catalog, columns=columns)
-    except (KeyError, ValueError) as exc:
-        if "cube_row" not in str(exc):
-            raise
-        raise WorkspaceError(
-            f"{ws.catalog} was ingested before the cube was keyed by catalog row (no cube_row column); re-run "
-            f"`agnsurvey ingest` and `agnsurvey label`, then fetch with --restart"
-        ) from None
-    catalog = catalog.sort_values("cube_row").reset_index(drop=True)
+    catalog = read_catalog(ws, columns=["cube_row", "objid", "ra", "dec", "radius_arcsec", *extra])
     if not np.array_equal(catalog["cube_row"].to_numpy(), np.arange(len(catalog))):
         raise WorkspaceError(f"{ws.catalog}: cube_row is not 0..N-1; re-run `agnsurvey ingest`")
     return catalog
@@ -147,7 +139,7 @@ def read_fetch_inputs(ws: Workspace) -> pd.DataFrame:
 def selected_rows(args: FetchArgs, catalog: pd.DataFrame) -> tuple[str, np.ndarray]:
     """Which rows to request (``labelled`` or ``all``) and a mask of them over the cube's rows."""
     ws = args.workspace
-    has_labels = ws.labels.exists() and any(ws.labels.glob("*.parquet"))
+    has_labels = ws.labels.exists()
     which = ("labelled" if has_labels else "all") if args.rows == "auto" else args.rows
     if which == "all":
         return which, np.ones(len(catalog), dtype=bool)

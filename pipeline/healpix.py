@@ -22,3 +22,38 @@ def healpix29(ra_deg: np.ndarray, dec_deg: np.ndarray, threads: int = 1) -> np.n
         num_threads=threads,
     )
     return ipix.astype(np.int64)
+
+
+def pixel_bounds(order: int, pixel: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
+    """[first, end) order-29 indices inside pixel(s) ``pixel`` of ``order`` (nested scheme)."""
+    shift = np.int64(2 * (HEALPIX_ORDER - order))
+    pixel = np.asarray(pixel, dtype=np.int64)
+    return pixel << shift, (pixel + 1) << shift
+
+
+def adaptive_partitions(healpix_sorted: np.ndarray, max_rows: int) -> list[tuple[int, int, int]]:
+    """HEALPix pixels, of mixed orders, that cover sorted order-29 indices with at most ``max_rows``
+    indices each: ``(order, pixel, rows)`` in sky (nested index) order, empty pixels left out.
+
+    Top-down, as HATS partitions a catalog: the 12 order-0 pixels, and any pixel over ``max_rows``
+    replaced by its 4 children, down to order 29 (where one pixel, ~0.4 milliarcsec, may hold more:
+    it cannot be split). The result does not depend on how the rows arrived.
+    """
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, not {max_rows}")
+    hpx = np.asarray(healpix_sorted, dtype=np.int64)
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    pixels = np.unique(hpx >> np.int64(2 * HEALPIX_ORDER))
+    for order in range(HEALPIX_ORDER + 1):
+        if not pixels.size:
+            break
+        low, high = pixel_bounds(order, pixels)
+        rows = np.searchsorted(hpx, high) - np.searchsorted(hpx, low)
+        pixels, rows = pixels[rows > 0], rows[rows > 0]
+        final = (rows <= max_rows) | (order == HEALPIX_ORDER)
+        found.append((np.full(int(final.sum()), order), pixels[final], rows[final]))
+        pixels = (pixels[~final][:, None] * 4 + np.arange(4, dtype=np.int64)).ravel()
+    orders, pix, rows = (np.concatenate(x) for x in zip(*found, strict=True))
+    first = pix << (2 * (HEALPIX_ORDER - orders)).astype(np.int64)
+    order_by_sky = np.argsort(first, kind="stable")
+    return [(int(orders[i]), int(pix[i]), int(rows[i])) for i in order_by_sky]

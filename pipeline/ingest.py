@@ -1,28 +1,33 @@
-"""Stage ``ingest``: catalog files → ``WS/catalog/`` Parquet shards, canonical schema, in sky order.
+"""Stage ``ingest``: catalog files → ``WS/catalog/``, a HATS catalog in the canonical schema, in sky order.
 
-The graph, task by task (work units are input chunks, then output shards):
+The graph, task by task (work units are input chunks, then HEALPix partitions):
 
 1. read: one task per input chunk → canonical rows + ``_healpix_29`` (HEALPix nested index,
    order 29, the HATS convention; -1 where coordinates are unusable); kept in worker memory.
 2. keys: each chunk sorts its ids and HEALPix indices; the client merges the sorted runs to find
    repeated ids (then asks the chunks where they are: the first occurrence in input order is
-   kept) and cuts the sorted indices into shards of ~``shard_rows`` (repeats not subtracted).
-3. merge: consecutive shards are grouped (about two groups per worker thread, at most
+   kept) and partitions the sky adaptively (:func:`pipeline.healpix.adaptive_partitions`): HEALPix
+   pixels of mixed orders with at most ``max_rows`` rows each.
+3. merge: consecutive partitions are grouped (about two groups per worker thread, at most
    ``MERGE_ROWS`` rows each); a group's task takes its HEALPix range from every chunk (less the
-   rejected rows), sorts it on (``_healpix_29``, ``objid``) and writes its shards, one file each.
+   rejected rows), sorts it on (``_healpix_29``, ``objid``) and writes one file per partition,
+   ``dataset/Norder=k/Dir=d/Npix=n.parquet``; the HATS metadata files are then written with the
+   ``hats`` library, so ``lsdb.open_catalog(WS/catalog)`` opens the result.
 
-Each row gets ``cube_row``: its position in the written catalog (0..N-1, shard after shard), which
-is its row in the image cube ``WS/cube.zarr``. The same inputs give the same order, hence the same
-``cube_row``, so a re-ingest keeps the cube valid. The client knows each merge group's row count
-before it runs (sorted HEALPix indices less the dropped repeats), so groups number their rows
-independently.
+Each row gets ``cube_row``: its position in the written catalog (0..N-1 in sky order), which is
+its row in the image cube ``WS/cube.zarr``. The same inputs give the same order, hence the same
+``cube_row``, whatever the partitioning, so a re-ingest keeps the cube valid. The client knows
+each merge group's row count before it runs (sorted HEALPix indices less the dropped repeats), so
+groups number their rows independently.
 
-Shards go to a temporary directory that replaces ``WS/catalog/`` in one rename, so a killed run
-leaves the previous catalog intact.
+Partitions go to a temporary directory that replaces ``WS/catalog/`` in one rename, so a killed
+run leaves the previous catalog intact.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -43,15 +48,16 @@ from pipeline.catalog import (
 )
 from pipeline.config import IngestArgs
 from pipeline.errors import CatalogError
-from pipeline.healpix import HEALPIX_ORDER, healpix29
+from pipeline.healpix import HEALPIX_ORDER, adaptive_partitions, healpix29, pixel_bounds
 from pipeline.stage import writing
+from storage.hats_catalog import Written, check_table, finish_catalog, pixel_path, read_table, write_partition
 from storage.manifest import Manifest, file_checksum
-from storage.shards import SHARD_NAME, finish_shards, write_shard
 from storage.workspace import Workspace, as_workspace, atomic_directory
 
 DROP_BAD_COORDINATES = "bad_coordinates"
 DROP_DUPLICATE_ID = "duplicate_objid"
 MERGE_ROWS = 1_000_000  # rows one merge task sorts in memory (~70 MB)
+PARTITIONS_PER_THREAD = 2  # a small or clustered catalog still gets this many partitions per worker thread
 
 
 def valid_coordinates(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
@@ -95,22 +101,23 @@ def _healpix_range(frame: pd.DataFrame, dropped: np.ndarray, low: int, high: int
     return frame.loc[inside]
 
 
-def _sort_and_write(pieces: list[pd.DataFrame], starts: list[int], paths: list[Path], first_row: int,
-                    rows_expected: int) -> list[int]:  # fmt: skip
+def _sort_and_write(pieces: list[pd.DataFrame], partitions: list[tuple[int, int]], root: Path, first_row: int,
+                    rows_expected: int) -> list[Written]:  # fmt: skip
     """Merge one HEALPix range from every chunk, sort on (HEALPix, objid), number the rows
-    ``cube_row`` from ``first_row``, write one file per shard."""
+    ``cube_row`` from ``first_row``, write one file per partition ``(order, pixel)``."""
     frame = pd.concat(pieces, ignore_index=True)
     if len(frame) != rows_expected:
         raise RuntimeError(f"ingest: a merge group has {len(frame)} rows, not {rows_expected}: a bug, please report")
     order = np.lexsort((frame["objid"].to_numpy(), frame["_healpix_29"].to_numpy()))
     frame = frame.take(order).reset_index(drop=True)
     frame["cube_row"] = np.arange(first_row, first_row + len(frame), dtype=np.int64)
-    cuts = [*np.searchsorted(frame["_healpix_29"].to_numpy(), starts[1:]).tolist(), len(frame)]
-    begin, rows = 0, []
-    for end, path in zip(cuts, paths, strict=True):
-        rows.append(write_shard(frame.iloc[begin:end], path))
-        begin = end
-    return rows
+    hpx = frame["_healpix_29"].to_numpy()
+    written = []
+    for k, p in partitions:
+        low, high = pixel_bounds(k, p)
+        begin, end = np.searchsorted(hpx, [low, high])
+        written.append(write_partition(frame.iloc[begin:end], pixel_path(root, k, p), k, p))
+    return written
 
 
 def repeated_ids(sorted_runs: list[np.ndarray]) -> np.ndarray:
@@ -133,27 +140,30 @@ def _repeats(ids_of_hits: list[np.ndarray]) -> np.ndarray:
 
 
 def group_rows(healpix_sorted: np.ndarray, dropped_healpix: np.ndarray,
-               bounds: list[tuple[int, int | None]]) -> list[int]:  # fmt: skip
-    """Rows each merge group writes: indices in [low, high) less the dropped rows' indices there."""
+               bounds: list[tuple[int, int]]) -> list[int]:  # fmt: skip
+    """Rows in each HEALPix range [low, high): indices there less the dropped rows' indices there."""
     dropped_healpix = np.sort(dropped_healpix)
-    out = []
-    for low, high in bounds:
-        hi = len(healpix_sorted) if high is None else np.searchsorted(healpix_sorted, high)
-        hi_drop = len(dropped_healpix) if high is None else np.searchsorted(dropped_healpix, high)
-        out.append(int(hi - np.searchsorted(healpix_sorted, low) - (hi_drop - np.searchsorted(dropped_healpix, low))))
-    return out
+    low, high = np.array(bounds, dtype=np.int64).reshape(-1, 2).T
+    inside = np.searchsorted(healpix_sorted, high) - np.searchsorted(healpix_sorted, low)
+    dropped = np.searchsorted(dropped_healpix, high) - np.searchsorted(dropped_healpix, low)
+    return (inside - dropped).tolist()
 
 
-def shard_starts(healpix_sorted: np.ndarray, shard_rows: int) -> list[int]:
-    """Lowest HEALPix index of each shard, cutting sorted indices every ``shard_rows`` rows."""
-    return sorted(set(healpix_sorted[::shard_rows].tolist()))
+def partition_threshold(max_rows: int, rows: int, threads: int) -> int:
+    """Rows per partition: ``max_rows``, or fewer so that every worker thread gets
+    ``PARTITIONS_PER_THREAD`` partitions of a small catalog."""
+    return max(1, min(max_rows, -(-rows // (PARTITIONS_PER_THREAD * threads))))
 
 
-def merge_groups(n_shards: int, n_rows: int, n_threads: int, max_rows: int = MERGE_ROWS) -> list[range]:
-    """Consecutive shards merged by one task: a multiple of the threads, at most ``max_rows`` each."""
-    wanted = max(2 * n_threads, -(-n_rows // max_rows))
-    n_groups = min(n_shards, -(-wanted // n_threads) * n_threads)
-    edges = np.linspace(0, n_shards, n_groups + 1).round().astype(int)
+def merge_groups(rows: list[int], n_threads: int, max_rows: int = MERGE_ROWS) -> list[range]:
+    """Consecutive partitions merged by one task: about equal rows, a multiple of the threads in
+    number, at most ``max_rows`` rows each unless one partition alone is larger."""
+    total = sum(rows)
+    wanted = max(2 * n_threads, -(-total // max_rows))
+    n_groups = min(len(rows), -(-wanted // n_threads) * n_threads)
+    ends = np.cumsum(rows)
+    cuts = np.searchsorted(ends, np.linspace(0, total, n_groups + 1)[1:-1], side="left") + 1
+    edges = [0, *sorted(set(np.clip(cuts, 1, len(rows) - 1).tolist())), len(rows)] if len(rows) > 1 else [0, 1]
     return [range(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
 
 
@@ -197,30 +207,38 @@ def _ingest(args: IngestArgs, client: Client | None) -> Manifest:
 
     dropped = [np.union1d(b, d) for b, d in zip(bad, duplicates, strict=True)]
     healpix_sorted = np.sort(np.concatenate([k[1] for k in keys]), kind="stable")
-    starts = shard_starts(healpix_sorted, args.shard_rows)
-    groups = merge_groups(len(starts), kept, _threads(client))
-    bounds = [(starts[g.start], starts[g.stop] if g.stop < len(starts) else None) for g in groups]
-    rows_per_group = group_rows(healpix_sorted, duplicate_healpix, bounds)
-    first_rows = np.concatenate([[0], np.cumsum(rows_per_group)]).tolist()
+    threads = _threads(client)
+    threshold = partition_threshold(args.max_rows, kept, threads)
+    candidates = adaptive_partitions(healpix_sorted, threshold)
+    bounds = [tuple(map(int, pixel_bounds(k, p))) for k, p, _ in candidates]
+    counts = group_rows(healpix_sorted, duplicate_healpix, bounds)
+    partitions = [(k, p) for (k, p, _), n in zip(candidates, counts, strict=True) if n > 0]
+    rows = [n for n in counts if n > 0]
+    groups = merge_groups(rows, threads)
+    first_rows = np.concatenate([[0], np.cumsum([sum(rows[i] for i in g) for g in groups])]).tolist()
     ws = args.workspace
     with atomic_directory(ws.catalog) as tmp:
         writes = []
-        for i, (group, (low, high)) in enumerate(zip(groups, bounds, strict=True)):
-            pieces = [delayed(_healpix_range)(p, d, low, high) for p, d in zip(parts, dropped, strict=True)]
-            paths = [tmp / SHARD_NAME.format(k) for k in group]
-            writes.append(delayed(_sort_and_write)(pieces, starts[group.start : group.stop], paths, first_rows[i],
-                                                   rows_per_group[i]))  # fmt: skip
-        compute(*writes, client=client)
-        shard_rows = finish_shards(tmp)
-        if sum(shard_rows) != kept:  # inside the block: a wrong catalog never replaces a good one
-            raise RuntimeError(f"ingest wrote {sum(shard_rows)} rows but kept {kept}: a bug, please report")
+        for i, group in enumerate(groups):
+            members = partitions[group.start : group.stop]
+            low, high = pixel_bounds(*members[0])[0], pixel_bounds(*members[-1])[1]
+            pieces = [delayed(_healpix_range)(p, d, int(low), int(high)) for p, d in zip(parts, dropped, strict=True)]
+            n_rows = first_rows[i + 1] - first_rows[i]
+            writes.append(delayed(_sort_and_write)(pieces, members, tmp, first_rows[i], n_rows))
+        written = [w for group_written in compute(*writes, client=client) for w in group_written]
+        if [w.rows for w in written] != rows:  # inside the block: a wrong catalog never replaces a good one
+            raise RuntimeError(f"ingest wrote {[w.rows for w in written]} rows per partition, not {rows}: a bug")
+        finish_catalog(tmp, "catalog", written)
     if client is not None:
         client.cancel(list(parts))
-    manifest.rows_out = sum(shard_rows)
+    manifest.rows_out = sum(rows)
     manifest.outputs = {
         "catalog": str(ws.catalog),
-        "shards": len(shard_rows),
-        "rows_per_shard": {"min": min(shard_rows), "max": max(shard_rows)},
+        "format": "HATS (lsdb.open_catalog)",
+        "partitions": len(partitions),
+        "rows_per_partition": {"min": min(rows), "max": max(rows), "threshold": threshold},
+        "orders": sorted({k for k, _ in partitions}),
+        "partitioning": partitioning_digest(partitions),
         "sort_key": f"_healpix_29 (HEALPix nested, order {HEALPIX_ORDER}), then objid",
         "cube_row": "0..N-1 in this order: the row of each galaxy in WS/cube.zarr",
     }
@@ -262,7 +280,7 @@ def parameters(args: IngestArgs) -> dict:
         "inputs": list(args.inputs),
         "columns": dict(args.columns),
         "radius_column": args.radius_column,
-        "shard_rows": args.shard_rows,
+        "max_rows": args.max_rows,
         "chunk_rows": args.chunk_rows,
         "format": args.format,
         "hdu": args.hdu,
@@ -270,6 +288,16 @@ def parameters(args: IngestArgs) -> dict:
     }
 
 
-def read_catalog(workspace: Workspace | str | Path) -> pd.DataFrame:
-    """The whole ingested catalog as one pandas DataFrame (small catalogs, notebooks, tests)."""
-    return pd.read_parquet(as_workspace(workspace).catalog)
+def partitioning_digest(partitions: list[tuple[int, int]]) -> str:
+    """SHA-256 of the partition list: outputs keyed by partition (scores) must match it."""
+    return hashlib.sha256(json.dumps(sorted(partitions)).encode()).hexdigest()
+
+
+def read_catalog(workspace: Workspace | str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """The ingested catalog (or ``columns`` of it) as one pandas DataFrame in cube_row order (small
+    catalogs, notebooks, tests; ``lsdb.open_catalog(WS/catalog)`` for large ones)."""
+    ws = as_workspace(workspace)
+    check_table(ws.catalog, f"`agnsurvey ingest CATALOG --workspace {ws.root}`")
+    wanted = None if columns is None else list(dict.fromkeys([*columns, "cube_row"]))
+    frame = read_table(ws.catalog, wanted).sort_values("cube_row").reset_index(drop=True)
+    return frame if columns is None else frame[list(columns)]

@@ -23,8 +23,16 @@ from pipeline.config import LabelArgs
 from pipeline.errors import CatalogError, WorkspaceError
 from pipeline.splits import SPLITS, split_codes
 from pipeline.stage import writing
+from storage.hats_catalog import (
+    Written,
+    check_table,
+    finish_catalog,
+    partition_files,
+    pixel_path,
+    read_table,
+    write_partition,
+)
 from storage.manifest import Manifest
-from storage.shards import SHARD_GLOB, SHARD_NAME, finish_shards, write_shard
 from storage.workspace import Workspace, as_workspace, atomic_directory
 
 PROBLEMS: tuple[str, ...] = ("non-finite", "non-positive", "low S/N")  # most severe first
@@ -86,9 +94,11 @@ def label_partition(frame: pd.DataFrame, scheme: bpt.Scheme, min_snr: float | No
     return out
 
 
-def _label_shard(shard: Path, out: Path, args: LabelArgs) -> tuple[pd.DataFrame, dict, int]:
-    """Label one catalog shard into one labels shard; returns its tallies (summed on the client)."""
-    frame = label_partition(pd.read_parquet(shard), args.scheme, args.min_snr, args.split)
+def _label_partition_file(source: Path, out: Path, order: int, pixel: int,
+                          args: LabelArgs) -> tuple[pd.DataFrame, dict, Written | None]:  # fmt: skip
+    """Label one catalog partition into the same pixel of the labels; returns its tallies (summed
+    on the client) and what was written (None when no row of the pixel passed the cuts)."""
+    frame = label_partition(pd.read_parquet(source), args.scheme, args.min_snr, args.split)
     problems = frame["_problems"].to_numpy()
     ok = problems == 0
     summary = (
@@ -101,8 +111,9 @@ def _label_shard(shard: Path, out: Path, args: LabelArgs) -> tuple[pd.DataFrame,
     counts = plots.bpt_hist_counts(
         kept["log_nii_ha"].to_numpy(), kept["log_oiii_hb"].to_numpy(), kept["label"].to_numpy()
     )
-    written = write_shard(kept, out, dictionary_columns=("bpt_class", "split"))
-    return summary, counts, written
+    if kept.empty:
+        return summary, counts, None
+    return summary, counts, write_partition(kept, out, order, pixel, dictionary_columns=("bpt_class", "split"))
 
 
 def check_catalog(args: LabelArgs) -> dict:
@@ -113,6 +124,7 @@ def check_catalog(args: LabelArgs) -> dict:
         raise WorkspaceError(
             f"{ws.root} has no ingested catalog; run `agnsurvey ingest CATALOG --workspace {ws.root}` first"
         )
+    check_table(ws.catalog, f"`agnsurvey ingest CATALOG --workspace {ws.root}`")
     missing = missing_lines(manifest)
     if len(missing) == len(manifest["inputs"]):
         if all(i["nsa_v1"] for i in manifest["inputs"]):
@@ -165,21 +177,22 @@ def _label(args: LabelArgs, client: Client | None) -> Manifest:
             for path, lines in without.items()
         ]
 
-    shards = sorted(ws.catalog.glob(SHARD_GLOB))
+    partitions = partition_files(ws.catalog)
     with atomic_directory(ws.labels) as tmp:
         tallies = compute(
-            *[delayed(_label_shard)(p, tmp / SHARD_NAME.format(i), args) for i, p in enumerate(shards)],
+            *[delayed(_label_partition_file)(path, pixel_path(tmp, k, p), k, p, args) for k, p, path in partitions],
             client=client,
         )
-        shard_rows = finish_shards(tmp)
+        written = [t[2] for t in tallies if t[2] is not None]
         summary = pd.concat([t[0] for t in tallies], ignore_index=True)
-        if not shard_rows:  # raised inside the block: the previous labels stay
+        if not written:  # raised inside the block: the previous labels stay
             reasons = summary.groupby("_problems")["n"].sum().sort_values(ascending=False)
             worst = "; ".join(f"{describe_problems(int(m))}: {int(n):,}" for m, n in reasons.head(4).items())
             raise CatalogError(
                 f"no galaxy in {ws.catalog} passed the flux cuts ({worst}); check the line-flux column map"
                 + (" or lower --min-snr" if args.min_snr is not None else "")
             )
+        finish_catalog(tmp, "labels", written)
     hist = plots.sum_counts([t[1] for t in tallies])
 
     totals = summary.groupby(["_problems", "bpt_class"])["n"].sum().reset_index()
@@ -190,7 +203,7 @@ def _label(args: LabelArgs, client: Client | None) -> Manifest:
     manifest.dropped = {describe_problems(int(m)): int(n) for m, n in dropped.sort_values(ascending=False).items()}
     manifest.extra["classes"] = {name: int(kept.get(name, 0)) for name in bpt.CLASS_NAMES.values()}
     manifest.extra["problems_by_line"] = _by_line(dropped)
-    manifest.outputs = {"labels": str(ws.labels), "shards": len(shard_rows)}
+    manifest.outputs = {"labels": str(ws.labels), "format": "HATS (lsdb.open_catalog)", "partitions": len(written)}
     if args.plots and manifest.rows_out:
         manifest.outputs["plots"] = [str(p) for p in plots.bpt_histograms(hist, ws.reports, args.scheme)]
     manifest.finish()
@@ -217,16 +230,8 @@ def parameters(args: LabelArgs) -> dict:
 def read_labels(workspace: Workspace | str | Path, columns: list[str] | None = None) -> pd.DataFrame:
     """All labels (or ``columns`` of them) as one pandas DataFrame, in cube_row order."""
     ws = as_workspace(workspace)
-    if not ws.labels.exists() or not any(ws.labels.glob(SHARD_GLOB)):
+    if not ws.labels.exists():
         raise WorkspaceError(f"{ws.root} has no labels; run `agnsurvey label --workspace {ws.root}` first")
+    check_table(ws.labels, f"`agnsurvey ingest` and `agnsurvey label --workspace {ws.root}`")
     wanted = None if columns is None else list(dict.fromkeys([*columns, "cube_row"]))
-    try:
-        frame = pd.read_parquet(ws.labels, columns=wanted)
-    except (KeyError, ValueError) as exc:
-        if "cube_row" in str(exc):
-            raise WorkspaceError(
-                f"{ws.labels} was made before labels carried cube_row; re-run `agnsurvey ingest` and "
-                "`agnsurvey label` on this workspace"
-            ) from None
-        raise
-    return frame.sort_values("cube_row").reset_index(drop=True)
+    return read_table(ws.labels, wanted).sort_values("cube_row").reset_index(drop=True)

@@ -9,16 +9,23 @@ No emission lines are needed: that is the point. Where the pixels come from:
 - ``images``: a column of local image paths (JPEG/PNG, any size; centre-cropped to a square and
   resized like fetched cutouts), read in parts of ``part_rows`` rows in file order: no service.
 
-Work units are parts: one cube shard, or ``part_rows`` catalog rows. A task scores one part with
-the model loaded once per worker process (:func:`loaded_model`), and writes
-``WS/scores/part-NNNNN.parquet`` in one atomic rename, so a killed worker's task is simply run
-again elsewhere: no row is lost or written twice. A part whose rows all have a final status is
-complete and skipped by a re-run; one with ``failed`` or ``pending`` rows is scored again.
+Work units are parts. From a cube, a part is the rows of one catalog HEALPix partition inside one
+cube shard, written to ``WS/scores/dataset/Norder=k/Dir=d/Npix=n/shard-SSSSS.parquet``: the
+scores are a HATS catalog (one directory of files per pixel, the catalog's pixels) whose metadata
+is written with the ``hats`` library when every part is written, so ``lsdb.open_catalog(WS/scores)``
+cross-matches them. With ``images`` a part is ``part_rows`` catalog rows,
+``WS/scores/part-NNNNN.parquet`` (positions may be absent, so no HEALPix partitioning).
+
+A task scores one part with the model loaded once per worker process (:func:`loaded_model`) and
+writes its file in one atomic rename, so a killed worker's task is simply run again elsewhere: no
+row is lost or written twice. A part whose rows all have a final status is complete and skipped by
+a re-run; one with ``failed`` or ``pending`` rows is scored again.
 
 Columns: ``objid`` (and ``source_id`` for text ids), ``ra``, ``dec`` (degrees), ``p_agn``,
-``label`` (1 AGN where p_agn >= threshold) and ``status`` (ok, no_coverage, bad_radius, failed,
-pending, bad_image); ``p_agn`` and ``label`` are null unless ``status`` is ok. Each file's Parquet
-metadata (key ``agnsurvey``) names the model, its SHA-256 and the threshold.
+``label`` (1 AGN where p_agn >= threshold), ``status`` (ok, no_coverage, bad_radius, failed,
+pending, bad_image) and, from a cube, ``_healpix_29``; ``p_agn`` and ``label`` are null unless
+``status`` is ok. Each file's Parquet metadata (key ``agnsurvey``) names the model, its SHA-256
+and the threshold.
 """
 
 from __future__ import annotations
@@ -47,8 +54,20 @@ from cluster.client import progress_enabled
 from pipeline.catalog import canonical_frame, inspect_all, plan_chunks, read_raw, rows_before
 from pipeline.config import IngestArgs, ScoreArgs
 from pipeline.errors import CatalogError, ScoreError, WorkspaceError
+from pipeline.healpix import pixel_bounds
 from pipeline.stage import locked, writing
 from storage.cube import FINAL_STATUSES, STATUS_NAMES, open_cube, status_rank
+from storage.hats_catalog import (
+    DATASET,
+    check_table,
+    clear_metadata,
+    data_files,
+    describe_files,
+    finish_catalog,
+    partition_files,
+    pixel_relpath,
+    table_columns,
+)
 from storage.manifest import Manifest, atomic_file, file_checksum
 from storage.workspace import Workspace
 
@@ -73,9 +92,10 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class Part:
-    """One task: score the rows of one cube shard, or one slice of a catalog's image paths."""
+    """One task: score the rows of one partition in one cube shard, or one slice of a catalog's
+    image paths. ``key`` is its file's path under ``WS/scores/``."""
 
-    number: int
+    key: str
     rows: pd.DataFrame  # objid, [source_id], ra, dec, and cube_row (cube) or image_path (images)
     out: str
     model: ModelInfo
@@ -87,7 +107,7 @@ class Part:
 
 @dataclass
 class PartResult:
-    number: int
+    key: str
     statuses: dict[str, int]
     images: int
     seconds: float
@@ -158,7 +178,7 @@ def score_part(part: Part) -> PartResult:
             p_agn[usable] = predict_images(model, images, part.batch_size, part.tta)
     _write_part(Path(part.out), rows, p_agn, status, part)
     counts = Counter(status.tolist())
-    return PartResult(part.number, dict(counts), int(usable.size), time.monotonic() - start,
+    return PartResult(part.key, dict(counts), int(usable.size), time.monotonic() - start,
                       complete=set(counts) <= FINAL, problems=problems[:5])  # fmt: skip
 
 
@@ -200,6 +220,8 @@ def _write_part(path: Path, rows: pd.DataFrame, p_agn: np.ndarray, status: np.nd
         "label": pa.array(label, pa.int8(), mask=~ok),
         "status": pa.array(status.astype(str), pa.string()),
     }
+    if "_healpix_29" in rows:
+        columns["_healpix_29"] = pa.array(rows["_healpix_29"].to_numpy(), pa.int64())
     meta = dict(part.fingerprint, model_name=part.model.name, model_file=part.model.path,
                 threshold_source=part.model.threshold_source, complete=bool(set(status.tolist()) <= FINAL))  # fmt: skip
     table = pa.table(columns).replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()})
@@ -233,9 +255,9 @@ def _score(args: ScoreArgs, client: Client | None, report: Report) -> Manifest:
         source, frame = _image_catalog(args)
         fingerprint = _fingerprint(args, model, source)
         existing = _existing_parts(ws.scores, fingerprint, args.restart)
-        parts = [_part(args, model, fingerprint, k, frame.iloc[a : a + args.part_rows])
+        parts = [_part(args, model, fingerprint, PART_NAME.format(k), frame.iloc[a : a + args.part_rows])
                  for k, a in enumerate(range(0, len(frame), args.part_rows))]  # fmt: skip
-        todo = {p.number: p for p in parts if p.number not in existing}
+        todo = {p.key: p for p in parts if p.key not in existing}
         if client is not None:
             todo = {k: client.submit(score_part, p, pure=False) for k, p in todo.items()}
         results, fetched = list(_gather(todo, client)), None
@@ -244,7 +266,9 @@ def _score(args: ScoreArgs, client: Client | None, report: Report) -> Manifest:
         with locked(source_ws, "catalog", shared=True):
             frame = _cube_catalog(source_ws)
         settings = _cube_settings(args, source_ws, model)
-        source = {"catalog": (source_ws.read_manifest("ingest") or {}).get("inputs"), "cube": settings}
+        ingested = source_ws.read_manifest("ingest") or {}
+        source = {"catalog": ingested.get("inputs"), "cube": settings,
+                  "partitions": ingested.get("outputs", {}).get("partitioning")}  # fmt: skip
         fingerprint = _fingerprint(args, model, source)
         existing = _existing_parts(ws.scores, fingerprint, args.restart)
         results, fetched = _score_cube(args, source_ws, frame, model, fingerprint, existing, client, report)
@@ -324,13 +348,20 @@ def _fingerprint(args: ScoreArgs, model: ModelInfo, source: dict) -> dict:
             "source": json.loads(json.dumps(source, default=str))}  # fmt: skip
 
 
-def _existing_parts(scores: Path, fingerprint: dict, restart: bool) -> set[int]:
-    """Numbers of the complete parts already written with ``fingerprint``; other scores are refused
-    (or removed with ``restart``)."""
+def _part_files(scores: Path) -> list[Path]:
+    """Every score part under ``scores`` (HATS data files, or ``part-*.parquet`` of images)."""
+    if not scores.exists():
+        return []
+    return sorted([*scores.glob("part-*.parquet"), *(data_files(scores) if (scores / DATASET).is_dir() else [])])
+
+
+def _existing_parts(scores: Path, fingerprint: dict, restart: bool) -> set[str]:
+    """Keys (paths under ``scores``) of the complete parts already written with ``fingerprint``;
+    other scores are refused (or removed with ``restart``)."""
     if restart and scores.exists():
         shutil.rmtree(scores)
     done = set()
-    for path in sorted(scores.glob("part-*.parquet")) if scores.exists() else []:
+    for path in _part_files(scores):
         try:
             meta = json.loads((pq.read_schema(path).metadata or {})[METADATA_KEY])
         except (KeyError, ValueError, OSError, pa.ArrowException):
@@ -344,15 +375,15 @@ def _existing_parts(scores: Path, fingerprint: dict, restart: bool) -> set[int]:
                 "them and score anew, or score into another --workspace"
             )
         if meta.get("complete"):
-            done.add(int(path.stem.split("-")[1]))
+            done.add(str(path.relative_to(scores)))
     return done
 
 
-def _part(args: ScoreArgs, model: ModelInfo, fingerprint: dict, number: int, rows: pd.DataFrame,
+def _part(args: ScoreArgs, model: ModelInfo, fingerprint: dict, key: str, rows: pd.DataFrame,
           cube: str = "") -> Part:  # fmt: skip
-    out = args.workspace.scores / PART_NAME.format(number)
+    out = args.workspace.scores / key
     batch = args.batch_size or default_batch_size()
-    return Part(number, rows.reset_index(drop=True), str(out), model, batch, args.tta, fingerprint, cube)
+    return Part(key, rows.reset_index(drop=True), str(out), model, batch, args.tta, fingerprint, cube)
 
 
 # ---------------------------------------------------------------- images from local files
@@ -451,15 +482,28 @@ def _prepare_source(args: ScoreArgs, client: Client | None, report: Report) -> W
 
 
 def _cube_catalog(ws: Workspace) -> pd.DataFrame:
-    """objid, [source_id], ra, dec, cube_row of the catalog, in cube order."""
+    """objid, [source_id], ra, dec, cube_row, _healpix_29 of the catalog, in cube order."""
     from pipeline.fetch import read_fetch_inputs
 
-    frame = read_fetch_inputs(ws)
-    text_ids = pq.read_schema(next(ws.catalog.glob("*.parquet"))).get_field_index("source_id") >= 0
-    if text_ids:
-        ids = pd.read_parquet(ws.catalog, columns=["cube_row", "source_id"]).sort_values("cube_row")
-        frame["source_id"] = ids["source_id"].to_numpy()
-    return frame[[c for c in ("objid", "source_id", "ra", "dec", "cube_row") if c in frame]]
+    check_table(ws.catalog, f"`agnsurvey ingest CATALOG --workspace {ws.root}`")
+    text_ids = ("source_id",) if "source_id" in table_columns(ws.catalog) else ()
+    frame = read_fetch_inputs(ws, extra=("_healpix_29", *text_ids))
+    return frame[[c for c in ("objid", "source_id", "ra", "dec", "cube_row", "_healpix_29") if c in frame]]
+
+
+def cube_parts(frame: pd.DataFrame, partitions: list[tuple[int, int, Path]],
+               shard_images: int) -> dict[int, list[tuple[str, int, int]]]:  # fmt: skip
+    """Parts by cube shard: the rows ``[begin, end)`` (cube rows, ``frame`` in cube order) of each
+    catalog partition inside each shard, keyed by the file they are scored into."""
+    hpx = frame["_healpix_29"].to_numpy()
+    by_shard: dict[int, list[tuple[str, int, int]]] = {}
+    for order, pixel, _ in partitions:
+        begin, end = (int(x) for x in np.searchsorted(hpx, pixel_bounds(order, pixel)))
+        directory = pixel_relpath(order, pixel, directory=True)
+        for shard in range(begin // shard_images, (end - 1) // shard_images + 1) if end > begin else ():
+            low, high = max(begin, shard * shard_images), min(end, (shard + 1) * shard_images)
+            by_shard.setdefault(shard, []).append((f"{directory}/shard-{shard:05d}.parquet", low, high))
+    return by_shard
 
 
 CUBE_SETTINGS = ("layer", "size", "radius_scale", "pixscale_bounds")
@@ -507,16 +551,19 @@ def _score_cube(args: ScoreArgs, source_ws: Workspace, frame: pd.DataFrame, mode
         missing = "has no cube" if cube is None else "lacks some cutouts"
         raise ScoreError(f"{source_ws.root} {missing}: give --cutout-url (the Legacy Surveys viewer's cutout.jpg, or "
                          "an offline sky server's), or score local files with --images COLUMN")  # fmt: skip
-    submitted: dict[int, Any] = {}
+    submitted: dict[str, Any] = {}
     results: list[PartResult] = []
     shard_images = args.fetch.shard_images if cube is None else cube.layout.shard_images
+    parts = cube_parts(frame, partition_files(source_ws.catalog), shard_images)
+    if any(key not in existing for shard_parts in parts.values() for key, _, _ in shard_parts):
+        clear_metadata(args.workspace.scores)  # rewritten when every part is written
 
     def submit(shard: int) -> None:
-        if shard in existing or shard in submitted:
-            return
-        rows = frame.iloc[shard * shard_images : (shard + 1) * shard_images]
-        part = _part(args, model, fingerprint, shard, rows, cube=str(source_ws.cube))
-        submitted[shard] = client.submit(score_part, part, pure=False) if client is not None else part
+        for key, begin, end in parts.get(shard, []):
+            if key in existing or key in submitted:
+                continue
+            part = _part(args, model, fingerprint, key, frame.iloc[begin:end], cube=str(source_ws.cube))
+            submitted[key] = client.submit(score_part, part, pure=False) if client is not None else part
 
     n_shards = -(-len(frame) // shard_images)
     if cube is not None:  # shards already final are scored while the rest is fetched
@@ -544,7 +591,7 @@ def _score_cube(args: ScoreArgs, source_ws: Workspace, frame: pd.DataFrame, mode
     return results, fetched
 
 
-def _gather(submitted: dict[int, Any], client: Client | None) -> Iterator[PartResult]:
+def _gather(submitted: dict[str, Any], client: Client | None) -> Iterator[PartResult]:
     """Results as parts finish (futures on the cluster, or parts scored here), with a progress line."""
     show = progress_enabled()
     total, done, images, started = len(submitted), 0, 0, time.monotonic()
@@ -573,14 +620,16 @@ def _gather(submitted: dict[int, Any], client: Client | None) -> Iterator[PartRe
 
 
 def _finish(manifest: Manifest, args: ScoreArgs, model: ModelInfo, frame: pd.DataFrame, results: list[PartResult],
-            existing: set[int], fetched: Manifest | None, seconds: float, fingerprint: dict) -> Manifest:  # fmt: skip
+            existing: set[str], fetched: Manifest | None, seconds: float, fingerprint: dict) -> Manifest:  # fmt: skip
     ws = args.workspace
     _existing_parts(ws.scores, fingerprint, restart=False)  # no part of another model, threshold or catalog
-    files = sorted(ws.scores.glob("part-*.parquet")) if ws.scores.exists() else []
+    files = _part_files(ws.scores)
     written = pd.concat([pd.read_parquet(p, columns=["status", "label"]) for p in files]) if files else None
     status = written["status"] if written is not None else pd.Series([], dtype=str)
     if len(status) != len(frame):
         raise ScoreError(f"{ws.scores} holds {len(status):,} rows for a catalog of {len(frame):,}; pass --restart")
+    if not args.images:
+        finish_catalog(ws.scores, "scores", describe_files(ws.scores), directories=True)
     counts = {s: int((status == s).sum()) for s in STATUSES if (status == s).any()}
     images = sum(r.images for r in results)
     manifest.inputs = [{"rows": len(frame), "source": "images" if args.images else str(scoring_workspace(args).root)}]
@@ -605,7 +654,8 @@ def _finish(manifest: Manifest, args: ScoreArgs, model: ModelInfo, frame: pd.Dat
     if problems:
         manifest.extra["bad_images"] = problems[:20]
         manifest.warnings.append(f"{counts.get('bad_image', 0):,} images could not be read, e.g. {problems[0]}")
-    manifest.outputs = {"scores": str(ws.scores), "parts": len(files)}
+    manifest.outputs = {"scores": str(ws.scores), "parts": len(files),
+                        "format": "Parquet parts" if args.images else "HATS (lsdb.open_catalog)"}  # fmt: skip
     left = counts.get("failed", 0) + counts.get("pending", 0)
     if left:
         why = fetched.unfinished if fetched is not None and fetched.unfinished else "their cutouts are missing"
@@ -616,7 +666,15 @@ def _finish(manifest: Manifest, args: ScoreArgs, model: ModelInfo, frame: pd.Dat
 
 
 def read_scores(workspace: Workspace | str | Path) -> pd.DataFrame:
-    """Every scored row (small catalogs, notebooks, tests)."""
+    """Every scored row (small catalogs, notebooks, tests; ``lsdb.open_catalog(WS/scores)`` for
+    large ones): in sky order from a cube, in catalog order from ``--images``."""
     from storage.workspace import as_workspace
 
-    return pd.read_parquet(as_workspace(workspace).scores)
+    scores = as_workspace(workspace).scores
+    files = _part_files(scores)
+    if not files:
+        raise WorkspaceError(f"{scores} holds no scores; run `agnsurvey score`")
+    frame = pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
+    if "_healpix_29" in frame:
+        frame = frame.sort_values("_healpix_29", kind="stable").reset_index(drop=True)
+    return frame

@@ -138,6 +138,28 @@ def serve_in_thread(handler, path: str = "/viewer/cutout.jpg"):
         thread.join(10)
 
 
+def sky_positions(n: int, seed: int = 0, ra: tuple = (0.0, 360.0), dec: tuple = (-10.0, 10.0)):
+    """n positions (degrees) in sky order (sorted on the order-29 HEALPix index), as ingest numbers
+    cube rows: row i of a hand-made catalog comes before row i + 1."""
+    from pipeline.healpix import healpix29
+
+    rng = np.random.default_rng(seed)
+    r, d = rng.uniform(*ra, n), rng.uniform(*dec, n)
+    order = np.argsort(healpix29(r, d), kind="stable")
+    return r[order], d[order]
+
+
+def write_table(frame: pd.DataFrame, path: Path, max_rows: int = 1000) -> None:
+    """Write a hand-made workspace table (``catalog``, ``labels``) as the HATS catalog the stages
+    write; positions are added in cube-row order where the frame has none."""
+    from storage.hats_catalog import write_frame
+
+    frame = frame.copy()
+    if "ra" not in frame:
+        frame["ra"], frame["dec"] = sky_positions(len(frame))
+    write_frame(frame, path, path.name, max_rows=max_rows)
+
+
 def training_workspace(ws: Path, n: int = 400, image_size: int = 16, seed: int = 0, learnable: bool = False,
                        status: np.ndarray | None = None, labels: np.ndarray | None = None) -> pd.DataFrame:  # fmt: skip
     """A workspace with WS/labels/ and WS/cube.zarr written directly (no sky, no server): row i has
@@ -155,8 +177,8 @@ def training_workspace(ws: Path, n: int = 400, image_size: int = 16, seed: int =
         "objid": objid, "cube_row": np.arange(n, dtype=np.int64), "label": label.astype(np.int8),
         "split": pd.Categorical.from_codes(split_codes(objid), categories=list(SPLITS)),
     })  # fmt: skip
-    (ws / "labels").mkdir(parents=True)
-    frame.to_parquet(ws / "labels" / "part-00000.parquet")
+    frame["ra"], frame["dec"] = sky_positions(n, seed=seed)
+    write_table(frame, ws / "labels", max_rows=max(64, n // 3))
     status = np.ones(n, np.int8) if status is None else np.asarray(status, np.int8)
     layout = CubeLayout(n, image_size, shard_images=64, inner_images=8)
     cube = create_cube(ws / "cube.zarr", layout, objid, np.ones(n, np.float32), np.zeros(n, np.int8), {})

@@ -89,7 +89,7 @@ def test_run_is_the_whole_main_job(tmp_path, capsys):
     assert label_m["rows_in"] == ingest_m["rows_out"]
     assert label_m["rows_out"] + sum(label_m["dropped"].values()) == label_m["rows_in"]
     assert sorted(p.name for p in (ws / "reports").iterdir()) == ["bpt_agn.png", "bpt_all.png", "bpt_sf.png"]
-    labels = pd.read_parquet(ws / "labels")
+    labels = pd.read_parquet(ws / "labels" / "dataset")
     assert len(labels) == label_m["rows_out"] and set(labels["label"]) == {0, 1}
     fetch_m = json.loads((ws / "manifests" / "fetch.json").read_text())
     assert fetch_m["rows_in"] == len(labels) and fetch_m["extra"]["status"]["ok"] == len(labels)
@@ -167,7 +167,7 @@ def test_run_refuses_a_workspace_made_from_other_inputs_but_relabels_without_ref
     cli = ["--quiet", "--workers", "1"]
     assert main([*cli, *run, "--seed", "1"]) == 0
     before = {p.name: p.read_bytes() for p in (ws / "manifests").iterdir()}
-    catalog = pd.read_parquet(ws / "catalog")
+    catalog = pd.read_parquet(ws / "catalog" / "dataset")
     capsys.readouterr()
     for argv, named in [
         ([*cli, *run, "--seed", "2"], "source.seed 1 -> 2"),
@@ -179,7 +179,7 @@ def test_run_refuses_a_workspace_made_from_other_inputs_but_relabels_without_ref
         assert len(err) == 1 and f"was built from other inputs ({named}): this run would leave its catalog" in err[0]
         assert "pass --restart to rebuild it" in err[0]
     assert {p.name: p.read_bytes() for p in (ws / "manifests").iterdir()} == before  # nothing was touched
-    pd.testing.assert_frame_equal(pd.read_parquet(ws / "catalog"), catalog)
+    pd.testing.assert_frame_equal(pd.read_parquet(ws / "catalog" / "dataset"), catalog)
 
     assert main([*cli, *run, "--seed", "1", "--min-snr", "3"]) == 0  # relabelled: every cutout it needs is there
     fetched = json.loads((ws / "manifests" / "fetch.json").read_text())
@@ -196,7 +196,7 @@ def test_run_refuses_a_workspace_made_from_other_inputs_but_relabels_without_ref
     assert main([*cli, *run, "--seed", "1"]) == 0  # its manifests say it is the same: it resumes
     assert main([*cli, *run, "--seed", "2"]) == 2
     assert main([*cli, *run, "--seed", "2", "--restart"]) == 0
-    new_catalog = pd.read_parquet(ws / "catalog").sort_values("cube_row")
+    new_catalog = pd.read_parquet(ws / "catalog" / "dataset").sort_values("cube_row")
     cube = zarr.open_group(str(ws / "cube.zarr"), mode="r")
     np.testing.assert_array_equal(cube["objid"][:], new_catalog["objid"])  # the cube is the new catalog's
-    assert not pd.read_parquet(ws / "catalog")["objid"].equals(catalog["objid"])
+    assert not pd.read_parquet(ws / "catalog" / "dataset")["objid"].equals(catalog["objid"])

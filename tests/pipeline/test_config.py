@@ -17,13 +17,13 @@ def test_file_values_and_cli_overrides(tmp_path):
         write(
             tmp_path,
             'workspace = "ws"\n[label]\nscheme = "three-class"\nmin_snr = 3\n'
-            '[ingest]\nshard_rows = 1000\n[ingest.columns]\nha_flux = "H_ALPHA"\n',
+            '[ingest]\nmax_rows = 1000\n[ingest.columns]\nha_flux = "H_ALPHA"\n',
         )
     )
     args = build(LabelArgs, raw, "label", min_snr=5.0, scheme=None)
     assert args.scheme == "three-class" and args.min_snr == 5.0 and args.workspace.root.name == "ws"
     ingest = build(IngestArgs, raw, "ingest", inputs=("a.fits",), columns={"hb_flux": "H_BETA"})
-    assert ingest.columns == {"ha_flux": "H_ALPHA", "hb_flux": "H_BETA"} and ingest.shard_rows == 1000
+    assert ingest.columns == {"ha_flux": "H_ALPHA", "hb_flux": "H_BETA"} and ingest.max_rows == 1000
 
 
 @pytest.mark.parametrize(
@@ -31,7 +31,7 @@ def test_file_values_and_cli_overrides(tmp_path):
     [
         ("[label]\nschem = 'paper'\n", r"unknown key label.schem; known keys of \[label\]: .*scheme"),
         ("[label]\nmin_snr = 'high'\n", r"label.min_snr = 'high' has the wrong type; expected float"),
-        ("[ingest]\nshard_rows = 1.5\n", r"ingest.shard_rows = 1.5 has the wrong type; expected int"),
+        ("[ingest]\nmax_rows = 1.5\n", r"ingest.max_rows = 1.5 has the wrong type; expected int"),
         ("[labels]\n", r"unknown key 'labels'"),
         ("[label\n", r"is not valid TOML"),
         ("[label]\nscheme = 'baldwin'\n", r"label.scheme = 'baldwin' has the wrong type; expected one of 'paper'"),
@@ -58,8 +58,8 @@ def test_label_args_validation(tmp_path, kwargs, match):
 def test_ingest_args_validation(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown canonical column 'halpha'"):
         IngestArgs(workspace=tmp_path, inputs=("a",), columns={"halpha": "X"})
-    with pytest.raises(ConfigError, match=r"ingest.shard_rows must be a positive integer"):
-        IngestArgs(workspace=tmp_path, inputs=("a",), shard_rows=0)
+    with pytest.raises(ConfigError, match=r"ingest.max_rows must be a positive integer"):
+        IngestArgs(workspace=tmp_path, inputs=("a",), max_rows=0)
     with pytest.raises(ConfigError, match=r"at least one catalog"):
         IngestArgs(workspace=tmp_path, inputs=())
 

@@ -1,13 +1,15 @@
 """The training reader: rows chosen right, every train row once per epoch, shuffled, reproducible,
 augmentation that only moves pixels, parts for several processes, clear errors."""
 
+import shutil
+
 import numpy as np
-import pandas as pd
 import pytest
-from conftest import decode_rows, training_workspace
+from conftest import decode_rows, training_workspace, write_table
 
 from pipeline.dataset import CubeBatches, augment, class_weights, dihedral, plan_epoch, select_rows
 from pipeline.errors import WorkspaceError
+from pipeline.label import read_labels
 from storage.cube import open_cube
 from storage.workspace import Workspace
 
@@ -192,13 +194,13 @@ def test_rows_are_ok_cutouts_with_a_training_label(tmp_path):
 
 def test_a_cube_of_another_catalog_and_no_cube_are_clear_errors(tmp_path):
     training_workspace(tmp_path / "a", n=50)
-    labels = pd.read_parquet(tmp_path / "a" / "labels")
+    labels = read_labels(tmp_path / "a")
     labels["objid"] += 1
-    labels.to_parquet(tmp_path / "a" / "labels" / "part-00000.parquet")
+    shutil.rmtree(tmp_path / "a" / "labels")
+    write_table(labels, tmp_path / "a" / "labels")
     with pytest.raises(WorkspaceError, match=r"holds another catalog's cutouts.*fetch .*--restart"):
         select_rows(Workspace(tmp_path / "a"))
-    (tmp_path / "b" / "labels").mkdir(parents=True)
-    labels.to_parquet(tmp_path / "b" / "labels" / "part-00000.parquet")
+    write_table(labels, tmp_path / "b" / "labels")
     with pytest.raises(WorkspaceError, match=r"has no image cube; run `agnsurvey fetch"):
         select_rows(Workspace(tmp_path / "b"))
 

@@ -9,12 +9,13 @@ import pandas as pd
 import pytest
 import zarr
 from aiohttp import web
-from conftest import serve_in_thread
+from conftest import serve_in_thread, write_table
 from PIL import Image
 
 from pipeline.config import FetchArgs
 from pipeline.errors import FetchError, WorkspaceError
 from pipeline.fetch import fetch, read_cube_status
+from pipeline.ingest import read_catalog
 
 DEMO = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "convnet_demo" / "train"
 
@@ -32,11 +33,8 @@ def write_labels(ws: Path, ra, dec, radius, objid=None) -> pd.DataFrame:
             "radius_arcsec": np.asarray(radius, dtype=np.float32),
         }
     )
-    half = n // 2
     for name in ("catalog", "labels"):
-        (ws / name).mkdir(parents=True)
-        frame.iloc[:half].to_parquet(ws / name / "part-00000.parquet")
-        frame.iloc[half:].to_parquet(ws / name / "part-00001.parquet")
+        write_table(frame, ws / name, max_rows=max(1, n // 2))
     return frame
 
 
@@ -178,10 +176,10 @@ def test_resume_refuses_a_cube_made_for_other_radii(tmp_path):
     write_labels(tmp_path, [150.0, 150.1], [2.0, 2.0], [10.0, 10.0])
     with noise_server() as (url, _):
         fetch(FetchArgs(workspace=tmp_path, cutout_url=url, size=64, image_size=32, rate=500))
-        catalog = pd.read_parquet(tmp_path / "catalog")
+        catalog = read_catalog(tmp_path)
         catalog["radius_arcsec"] = np.float32(4.0)  # re-ingested with another radius column
-        catalog.to_parquet(tmp_path / "catalog" / "part-00000.parquet")
-        (tmp_path / "catalog" / "part-00001.parquet").unlink()
+        shutil.rmtree(tmp_path / "catalog")
+        write_table(catalog, tmp_path / "catalog")
         with pytest.raises(FetchError, match=r"radii, hence the pixscales, differ.*--restart"):
             fetch(FetchArgs(workspace=tmp_path, cutout_url=url, size=64, image_size=32, rate=500))
 

@@ -28,6 +28,7 @@ from pipeline.label import label
 from pipeline.synthetic.catalog import SKY_FITS, make_sky
 from pipeline.synthetic.server import ServerConfig, build_server_config, serve_in_background
 from pipeline.synthetic.skyindex import SkyIndex
+from storage.hats_catalog import partition_files
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZE, IMAGE = 64, 32
@@ -41,7 +42,7 @@ def sky(tmp_path_factory):
         make_sky(SkyArgs(out=base / "sky", n=500, seed=3))
         ingest(IngestArgs(workspace=base / "ws", inputs=[str(base / "sky" / SKY_FITS)]))
         label(LabelArgs(workspace=base / "ws", plots=False))
-    catalog = pd.read_parquet(base / "ws" / "catalog")
+    catalog = pd.read_parquet(base / "ws" / "catalog" / "dataset")
     return base, SkyIndex.from_catalog(base / "sky" / SKY_FITS), len(catalog)
 
 
@@ -52,17 +53,17 @@ def workspace(sky, tmp_path, outside: int = 0) -> Path:
     ws = tmp_path / "ws"
     shutil.copytree(base / "ws" / "catalog", ws / "catalog")
     if outside:
-        part = sorted((ws / "catalog").glob("*.parquet"))[0]
-        frame = pd.read_parquet(part)
-        frame.loc[: outside - 1, "dec"] = -80.0  # far south: outside the survey, an all-black answer
-        frame.to_parquet(part)
+        for _, _, part in partition_files(ws / "catalog"):
+            frame = pd.read_parquet(part)
+            frame.loc[frame["cube_row"] < outside, "dec"] = -80.0  # far south: outside the survey, a black answer
+            frame.to_parquet(part)
     return ws
 
 
 def expected_pixels(server_url: str, ws: Path) -> np.ndarray:
     """Each row's cutout from a fault-free server, decoded and resized as the pipeline does."""
     group = zarr.open_group(str(ws / "cube.zarr"), mode="r")
-    labels = pd.read_parquet(ws / "catalog").sort_values("cube_row")
+    labels = pd.read_parquet(ws / "catalog" / "dataset").sort_values("cube_row")
     pixscale = group["pixscale"][:]
 
     async def get_all():
@@ -155,7 +156,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_cube(sky, tmp_path):
         status = zarr.open_group(str(killed / "cube.zarr"), mode="r")["status"][:]
         ok_after_kill = set(np.flatnonzero(status == 1).tolist())
         assert 48 <= len(ok_after_kill) < n
-        labels = pd.read_parquet(killed / "catalog").sort_values("cube_row")
+        labels = pd.read_parquet(killed / "catalog" / "dataset").sort_values("cube_row")
         ra_of = {f"{ra:.6f}": i for i, ra in enumerate(labels["ra"])}
         server.clear_log()
         m = fetch(args_for(killed, server.url, shard_images=16, inner_images=8))
@@ -279,7 +280,7 @@ def test_the_cube_belongs_to_the_catalog_relabelling_never_refetches(sky, tmp_pa
     ):
         label(LabelArgs(workspace=ws, plots=False))
         first = fetch(args_for(ws, server.url))
-        labelled = pd.read_parquet(ws / "labels")
+        labelled = pd.read_parquet(ws / "labels" / "dataset")
         assert first.extra["rows"] == "labelled" and first.rows_in == len(labelled) < n
         status = read_cube_status(ws)
         assert len(status) == n  # one row per catalog row ...

@@ -14,6 +14,7 @@ from conftest import nsa_rows, rows_frame, write_nsa_fits
 from pipeline.config import IngestArgs
 from pipeline.errors import CatalogError
 from pipeline.ingest import ingest, read_catalog
+from storage.hats_catalog import partition_files
 from storage.workspace import Workspace
 
 
@@ -52,23 +53,28 @@ def test_boundary_coordinates_are_kept(tmp_path, synchronous):
     assert run_ingest(tmp_path / "ws", [tmp_path / "edge.fits"]).rows_out == 4
 
 
-def test_shards_lose_and_duplicate_nothing_and_are_sky_ordered(tmp_path, synchronous):
+def test_partitions_lose_and_duplicate_nothing_and_are_sky_ordered(tmp_path, synchronous):
     rows = nsa_rows(2000, seed=5)
     rows["RA"] = np.random.default_rng(0).uniform(0, 360, 2000)  # the whole sky
     rows["DEC"] = np.degrees(np.arcsin(np.random.default_rng(1).uniform(-1, 1, 2000)))
     write_nsa_fits(tmp_path / "sky.fits", rows)
-    manifest = run_ingest(tmp_path / "ws", [tmp_path / "sky.fits"], shard_rows=300, chunk_rows=250)
-    shards = sorted((tmp_path / "ws" / "catalog").glob("part-*.parquet"))
-    assert manifest.outputs["shards"] == len(shards) >= 6
-    frames = [pd.read_parquet(s) for s in shards]
-    assert all(len(f) <= 300 for f in frames)
+    manifest = run_ingest(tmp_path / "ws", [tmp_path / "sky.fits"], max_rows=300, chunk_rows=250)
+    partitions = partition_files(tmp_path / "ws" / "catalog")
+    assert manifest.outputs["partitions"] == len(partitions) >= 2000 // 300
+    frames = [pd.read_parquet(path) for _, _, path in partitions]
+    assert all(0 < len(f) <= 300 for f in frames)
     ids = np.concatenate([f["objid"].to_numpy() for f in frames])
     assert len(ids) == 2000 and set(ids) == set(rows["NSAID"].tolist())
     hpx = np.concatenate([f["_healpix_29"].to_numpy() for f in frames])
-    assert np.all(np.diff(hpx) >= 0)  # monotonic across shard boundaries too
+    assert np.all(np.diff(hpx) >= 0)  # monotonic across partition boundaries too
     whole = pd.concat(frames, ignore_index=True).set_index("objid")
     expected = HEALPix(nside=2**29, order="nested").lonlat_to_healpix(rows["RA"] * u.deg, rows["DEC"] * u.deg)
     np.testing.assert_array_equal(whole.loc[rows["NSAID"], "_healpix_29"].to_numpy(), expected)
+    for (order, pixel, _), frame in zip(partitions, frames, strict=True):  # each row in its file's pixel
+        at_order = HEALPix(nside=2**order, order="nested").lonlat_to_healpix(frame["ra"].values * u.deg,
+                                                                             frame["dec"].values * u.deg)
+        assert set(at_order.tolist()) == {pixel}
+    assert (whole["cube_row"].to_numpy() == np.arange(2000)).all()  # cube rows follow the sky order
 
 
 def test_manifest_records_inputs_and_checksums(tmp_path, nsa_fits, synchronous):
@@ -85,9 +91,9 @@ def test_manifest_records_inputs_and_checksums(tmp_path, nsa_fits, synchronous):
 
 def test_rerun_is_idempotent(tmp_path, nsa_fits, synchronous):
     path, _ = nsa_fits
-    run_ingest(tmp_path / "ws", [path], shard_rows=100)
+    run_ingest(tmp_path / "ws", [path], max_rows=100)
     first = read_catalog(Workspace(tmp_path / "ws"))
-    run_ingest(tmp_path / "ws", [path], shard_rows=100)
+    run_ingest(tmp_path / "ws", [path], max_rows=100)
     pd.testing.assert_frame_equal(read_catalog(Workspace(tmp_path / "ws")), first)
     assert not list((tmp_path / "ws").glob(".catalog*"))  # no temporary directories left
 
@@ -111,14 +117,10 @@ def test_distributed_ingest_equals_single_process(tmp_path, cluster_client):
     write_nsa_fits(tmp_path / "a.fits", rows)
     rows_frame(nsa_rows(1500, seed=8)).to_parquet(tmp_path / "b.parquet", row_group_size=200)
     inputs = [tmp_path / "a.fits", tmp_path / "b.parquet"]
-    kw = dict(shard_rows=700, chunk_rows=400)
+    kw = dict(max_rows=700, chunk_rows=400)
     with dask.config.set(scheduler="synchronous"):
         one = run_ingest(tmp_path / "one", inputs, **kw)
     two = run_ingest(tmp_path / "two", inputs, client=cluster_client, **kw)
     assert one.dropped == two.dropped and one.rows_out == two.rows_out
-    for a, b in zip(
-        sorted((tmp_path / "one" / "catalog").glob("*.parquet")),
-        sorted((tmp_path / "two" / "catalog").glob("*.parquet")),
-        strict=True,
-    ):
-        pd.testing.assert_frame_equal(pd.read_parquet(a), pd.read_parquet(b))
+    assert partition_files(tmp_path / "one" / "catalog") != []
+    pd.testing.assert_frame_equal(read_catalog(tmp_path / "one"), read_catalog(tmp_path / "two"))

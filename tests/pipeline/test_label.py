@@ -14,6 +14,7 @@ from pipeline.config import IngestArgs, LabelArgs
 from pipeline.errors import CatalogError, WorkspaceError
 from pipeline.ingest import ingest
 from pipeline.label import label, read_labels
+from storage.hats_catalog import partition_files
 from storage.workspace import Workspace
 
 
@@ -78,7 +79,7 @@ def test_without_snr_cut_low_snr_rows_are_labelled(tmp_path, synchronous):
 
 def test_labels_match_an_independent_bpt_computation(tmp_path, synchronous):
     rows = nsa_rows(800, seed=4)
-    ws = ingested(tmp_path, rows, shard_rows=150)
+    ws = ingested(tmp_path, rows, max_rows=150)
     manifest = label(LabelArgs(workspace=ws))
     got = read_labels(Workspace(ws)).set_index("objid")
     want = expected_paper_class(rows["HAFLUX"], rows["N2FLUX"], rows["HBFLUX"], rows["O3FLUX"])
@@ -108,8 +109,8 @@ def test_three_class_composites_get_label_minus_one(tmp_path, synchronous):
 def test_cube_row_numbers_catalog_rows_in_sky_order_and_labels_keep_it(tmp_path, synchronous):
     rows = nsa_rows(900, seed=2)
     rows["HBFLUX"][::7] = -1.0  # unlabelled rows keep their cube row: the cube belongs to the catalog
-    ws = ingested(tmp_path, rows, shard_rows=100)
-    catalog = pd.read_parquet(ws / "catalog")  # shards in file order
+    ws = ingested(tmp_path, rows, max_rows=100)
+    catalog = pd.concat([pd.read_parquet(path) for _, _, path in partition_files(ws / "catalog")])  # sky order
     np.testing.assert_array_equal(catalog["cube_row"], np.arange(len(catalog)))
     assert catalog["_healpix_29"].is_monotonic_increasing
     label(LabelArgs(workspace=ws))
@@ -117,7 +118,8 @@ def test_cube_row_numbers_catalog_rows_in_sky_order_and_labels_keep_it(tmp_path,
     assert len(labels) < len(catalog) and labels["cube_row"].is_unique
     by_row = catalog.set_index("cube_row").loc[labels["cube_row"]]
     np.testing.assert_array_equal(by_row["objid"], labels["objid"])
-    assert len(list((ws / "labels").glob("part-*.parquet"))) >= 8
+    assert [p[:2] for p in partition_files(ws / "labels")] == [p[:2] for p in partition_files(ws / "catalog")]
+    assert len(partition_files(ws / "labels")) >= 9
 
 
 def test_splits_and_plots(tmp_path, synchronous):
@@ -137,7 +139,7 @@ def test_distributed_labels_equal_single_process(tmp_path, cluster_client):
     write_nsa_fits(tmp_path / "cat.fits", rows)
     frames = []
     for name, client in (("one", None), ("two", cluster_client)):
-        args = IngestArgs(workspace=tmp_path / name, inputs=[str(tmp_path / "cat.fits")], shard_rows=500)
+        args = IngestArgs(workspace=tmp_path / name, inputs=[str(tmp_path / "cat.fits")], max_rows=500)
         with dask.config.set(scheduler="synchronous"):
             ingest(args)
         if client is None:
@@ -192,6 +194,7 @@ def test_no_labelled_galaxy_is_an_error_and_keeps_old_labels(tmp_path, synchrono
 
 HOLD = """
 import sys, time
+from storage.hats_catalog import partition_files
 from storage.workspace import Workspace
 with Workspace(sys.argv[1]).lock(sys.argv[2], shared=sys.argv[3] == "read"):
     print("held", flush=True)

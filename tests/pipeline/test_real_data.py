@@ -35,6 +35,7 @@ from pipeline.config import IngestArgs, LabelArgs
 from pipeline.errors import CatalogError
 from pipeline.ingest import ingest, read_catalog
 from pipeline.label import label, read_labels
+from storage.hats_catalog import partition_files
 from storage.workspace import Workspace
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -92,7 +93,7 @@ LCS_REFERENCE = {
     "MKW8": (189, 135, 28, 26),
     "NGC6107": (175, 133, 20, 22),
 }
-LCS_CHUNK_ROWS, LCS_SHARD_ROWS = 250, 500  # several read chunks per file and several output shards
+LCS_CHUNK_ROWS, LCS_MAX_ROWS = 250, 500  # several read chunks per file and several output shards
 
 
 def need(*paths: Path) -> None:
@@ -269,7 +270,7 @@ def lcs_first(lcs_rows) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def lcs_ingested(tmp_path_factory, lcs_files):
     root = tmp_path_factory.mktemp("lcs")
-    manifest = run_ingest(root, [LCS_GLOB], chunk_rows=LCS_CHUNK_ROWS, shard_rows=LCS_SHARD_ROWS)
+    manifest = run_ingest(root, [LCS_GLOB], chunk_rows=LCS_CHUNK_ROWS, max_rows=LCS_MAX_ROWS)
     return root, manifest
 
 
@@ -297,17 +298,18 @@ def test_lcs_catalog_equals_first_occurrence_values(lcs_ingested, lcs_first):
         assert_series_equal(catalog[column], expected, check_exact=True, check_names=False)
 
 
-def test_lcs_shards_sky_ordered_and_complete(lcs_ingested, lcs_first):
+def test_lcs_partitions_sky_ordered_and_complete(lcs_ingested, lcs_first):
     root, manifest = lcs_ingested
-    shards = sorted((root / "catalog").glob("part-*.parquet"))
-    assert len(shards) == manifest.outputs["shards"] >= len(lcs_first) // LCS_SHARD_ROWS
+    shards = [path for _, _, path in partition_files(root / "catalog")]
+    assert len(shards) == manifest.outputs["partitions"] >= len(lcs_first) // LCS_MAX_ROWS
     parts = [pq.read_table(s).to_pandas() for s in shards]
+    assert max(len(p) for p in parts) <= LCS_MAX_ROWS
     assert all(len(p) > 0 for p in parts)
     whole = pd.concat(parts, ignore_index=True)
     assert len(whole) == manifest.rows_out == len(lcs_first)  # nothing lost ...
     assert whole["objid"].is_unique  # ... nothing duplicated
     hpx = whole["_healpix_29"].to_numpy()
-    assert np.all(np.diff(hpx) >= 0), "shards, read in name order, are not sorted by _healpix_29"
+    assert np.all(np.diff(hpx) >= 0), "partitions, read in sky order, are not sorted by _healpix_29"
     for a, b in zip(parts, parts[1:], strict=False):
         assert a["_healpix_29"].iloc[-1] <= b["_healpix_29"].iloc[0]
     ties = whole.sort_values(["_healpix_29", "objid"], kind="stable")
@@ -580,7 +582,7 @@ def test_cli_local_cluster_labels_equal_synchronous_run(tmp_path, lcs_labelled, 
 
     ws = str(tmp_path / "cli")
     common = ["--quiet", "--cluster", "local", "--workers", "2"]
-    ingest_argv = ["ingest", LCS_GLOB, "--workspace", ws, "--shard-rows", str(LCS_SHARD_ROWS)]
+    ingest_argv = ["ingest", LCS_GLOB, "--workspace", ws, "--max-rows", str(LCS_MAX_ROWS)]
     assert main([*common, *ingest_argv, "--chunk-rows", str(LCS_CHUNK_ROWS)]) == 0
     label_argv = ["label", "--workspace", ws, "--scheme", "three-class", "--min-snr", "3", "--no-plots"]
     assert main([*common, *label_argv]) == 0

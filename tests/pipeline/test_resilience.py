@@ -32,27 +32,26 @@ def test_sigkill_during_ingest_keeps_previous_catalog_and_rerun_completes(tmp_pa
     script = textwrap.dedent(
         f"""
         import time, dask
-        import storage.shards as shards
         from pipeline import ingest as stage
-        real = shards.write_shard
-        def slow(frame, path, *a, **k):
-            n = real(frame, path, *a, **k)
+        real = stage.write_partition
+        def slow(*a, **k):
+            written = real(*a, **k)
             time.sleep(60)
-            return n
-        stage.write_shard = slow
+            return written
+        stage.write_partition = slow
         with dask.config.set(scheduler="synchronous"):
-            stage.ingest(stage.IngestArgs(workspace={str(ws)!r}, inputs=[{str(new)!r}], shard_rows=200))
+            stage.ingest(stage.IngestArgs(workspace={str(ws)!r}, inputs=[{str(new)!r}], max_rows=200))
         """
     )
     child = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, start_new_session=True)
     deadline = time.time() + 60
-    while not list(ws.glob(".catalog.tmp-*/part-*.parquet")):
+    while not list(ws.glob(".catalog.tmp-*/dataset/Norder=*/Dir=*/Npix=*.parquet")):
         assert child.poll() is None and time.time() < deadline, "the child never started writing"
         time.sleep(0.05)
     os.killpg(child.pid, signal.SIGKILL)
     child.wait()
     pd.testing.assert_frame_equal(read_catalog(ws), before)  # the old, complete catalog is untouched
-    manifest = ingest(IngestArgs(workspace=ws, inputs=[str(new)], shard_rows=200))
+    manifest = ingest(IngestArgs(workspace=ws, inputs=[str(new)], max_rows=200))
     assert manifest.rows_out == 2000 and len(read_catalog(ws)) == 2000
     assert not list(ws.glob(".catalog.*"))  # the half-written directory was cleaned up
 
@@ -79,10 +78,10 @@ def test_killed_worker_is_retried_and_result_is_complete(tmp_path):
     ):
         client.register_plugin(KillOnce(str(tmp_path / "killed-ingest"), "_sort_and_write"))
         manifest = ingest(
-            IngestArgs(workspace=tmp_path / "ws", inputs=[str(tmp_path / "cat.fits")], shard_rows=500, chunk_rows=700),
+            IngestArgs(workspace=tmp_path / "ws", inputs=[str(tmp_path / "cat.fits")], max_rows=500, chunk_rows=700),
             client=client,
         )
-        client.register_plugin(KillOnce(str(tmp_path / "killed-label"), "_label_shard"), name="kill-label")
+        client.register_plugin(KillOnce(str(tmp_path / "killed-label"), "_label_partition_file"), name="kill-label")
         labelled = label(LabelArgs(workspace=tmp_path / "ws", plots=False), client=client)
     assert (tmp_path / "killed-ingest").exists() and (tmp_path / "killed-label").exists()
     assert manifest.dropped["duplicate_objid"] == 50 and manifest.rows_out == 3950
@@ -104,9 +103,9 @@ from pipeline.config import IngestArgs
 from pipeline.ingest import ingest
 ws, small, big = sys.argv[1:4]
 ingest(IngestArgs(workspace=ws, inputs=[small]))
-before = pd.read_parquet(Path(ws) / "catalog")
+before = pd.read_parquet(Path(ws) / "catalog" / "dataset")
 code = main(["--quiet", "--workers", "1", "ingest", big, "--workspace", ws])
-after = pd.read_parquet(Path(ws) / "catalog")
+after = pd.read_parquet(Path(ws) / "catalog" / "dataset")
 print(json.dumps({"code": code, "kept": before.equals(after), "rows": len(after),
                   "left": sorted(p.name for p in Path(ws).iterdir())}))
 """

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import training_workspace
+from conftest import training_workspace, write_table
 from distributed import Client, LocalCluster
 
 from cluster.multiworker import TrainingProcessError
@@ -24,6 +24,7 @@ from pipeline.cli import main
 from pipeline.config import EvaluateArgs, TrainArgs
 from pipeline.errors import DataError, TrainingError, WorkspaceError
 from pipeline.evaluate import evaluate
+from pipeline.label import read_labels
 from pipeline.train import read_state, train
 from storage.cube import open_cube
 
@@ -202,10 +203,11 @@ def test_evaluate_refuses_to_measure_on_galaxies_the_model_trained_on(tmp_path):
     ws = small(tmp_path)
     train(TrainArgs(workspace=ws, epochs=1, batch_size=32))
     evaluate(EvaluateArgs(workspace=ws))
-    labels = pd.read_parquet(ws / "labels" / "part-00000.parquet")
+    labels = read_labels(ws)
     moved = labels["split"].astype(str) == "train"
     labels["split"] = labels["split"].astype(str).where(~moved | (labels["objid"] % 4 != 0), "test")
-    labels.to_parquet(ws / "labels" / "part-00000.parquet")  # as if relabelled with another --split
+    shutil.rmtree(ws / "labels")
+    write_table(labels, ws / "labels")  # as if relabelled with another --split
     with pytest.raises(DataError, match=r"galaxies of the test split were in this model's training split.*--restart"):
         evaluate(EvaluateArgs(workspace=ws))
 

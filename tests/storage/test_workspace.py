@@ -7,10 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from storage.shards import finish_shards
 from storage.workspace import Workspace, WorkspaceBusy, atomic_directory
 
 
@@ -34,18 +32,6 @@ def test_kill_between_the_two_renames_is_repaired(tmp_path):
         raise RuntimeError("this run fails too")
     assert (final / "a").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels"]
-
-
-def test_finish_shards_renumbers_in_numeric_order(tmp_path):
-    for k, n in ((3, 2), (99_999, 1), (100_000, 4), (7, 0)):
-        pd.DataFrame({"x": range(n)}).to_parquet(tmp_path / f"part-{k:05d}.parquet")
-    assert finish_shards(tmp_path) == [2, 1, 4]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "part-00000.parquet",
-        "part-00001.parquet",
-        "part-00002.parquet",
-    ]
-    assert len(pd.read_parquet(tmp_path / "part-00002.parquet")) == 4
 
 
 def test_one_writer_per_output_and_the_os_releases_a_killed_holder(tmp_path):

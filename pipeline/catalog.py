@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import CANONICAL_COLUMNS, IdKind
 from pipeline.errors import CatalogError
-from storage.hats_catalog import data_files, is_hats
+from storage.hats_catalog import input_files, is_hats_input
 
 Format = Literal["fits", "parquet", "csv"]
 
@@ -137,8 +137,11 @@ def expand_inputs(patterns: Sequence[str]) -> list[str]:
             raise CatalogError(f"{pattern}: no file matches this pattern; check the path or quote the glob")
         for match in matches:
             p = Path(match)
-            if p.is_dir() and is_hats(p):  # its data files only: not its thumbnail or statistics files
-                paths.extend(str(f) for f in data_files(p))
+            if p.is_dir() and is_hats_input(p):  # data files only: no thumbnail, statistics or margin cache
+                try:
+                    paths.extend(str(f) for f in input_files(p))
+                except ValueError as exc:
+                    raise CatalogError(str(exc)) from None
             elif p.is_dir():
                 parts = sorted(str(f) for f in p.rglob("*.parquet") if not f.name.startswith("."))
                 if not parts:

@@ -51,6 +51,33 @@ def is_hats(path: Path) -> bool:
     return ((path / PROPERTIES).is_file() or (path / "properties").is_file()) and (path / DATASET).is_dir()
 
 
+def is_hats_input(path: Path) -> bool:
+    """True for a HATS catalog or a HATS collection directory (LSDB's ``to_hats`` writes these)."""
+    return (path / "collection.properties").is_file() or is_hats(path)
+
+
+def input_files(path: Path) -> list[Path]:
+    """The data files holding the rows of a HATS catalog given as input: the catalog's own, or a
+    collection's primary catalog's (never its margin cache, whose rows are copies of neighbours'),
+    in path order. ``ValueError`` for a HATS table that holds no rows of objects (margin, index,
+    association, map)."""
+    from hats.catalog import TableProperties
+    from hats.catalog.dataset.collection_properties import CollectionProperties
+
+    try:
+        if (path / "collection.properties").is_file():
+            path = path / CollectionProperties.read_from_dir(path).hats_primary_table_url
+        kind = str(TableProperties.read_from_dir(path).catalog_type)
+    except (ValueError, OSError) as exc:  # pydantic's ValidationError is a ValueError
+        raise ValueError(f"{path}: its HATS properties cannot be read ({str(exc).splitlines()[0]})") from None
+    if kind not in ("object", "source"):
+        raise ValueError(
+            f"{path} is a HATS {kind} catalog, not a table of objects; give the object catalog (or the collection "
+            "that holds it)"
+        )
+    return data_files(path)
+
+
 def check_table(root: Path, make: str) -> None:
     """Raise a :class:`WorkspaceError` naming ``make`` (the command that writes it) unless ``root``
     is a HATS catalog (a missing table, an interrupted write, or one made before tables were HATS)."""

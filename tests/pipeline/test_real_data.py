@@ -599,3 +599,58 @@ def test_cli_local_cluster_labels_equal_synchronous_run(tmp_path, lcs_labelled, 
     cli_manifest = json.loads((Path(ws) / "manifests" / "label.json").read_text())
     assert cli_manifest["dropped"] == sync_manifest.dropped
     assert cli_manifest["extra"]["classes"] == sync_manifest.extra["classes"]
+
+
+# --- the workspace tables are HATS catalogs LSDB opens (real LCS rows) ------------------------------
+
+
+def great_circle_deg(ra1, dec1, ra2, dec2) -> np.ndarray:
+    """Angular distance (degrees) by the haversine formula, written out here."""
+    ra1, dec1, ra2, dec2 = (np.radians(np.asarray(x, dtype=np.float64)) for x in (ra1, dec1, ra2, dec2))
+    h = np.sin((dec2 - dec1) / 2) ** 2 + np.cos(dec1) * np.cos(dec2) * np.sin((ra2 - ra1) / 2) ** 2
+    return np.degrees(2 * np.arcsin(np.sqrt(h)))
+
+
+def test_lsdb_opens_the_lcs_catalog_and_a_cone_search_matches_great_circles(lcs_ingested, lcs_first):
+    lsdb = pytest.importorskip("lsdb")
+    root, manifest = lcs_ingested
+    catalog = lsdb.open_catalog(root / "catalog")
+    assert len(catalog.get_healpix_pixels()) == manifest.outputs["partitions"] > 1
+    whole = catalog.compute()
+    assert len(whole) == len(lcs_first) and set(whole["objid"]) == set(lcs_first.index)
+    # A2052 (about RA 229.2, Dec 7.0): a cone of 0.5 degree holds part of the cluster, not all of it.
+    ra0, dec0, radius = 229.185, 7.0217, 0.5
+    found = set(catalog.cone_search(ra0, dec0, radius * 3600).compute()["objid"])
+    inside = great_circle_deg(ra0, dec0, lcs_first["ra"], lcs_first["dec"]) <= radius
+    assert found == set(lcs_first.index[inside]) and 20 < len(found) < len(lcs_first) // 2
+
+
+def test_lsdb_crossmatch_pairs_every_label_with_its_catalog_row(lcs_labelled, lcs_first):
+    lsdb = pytest.importorskip("lsdb")
+    ws, manifest, labels = lcs_labelled["paper", None]
+    catalog, labelled = lsdb.open_catalog(ws / "catalog"), lsdb.open_catalog(ws / "labels")
+    assert len(labelled.compute()) == manifest.rows_out == len(labels)
+    pairs = labelled.crossmatch(catalog, n_neighbors=1, radius_arcsec=0.01, suffixes=("_l", "_c")).compute()
+    assert len(pairs) == len(labels)
+    assert (pairs["objid_l"].to_numpy() == pairs["objid_c"].to_numpy()).all()
+    assert set(pairs["objid_l"]) == set(labels["objid"]) and (pairs["_dist_arcsec"] < 1e-6).all()
+    assert (pairs["cube_row_l"].to_numpy() == pairs["cube_row_c"].to_numpy()).all()
+
+
+def test_a_hats_catalog_written_by_lsdb_ingests_to_the_same_rows(lcs_first, tmp_path):
+    lsdb = pytest.importorskip("lsdb")
+    frame = lcs_first.reset_index()
+    source = frame.rename(columns={v: k for k, v in NSA_NAMES.items()})[list(NSA_NAMES)]
+    half = len(source) // 2
+    for name, part in (("a", source.iloc[:half]), ("b", source.iloc[half:])):  # a list of two HATS catalogs
+        lsdb.from_dataframe(part, ra_column="RA", dec_column="DEC", partition_rows=300).to_hats(
+            tmp_path / name, create_thumbnail=True, create_per_partition_statistics=True
+        )
+    assert (tmp_path / "a" / "collection.properties").exists()  # a collection: catalog + margin cache (copies)
+    assert list((tmp_path / "a").glob("*/data_thumbnail.parquet"))  # and Parquet files that are not rows
+    manifest = run_ingest(tmp_path / "ws", [tmp_path / "a", tmp_path / "b"], max_rows=400)
+    assert manifest.rows_out == len(frame) and manifest.dropped == {"bad_coordinates": 0, "duplicate_objid": 0}
+    assert manifest.rows_in == len(frame)  # no margin row or thumbnail row was read
+    got = read_catalog(Workspace(tmp_path / "ws")).set_index("objid").sort_index()
+    for column in ("ra", "dec", "z", "radius_arcsec", *LINES, *ERRORS):
+        np.testing.assert_array_equal(got[column].to_numpy(), lcs_first[column].to_numpy(), err_msg=column)

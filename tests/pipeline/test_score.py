@@ -106,6 +106,29 @@ def test_a_v1_catalog_on_two_worker_processes(v1_sky, tmp_path, cluster_client):
     assert meta["model_name"] == "model"
     loads = [n for counts in cluster_client.run(load_counts).values() for n in counts.values()]
     assert max(loads) == 1  # once per worker, not once per part (over 10 parts ran)
+    lsdb = pytest.importorskip("lsdb")
+    opened = lsdb.open_catalog(ws / "scores")  # the scores are a HATS catalog, in the catalog's pixels
+    assert opened.get_healpix_pixels() == lsdb.open_catalog(ws / "scoring" / "catalog").get_healpix_pixels()
+    via_lsdb, via_pandas = opened.compute().sort_values("objid"), scores.sort_values("objid")
+    np.testing.assert_array_equal(via_lsdb["objid"].to_numpy(np.int64), via_pandas["objid"].to_numpy(np.int64))
+    np.testing.assert_array_equal(via_lsdb["p_agn"].to_numpy(np.float64, na_value=np.nan),
+                                  via_pandas["p_agn"].to_numpy(np.float64, na_value=np.nan))  # fmt: skip
+
+
+def test_a_hats_catalog_made_by_lsdb_is_scored_directly(v1_sky, tmp_path):
+    lsdb = pytest.importorskip("lsdb")
+    from astropy.table import Table
+
+    fits_path, _, index, model_dir = v1_sky
+    frame = Table.read(fits_path, hdu=1)[["NSAID", "RA", "DEC", "PETRO_TH90"]].to_pandas()
+    lsdb.from_dataframe(frame, ra_column="RA", dec_column="DEC", partition_rows=100).to_hats(tmp_path / "hats")
+    ws = tmp_path / "ws"
+    with serve_in_background(build_server_config(None), index=index) as server:
+        m = score(ScoreArgs(workspace=ws, model=str(model_dir), inputs=(str(tmp_path / "hats"),),
+                            fetch=fetch_args(ws, server.url)))  # fmt: skip
+    scores = read_scores(ws)
+    assert m.unfinished == "" and sorted(scores["objid"]) == sorted(frame["NSAID"].astype(np.int64))
+    assert (scores["status"] == "ok").all() and scores["p_agn"].notna().all()
 
 
 def test_scores_are_never_mixed_across_models_or_thresholds(v1_sky, tmp_path):

@@ -1,0 +1,103 @@
+"""HATS partitioning and files: adaptive pixels that lose nothing, metadata LSDB reads, inputs."""
+
+import astropy.units as u
+import numpy as np
+import pandas as pd
+import pytest
+from astropy_healpix import HEALPix
+from conftest import nsa_rows, rows_frame
+
+from pipeline.config import IngestArgs
+from pipeline.errors import CatalogError
+from pipeline.healpix import adaptive_partitions, healpix29
+from pipeline.ingest import ingest, read_catalog
+from storage.hats_catalog import partition_files, write_frame
+
+
+def clustered_positions(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Half the rows uniform over the sky, half in a few tight clumps (arcseconds to a degree)."""
+    rng = np.random.default_rng(seed)
+    ra = rng.uniform(0, 360, n // 2)
+    dec = np.degrees(np.arcsin(rng.uniform(-1, 1, n // 2)))
+    centres = rng.uniform([0, -60], [360, 60], (5, 2))
+    widths = np.array([1.0, 0.1, 1e-3, 1e-4, 3e-5])
+    k = rng.integers(0, 5, n - n // 2)
+    ra_c = centres[k, 0] + rng.normal(0, widths[k])
+    dec_c = centres[k, 1] + rng.normal(0, widths[k])
+    return np.r_[ra, ra_c % 360], np.r_[dec, np.clip(dec_c, -90, 90)]
+
+
+@pytest.mark.parametrize("threshold", [1, 37, 500, 10**6])
+def test_adaptive_partitions_cover_every_row_once_within_the_threshold(threshold):
+    ra, dec = clustered_positions(5000)
+    hpx = np.sort(healpix29(ra, dec))
+    parts = adaptive_partitions(hpx, threshold)
+    orders = np.array([o for o, _, _ in parts])
+    pixels = np.array([p for _, p, _ in parts])
+    rows = np.array([r for _, _, r in parts])
+    assert rows.sum() == len(hpx) and (rows > 0).all()
+    over = rows > threshold
+    assert (orders[over] == 29).all()  # only a single deepest pixel may hold more than the threshold
+    # each row lies in exactly one partition: its HEALPix pixel at that partition's order, computed
+    # here with astropy-healpix from the coordinates, is the partition's pixel for exactly one of them
+    member = np.zeros(len(hpx), dtype=int)
+    for order in np.unique(orders):
+        at_order = HEALPix(nside=2**order, order="nested").lonlat_to_healpix(ra * u.deg, dec * u.deg)
+        member += np.isin(at_order, pixels[orders == order])
+    assert (member == 1).all()
+    starts = pixels << (2 * (29 - orders))
+    assert (np.diff(starts) > 0).all()  # sky order
+    if threshold >= len(hpx):
+        assert all(o == 0 for o in orders)  # nothing to split: whole order-0 pixels
+
+
+def test_rows_at_one_position_stay_one_partition_at_the_deepest_order():
+    hpx = np.full(50, healpix29(np.array([150.0]), np.array([2.0]))[0])
+    assert adaptive_partitions(hpx, 10) == [(29, int(hpx[0]), 50)]
+
+
+def test_a_catalog_in_one_square_degree_gets_partitions_for_every_worker_thread(tmp_path, cluster_client):
+    lsdb = pytest.importorskip("lsdb")
+    rows = rows_frame(nsa_rows(3000, seed=4))
+    rng = np.random.default_rng(4)
+    rows["RA"], rows["DEC"] = 180 + rng.uniform(0, 1, 3000), 30 + rng.uniform(0, 1, 3000)
+    rows.to_parquet(tmp_path / "clump.parquet")
+    manifest = ingest(IngestArgs(workspace=tmp_path / "ws", inputs=[str(tmp_path / "clump.parquet")]),
+                      client=cluster_client)  # default --max-rows (500,000): one partition without the rule
+    threads = sum(cluster_client.nthreads().values())
+    parts = partition_files(tmp_path / "ws" / "catalog")
+    assert manifest.outputs["partitions"] == len(parts) >= 2 * threads
+    assert max(len(pd.read_parquet(p)) for _, _, p in parts) <= -(-3000 // (2 * threads))
+    assert len(lsdb.open_catalog(tmp_path / "ws" / "catalog").compute()) == 3000
+
+
+def test_a_margin_cache_given_as_input_is_refused(tmp_path):
+    frame = pd.DataFrame({"objid": np.arange(20), "ra": np.linspace(10, 11, 20), "dec": np.zeros(20)})
+    write_frame(frame, tmp_path / "margin", "margin")
+    props = tmp_path / "margin" / "hats.properties"
+    text = props.read_text().replace("dataproduct_type=object", "dataproduct_type=margin")
+    props.write_text(text + "hats_primary_table_url=catalog\nhats_margin_threshold=5.0\n")
+    with pytest.raises(CatalogError, match=r"is a HATS margin catalog, not a table of objects; give the object"):
+        ingest(IngestArgs(workspace=tmp_path / "ws", inputs=[str(tmp_path / "margin")],
+                          columns={"objid": "objid", "ra": "ra", "dec": "dec"}))  # fmt: skip
+
+
+def test_write_frame_round_trips_and_pandas_reads_the_dataset(tmp_path):
+    lsdb = pytest.importorskip("lsdb")
+    ra, dec = clustered_positions(2000, seed=2)
+    frame = pd.DataFrame({"objid": np.arange(2000), "ra": ra, "dec": dec, "x": np.arange(2000) * 0.5})
+    written = write_frame(frame, tmp_path / "t", "t", max_rows=300)
+    assert len(written) > 2000 // 300 and max(w.rows for w in written) <= 300 or any(w.order == 29 for w in written)
+    plain = pd.read_parquet(tmp_path / "t" / "dataset")  # the dataset directory, as any Parquet reader
+    assert sorted(plain["objid"]) == list(range(2000))
+    opened = lsdb.open_catalog(tmp_path / "t").compute().sort_values("objid")
+    np.testing.assert_array_equal(opened["x"].to_numpy(), frame["x"].to_numpy())
+
+
+def test_tables_from_before_hats_get_a_clear_error(tmp_path):
+    (tmp_path / "catalog").mkdir()
+    pd.DataFrame({"objid": [1], "cube_row": [0]}).to_parquet(tmp_path / "catalog" / "part-00000.parquet")
+    from pipeline.errors import WorkspaceError
+
+    with pytest.raises(WorkspaceError, match=r"written before workspace tables were HATS catalogs; re-run"):
+        read_catalog(tmp_path)

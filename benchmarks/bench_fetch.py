@@ -67,10 +67,11 @@ from distributed import Client, LocalCluster
 from pipeline.config import FetchArgs, IngestArgs, LabelArgs, SkyArgs
 from pipeline.cutouts import ClientSettings, cutout_url, decode_jpeg, fetch_many, pixscale_for, resize
 from pipeline.fetch import fetch
-from pipeline.ingest import ingest
-from pipeline.label import label
+from pipeline.ingest import ingest, read_catalog
+from pipeline.label import label, read_labels
 from pipeline.synthetic.catalog import SKY_FITS, make_sky
 from storage.cube import STATUS_CODES, CubeLayout, create_cube, open_cube
+from storage.hats_catalog import write_frame
 
 SKY_SEED = 0
 SIZE = 250  # pixels requested (the paper's)
@@ -107,19 +108,18 @@ def prepare_workspace(data: Path, n_images: int) -> tuple[Path, Path, pd.DataFra
         make_sky(SkyArgs(out=sky_dir, n=sky_n, seed=SKY_SEED))
         ingest(IngestArgs(workspace=full, inputs=(str(sky_dir / SKY_FITS),)))
         label(LabelArgs(workspace=full, plots=False))
-        labels = pd.read_parquet(full / "labels", columns=["objid"])
+        labels = read_labels(full, columns=["objid"])
         if len(labels) >= n_images:
             break
         sky_n *= 2
     else:
         raise RuntimeError(f"could not get {n_images} labelled galaxies from the offline sky")
-    catalog = pd.read_parquet(full / "catalog").sort_values("cube_row")
+    catalog = read_catalog(full)
     subset = catalog[catalog["objid"].isin(labels["objid"])].head(n_images).reset_index(drop=True)
     subset["cube_row"] = range(len(subset))
     ws = data / "ws"
     shutil.rmtree(ws, ignore_errors=True)
-    (ws / "catalog").mkdir(parents=True)
-    subset.to_parquet(ws / "catalog" / "part-00000.parquet", index=False)
+    write_frame(subset, ws / "catalog", "catalog")
     info = {"sky_rows": sky_n, "labelled_rows": len(labels), "images": len(subset), "seconds": now() - t0}
     return sky_dir / SKY_FITS, ws, subset, info
 

@@ -81,11 +81,14 @@ def cube_catalog(ws: Path, n: int) -> None:
     import numpy as np
     import pandas as pd
 
-    (ws / "catalog").mkdir()
+    from pipeline.healpix import healpix29
+    from storage.hats_catalog import write_frame
+
     rng = np.random.default_rng(0)
-    pd.DataFrame({"objid": np.arange(n), "cube_row": np.arange(n), "ra": rng.uniform(0, 360, n),
-                  "dec": rng.uniform(-10, 10, n), "radius_arcsec": np.full(n, 5.0, np.float32)}
-                 ).to_parquet(ws / "catalog" / "part-00000.parquet")  # fmt: skip
+    ra, dec = rng.uniform(0, 360, n), rng.uniform(-10, 10, n)
+    sky = np.argsort(healpix29(ra, dec), kind="stable")  # cube rows in sky order, as ingest numbers them
+    write_frame(pd.DataFrame({"objid": np.arange(n), "cube_row": np.arange(n), "ra": ra[sky], "dec": dec[sky],
+                              "radius_arcsec": np.full(n, 5.0, np.float32)}), ws / "catalog", "catalog")  # fmt: skip
 
 
 def score_cube(model_dir: Path, ws: Path, client: Any) -> dict[str, Any]:

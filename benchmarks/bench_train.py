@@ -58,14 +58,14 @@ def make_cube(path: Path, n: int, image_size: int = 128, seed: int = 0) -> dict[
 
     from pipeline.splits import SPLITS, split_codes
     from storage.cube import CubeLayout, create_cube
+    from storage.hats_catalog import write_frame
 
     rng = np.random.default_rng(seed)
     objid = np.arange(n, dtype=np.int64)
     split = pd.Categorical.from_codes(split_codes(objid), categories=list(SPLITS))
     labels = pd.DataFrame({"objid": objid, "cube_row": objid, "label": (rng.random(n) < 0.4).astype(np.int8),
-                           "split": split})  # fmt: skip
-    (path / "labels").mkdir(parents=True)
-    labels.to_parquet(path / "labels" / "part-00000.parquet")
+                           "split": split, "ra": rng.uniform(0, 360, n), "dec": rng.uniform(-10, 10, n)})  # fmt: skip
+    write_frame(labels, path / "labels", "labels")
     layout = CubeLayout(n, image_size)
     cube = create_cube(path / "cube.zarr", layout, objid, np.ones(n, np.float32), np.zeros(n, np.int8), {})
     coarse = image_size // 8

@@ -488,6 +488,8 @@ def _cube_catalog(ws: Workspace) -> pd.DataFrame:
     check_table(ws.catalog, f"`agnsurvey ingest CATALOG --workspace {ws.root}`")
     text_ids = ("source_id",) if "source_id" in table_columns(ws.catalog) else ()
     frame = read_fetch_inputs(ws, extra=("_healpix_29", *text_ids))
+    if not frame["_healpix_29"].is_monotonic_increasing:  # parts are cut from cube rows by HEALPix range
+        raise WorkspaceError(f"{ws.catalog}: cube_row is not in sky order; re-run `agnsurvey ingest`")
     return frame[[c for c in ("objid", "source_id", "ra", "dec", "cube_row", "_healpix_29") if c in frame]]
 
 

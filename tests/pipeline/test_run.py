@@ -4,13 +4,13 @@ import json
 import time
 import tomllib
 
-import pandas as pd
 import pytest
 
 from pipeline.cli import main
 from pipeline.config import load_config, run_args
 from pipeline.errors import ConfigError
 from pipeline.run import run_pipeline
+from pipeline.score import read_scores
 from pipeline.templates import write_init_config
 
 SMALL = """\
@@ -48,7 +48,7 @@ def test_run_twice_skips_everything_and_a_change_reruns_exactly_what_follows(tmp
     cli = ["--quiet", "--workers", "2", "run", str(config)]
     assert main(cli) == 0
     assert set(ran(capsys).values()) == {"ran"}
-    scores = pd.read_parquet(ws / "scores")
+    scores = read_scores(ws)
     assert len(scores) == 1200 and scores["objid"].is_unique and (scores["status"] == "ok").all()
 
     started = time.monotonic()
@@ -108,7 +108,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert "(paper 0.85), accuracy" in out and f"report  {ws / 'reports' / 'report.md'}" in out and "roc.png" in out
     metrics = json.loads((ws / "reports" / "metrics.json").read_text())
     assert 0.0 <= metrics["test"]["roc_auc"] <= 1.0 and metrics["test"]["n"] > 0
-    scores = pd.read_parquet(ws / "scores")
+    scores = read_scores(ws)
     assert len(scores) == 1000 and scores["objid"].is_unique  # every galaxy scored, labelled or not
 
 

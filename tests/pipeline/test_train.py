@@ -27,6 +27,7 @@ from pipeline.evaluate import evaluate
 from pipeline.label import read_labels
 from pipeline.train import read_state, train
 from storage.cube import open_cube
+from storage.hats_catalog import data_files
 
 ROOT = Path(__file__).resolve().parents[2]
 QUIET = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -81,7 +82,8 @@ def test_it_learns_and_the_report_has_everything(trained):
 def test_the_threshold_is_chosen_without_test_labels(trained):
     ws = trained
     before = json.loads((ws / "reports" / "metrics.json").read_text())
-    originals = {p: pd.read_parquet(p) for p in (ws / "labels").glob("*.parquet")}
+    originals = {p: pd.read_parquet(p) for p in data_files(ws / "labels")}
+    assert originals
     try:
         for path, frame in originals.items():  # every test label flipped: val untouched
             flipped = frame.copy()

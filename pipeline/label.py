@@ -9,10 +9,14 @@ cube, which belongs to the catalog): relabelling never invalidates a cutout.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from dask import delayed
 from distributed import Client
 
@@ -39,17 +43,18 @@ PROBLEMS: tuple[str, ...] = ("non-finite", "non-positive", "low S/N")  # most se
 LABEL_COLUMNS = ("log_nii_ha", "log_oiii_hb", "bpt_class", "label", "split")
 
 
-def flux_problems(frame: pd.DataFrame, min_snr: float | None) -> np.ndarray:
-    """Bitmask per row (uint16): bit 3*line + k for problem k of line (Hα, [NII], Hβ, [OIII])."""
-    mask = np.zeros(len(frame), dtype=np.uint16)
+def flux_problems(columns: Mapping[str, Any], min_snr: float | None) -> np.ndarray:
+    """Bitmask per row (uint16): bit 3*line + k for problem k of line (Hα, [NII], Hβ, [OIII]).
+    ``columns``: a DataFrame, or any mapping of the line (and error) columns to arrays."""
+    mask = np.zeros(len(columns[LINE_COLUMNS[0]]), dtype=np.uint16)
     for i, (flux_col, err_col) in enumerate(zip(LINE_COLUMNS, ERROR_COLUMNS, strict=True)):
-        flux = frame[flux_col].to_numpy(dtype=np.float64)
+        flux = np.asarray(columns[flux_col], dtype=np.float64)
         finite = np.isfinite(flux)
         with np.errstate(invalid="ignore"):
             positive = flux > 0
             bits = np.where(~finite, 1, np.where(~positive, 2, 0)).astype(np.uint16)
             if min_snr is not None:
-                err = frame[err_col].to_numpy(dtype=np.float64)
+                err = np.asarray(columns[err_col], dtype=np.float64)
                 snr_ok = np.isfinite(err) & (err > 0) & (flux >= min_snr * err)
                 bits = np.where((bits == 0) & ~snr_ok, 4, bits).astype(np.uint16)
         mask |= bits << np.uint16(3 * i)
@@ -77,43 +82,69 @@ def worst_problems(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def label_partition(frame: pd.DataFrame, scheme: bpt.Scheme, min_snr: float | None, split: tuple) -> pd.DataFrame:
-    """Kernel over one catalog shard: all rows, with ``_problems`` (0 = labelled) and the BPT columns."""
-    problems = worst_problems(flux_problems(frame, min_snr))
+def label_columns(columns: Mapping[str, Any], scheme: bpt.Scheme, min_snr: float | None,
+                  split: tuple) -> tuple[np.ndarray, dict[str, np.ndarray]]:  # fmt: skip
+    """Kernel: ``(problems, new)`` for every row of a catalog partition: ``problems`` the bitmask of
+    :func:`flux_problems` reduced to the worst kind (0 = labelled), ``new`` the BPT columns as
+    arrays (log ratios NaN and class codes meaningless where ``problems`` != 0; class and split are
+    int8 codes into ``bpt.CLASS_NAMES`` and ``SPLITS``)."""
+    problems = worst_problems(flux_problems(columns, min_snr))
     ok = problems == 0
-    x, y = bpt.log_ratios(frame["nii_flux"], frame["ha_flux"], frame["oiii_flux"], frame["hb_flux"])
-    classes = np.full(len(frame), bpt.AGN, dtype=np.int8)
+    x, y = bpt.log_ratios(*(np.asarray(columns[c]) for c in ("nii_flux", "ha_flux", "oiii_flux", "hb_flux")))
+    classes = np.full(len(problems), bpt.AGN, dtype=np.int8)
     classes[ok] = bpt.bpt_class(x[ok], y[ok], scheme)
+    new = {
+        "log_nii_ha": np.where(ok, x, np.nan).astype(np.float32),
+        "log_oiii_hb": np.where(ok, y, np.nan).astype(np.float32),
+        "bpt_class": classes,
+        "label": bpt.training_label(classes),
+        "split": split_codes(np.asarray(columns["objid"]), split),
+    }
+    return problems, new
+
+
+def label_partition(frame: pd.DataFrame, scheme: bpt.Scheme, min_snr: float | None, split: tuple) -> pd.DataFrame:
+    """Kernel over one catalog partition as pandas: all rows, with ``_problems`` (0 = labelled) and
+    the BPT columns (notebooks; the stage itself works on Arrow tables)."""
+    problems, new = label_columns(frame, scheme, min_snr, split)
     out = frame.copy()
-    out["log_nii_ha"] = np.where(ok, x, np.nan).astype(np.float32)
-    out["log_oiii_hb"] = np.where(ok, y, np.nan).astype(np.float32)
-    out["bpt_class"] = pd.Categorical.from_codes(classes, categories=list(bpt.CLASS_NAMES.values()))
-    out["label"] = bpt.training_label(classes)
-    out["split"] = pd.Categorical.from_codes(split_codes(frame["objid"].to_numpy(), split), categories=list(SPLITS))
+    out["log_nii_ha"], out["log_oiii_hb"] = new["log_nii_ha"], new["log_oiii_hb"]
+    out["bpt_class"] = pd.Categorical.from_codes(new["bpt_class"], categories=CLASS_CATEGORIES)
+    out["label"] = new["label"]
+    out["split"] = pd.Categorical.from_codes(new["split"], categories=list(SPLITS))
     out["_problems"] = problems
     return out
 
 
+CLASS_CATEGORIES = list(bpt.CLASS_NAMES.values())
+
+
 def _label_partition_file(source: Path, out: Path, order: int, pixel: int,
                           args: LabelArgs) -> tuple[pd.DataFrame, dict, Written | None]:  # fmt: skip
-    """Label one catalog partition into the same pixel of the labels; returns its tallies (summed
-    on the client) and what was written (None when no row of the pixel passed the cuts)."""
-    frame = label_partition(pd.read_parquet(source), args.scheme, args.min_snr, args.split)
-    problems = frame["_problems"].to_numpy()
+    """Label one catalog partition into the same pixel of the labels (Arrow in, Arrow out); returns
+    its tallies (summed on the client) and what was written (None when no row passed the cuts)."""
+    table = pq.read_table(source)
+    problems, new = label_columns({c: table.column(c).to_numpy() for c in NEEDED if c in table.column_names},
+                                  args.scheme, args.min_snr, args.split)  # fmt: skip
     ok = problems == 0
-    summary = (
-        pd.DataFrame({"_problems": problems, "bpt_class": frame["bpt_class"].to_numpy()})
-        .value_counts()
-        .rename("n")
-        .reset_index()
-    )
-    kept = frame.loc[ok].drop(columns="_problems").reset_index(drop=True)
-    counts = plots.bpt_hist_counts(
-        kept["log_nii_ha"].to_numpy(), kept["log_oiii_hb"].to_numpy(), kept["label"].to_numpy()
-    )
-    if kept.empty:
+    keys, n = np.unique(problems.astype(np.int64) * 8 + np.where(ok, new["bpt_class"], 0), return_counts=True)
+    summary = pd.DataFrame({"_problems": keys // 8, "bpt_class": [CLASS_CATEGORIES[k] for k in keys % 8], "n": n})
+    rows = np.flatnonzero(ok)
+    counts = plots.bpt_hist_counts(new["log_nii_ha"][rows], new["log_oiii_hb"][rows], new["label"][rows])
+    if not rows.size:
         return summary, counts, None
+    kept = table.take(pa.array(rows)).replace_schema_metadata(None)
+    for name, values in new.items():
+        values = values[rows]
+        if name in ("bpt_class", "split"):
+            names = CLASS_CATEGORIES if name == "bpt_class" else list(SPLITS)
+            kept = kept.append_column(name, pa.DictionaryArray.from_arrays(pa.array(values), pa.array(names)))
+        else:
+            kept = kept.append_column(name, pa.array(values))
     return summary, counts, write_partition(kept, out, order, pixel, dictionary_columns=("bpt_class", "split"))
+
+
+NEEDED = ("objid", *LINE_COLUMNS, *ERROR_COLUMNS)
 
 
 def check_catalog(args: LabelArgs) -> dict:

@@ -89,11 +89,11 @@ def check_table(root: Path, make: str) -> None:
 
 
 def pixel_path(root: Path, order: int, pixel: int, directory: bool = False) -> Path:
-    """``root/dataset/Norder=k/Dir=d/Npix=n.parquet`` (or the ``Npix=n/`` directory)."""
-    from hats.io.paths import pixel_catalog_file
-    from hats.pixel_math import HealpixPixel
-
-    return Path(pixel_catalog_file(root, HealpixPixel(order, pixel), npix_suffix="/" if directory else ".parquet").path)
+    """``root/dataset/Norder=k/Dir=d/Npix=n.parquet`` (or the ``Npix=n/`` directory), ``d`` being
+    ``n`` rounded down to a multiple of 10,000 (the HATS layout). Spelled here, not with
+    ``hats.io.paths``: importing ``hats`` takes ~1 s, too much for every worker process."""
+    name = f"Npix={pixel}" if directory else f"Npix={pixel}.parquet"
+    return Path(root) / DATASET / f"Norder={order}" / f"Dir={pixel // 10_000 * 10_000}" / name
 
 
 def pixel_relpath(order: int, pixel: int, directory: bool = False) -> str:

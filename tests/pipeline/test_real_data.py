@@ -643,7 +643,7 @@ def test_a_hats_catalog_written_by_lsdb_ingests_to_the_same_rows(lcs_first, tmp_
     source = frame.rename(columns={v: k for k, v in NSA_NAMES.items()})[list(NSA_NAMES)]
     half = len(source) // 2
     for name, part in (("a", source.iloc[:half]), ("b", source.iloc[half:])):  # a list of two HATS catalogs
-        lsdb.from_dataframe(part, ra_column="RA", dec_column="DEC", partition_rows=300).to_hats(
+        lsdb.from_dataframe(part, ra_column="RA", dec_column="DEC", partition_rows=300).write_catalog(
             tmp_path / name, create_thumbnail=True, create_per_partition_statistics=True
         )
     assert (tmp_path / "a" / "collection.properties").exists()  # a collection: catalog + margin cache (copies)

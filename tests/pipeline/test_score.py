@@ -121,7 +121,7 @@ def test_a_hats_catalog_made_by_lsdb_is_scored_directly(v1_sky, tmp_path):
 
     fits_path, _, index, model_dir = v1_sky
     frame = Table.read(fits_path, hdu=1)[["NSAID", "RA", "DEC", "PETRO_TH90"]].to_pandas()
-    lsdb.from_dataframe(frame, ra_column="RA", dec_column="DEC", partition_rows=100).to_hats(tmp_path / "hats")
+    lsdb.from_dataframe(frame, ra_column="RA", dec_column="DEC", partition_rows=100).write_catalog(tmp_path / "hats")
     ws = tmp_path / "ws"
     with serve_in_background(build_server_config(None), index=index) as server:
         m = score(ScoreArgs(workspace=ws, model=str(model_dir), inputs=(str(tmp_path / "hats"),),

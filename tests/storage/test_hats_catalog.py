@@ -11,7 +11,7 @@ from pipeline.config import IngestArgs
 from pipeline.errors import CatalogError
 from pipeline.healpix import adaptive_partitions, healpix29
 from pipeline.ingest import ingest, read_catalog
-from storage.hats_catalog import partition_files, write_frame
+from storage.hats_catalog import partition_files, pixel_path, write_frame
 
 
 def clustered_positions(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -101,3 +101,13 @@ def test_tables_from_before_hats_get_a_clear_error(tmp_path):
 
     with pytest.raises(WorkspaceError, match=r"written before workspace tables were HATS catalogs; re-run"):
         read_catalog(tmp_path)
+
+
+@pytest.mark.parametrize("directory", [False, True])
+@pytest.mark.parametrize(("order", "pixel"), [(0, 5), (7, 123_456), (29, 12 * 4**29 - 1)])
+def test_pixel_paths_are_the_ones_hats_spells(tmp_path, order, pixel, directory):
+    from hats.io.paths import pixel_catalog_file
+    from hats.pixel_math import HealpixPixel
+
+    expected = pixel_catalog_file(tmp_path, HealpixPixel(order, pixel), npix_suffix="/" if directory else ".parquet")
+    assert str(pixel_path(tmp_path, order, pixel, directory)).rstrip("/") == str(expected.path).rstrip("/")

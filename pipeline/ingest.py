@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,15 @@ from pipeline.config import IngestArgs
 from pipeline.errors import CatalogError
 from pipeline.healpix import HEALPIX_ORDER, adaptive_partitions, healpix29, pixel_bounds
 from pipeline.stage import writing
-from storage.hats_catalog import Written, check_table, finish_catalog, pixel_path, read_table, write_partition
+from storage.hats_catalog import (
+    Written,
+    check_table,
+    finish_catalog,
+    pixel_path,
+    preload_hats,
+    read_table,
+    write_partition,
+)
 from storage.manifest import Manifest, file_checksum
 from storage.workspace import Workspace, as_workspace, atomic_directory
 
@@ -190,6 +199,8 @@ def ingest(args: IngestArgs, client: Client | None = None) -> Manifest:
 
 def _ingest(args: IngestArgs, client: Client | None) -> Manifest:
     manifest = Manifest(stage="ingest", parameters=parameters(args))
+    preload_hats()  # the driver's ~1 s import of hats overlaps the reading
+    phase = Phases()
     sources = inspect_all(args.inputs, args.columns, args.radius_column, args.format, args.hdu, args.id_kind)
     manifest.warnings = [w for w in map(_lines_warning, sources) if w]
     chunks = [c for s in sources for c in plan_chunks(s, args.chunk_rows)]
@@ -211,8 +222,7 @@ def _ingest(args: IngestArgs, client: Client | None) -> Manifest:
         DROP_DUPLICATE_ID: sum(len(d) for d in duplicates),
     }
     kept = rows_in - sum(manifest.dropped.values())
-    checksums = client.gather(checksums) if client is not None else checksums
-    manifest.inputs = [dict(s.describe(), checksum=c) for s, c in zip(sources, checksums, strict=True)]
+    phase("read")
     if kept == 0:
         raise CatalogError(
             f"no usable rows in {', '.join(s.path for s in sources)} "
@@ -232,6 +242,7 @@ def _ingest(args: IngestArgs, client: Client | None) -> Manifest:
     groups = merge_groups(rows, threads)
     first_rows = np.concatenate([[0], np.cumsum([sum(rows[i] for i in g) for g in groups])]).tolist()
     ws = args.workspace
+    phase("plan")
     with atomic_directory(ws.catalog) as tmp:
         writes = []
         for i, group in enumerate(groups):
@@ -243,9 +254,14 @@ def _ingest(args: IngestArgs, client: Client | None) -> Manifest:
         written = [w for group_written in compute(*writes, client=client) for w in group_written]
         if [w.rows for w in written] != rows:  # inside the block: a wrong catalog never replaces a good one
             raise RuntimeError(f"ingest wrote {[w.rows for w in written]} rows per partition, not {rows}: a bug")
+        phase("sort_and_write")
         finish_catalog(tmp, "catalog", written)
+        phase("metadata")
     if client is not None:
         client.cancel(list(parts))
+    checksums = client.gather(checksums) if client is not None else checksums  # ran beside the work
+    manifest.inputs = [dict(s.describe(), checksum=c) for s, c in zip(sources, checksums, strict=True)]
+    manifest.extra["seconds_by_phase"] = phase.seconds
     manifest.rows_out = sum(rows)
     manifest.outputs = {
         "catalog": str(ws.catalog),
@@ -260,6 +276,19 @@ def _ingest(args: IngestArgs, client: Client | None) -> Manifest:
     manifest.finish()
     ws.write_manifest("ingest", manifest.to_dict())
     return manifest
+
+
+class Phases:
+    """Wall seconds of a stage's phases: ``phase(name)`` ends the phase running since the last call."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._last, 3)
+        self._last = now
 
 
 def _lines_warning(source: CatalogSource) -> str:

@@ -33,6 +33,7 @@ from storage.hats_catalog import (
     finish_catalog,
     partition_files,
     pixel_path,
+    preload_hats,
     read_table,
     write_partition,
 )
@@ -208,6 +209,7 @@ def _label(args: LabelArgs, client: Client | None) -> Manifest:
             for path, lines in without.items()
         ]
 
+    preload_hats()
     partitions = partition_files(ws.catalog)
     with atomic_directory(ws.labels) as tmp:
         tallies = compute(

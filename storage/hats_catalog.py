@@ -14,7 +14,9 @@ Rows carry ``_healpix_29`` (HEALPix nested index, order 29) and are sorted on it
 
 from __future__ import annotations
 
+import importlib
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -44,6 +46,12 @@ class Written:
     pixel: int
     rows: int
     sky: tuple[np.ndarray, np.ndarray]  # (order-8 pixels, rows in each)
+
+
+def preload_hats() -> None:
+    """Import ``hats`` in a background thread (about 1 s), so that :func:`finish_catalog` need not
+    wait for it at the end of a stage."""
+    threading.Thread(target=importlib.import_module, args=("hats",), daemon=True).start()
 
 
 def is_hats(path: Path) -> bool:
@@ -119,8 +127,11 @@ def write_partition(table: pa.Table | pd.DataFrame, path: Path, order: int, pixe
 
 def sky_counts(healpix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows per order-``SKYMAP_ORDER`` pixel of order-29 indices (sparse: pixels, counts)."""
-    return np.unique(np.asarray(healpix, dtype=np.int64) >> np.int64(2 * (HEALPIX_ORDER - SKYMAP_ORDER)),
-                     return_counts=True)  # fmt: skip
+    pixels = np.asarray(healpix, dtype=np.int64) >> np.int64(2 * (HEALPIX_ORDER - SKYMAP_ORDER))
+    if pixels.size and (pixels[1:] >= pixels[:-1]).all():  # sorted, as partitions are: no sort needed
+        starts = np.flatnonzero(np.r_[True, pixels[1:] != pixels[:-1]])
+        return pixels[starts], np.diff(np.r_[starts, pixels.size])
+    return np.unique(pixels, return_counts=True)
 
 
 def finish_catalog(root: Path, name: str, written: Sequence[Written], directories: bool = False) -> int:
@@ -172,13 +183,23 @@ def clear_metadata(root: Path) -> None:
 
 
 def partition_files(root: Path) -> list[tuple[int, int, Path]]:
-    """``(order, pixel, path)`` of every partition, in sky order (nested index of its first cell)."""
-    from hats.catalog import PartitionInfo, TableProperties
+    """``(order, pixel, path)`` of every partition, in sky order (nested index of its first cell),
+    from ``partition_info.csv`` and ``hats.properties`` (read directly: no ``hats`` import)."""
+    table = pd.read_csv(root / "partition_info.csv")
+    directories = read_properties(root).get("hats_npix_suffix", ".parquet") == "/"
+    pixels = sorted(zip(table["Norder"].tolist(), table["Npix"].tolist(), strict=True),
+                    key=lambda op: op[1] << (2 * (HEALPIX_ORDER - op[0])))  # fmt: skip
+    return [(int(k), int(p), pixel_path(root, k, p, directory=directories)) for k, p in pixels]
 
-    suffix = TableProperties.read_from_dir(root).npix_suffix
-    pixels = PartitionInfo.read_from_dir(root).get_healpix_pixels()
-    ordered = sorted(pixels, key=lambda p: p.pixel << (2 * (HEALPIX_ORDER - p.order)))
-    return [(p.order, p.pixel, pixel_path(root, p.order, p.pixel, directory=suffix == "/")) for p in ordered]
+
+def read_properties(root: Path) -> dict[str, str]:
+    """``hats.properties`` as key/value text (comments skipped)."""
+    out = {}
+    for line in (root / PROPERTIES).read_text(encoding="utf-8").splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.lstrip().startswith("#"):
+            out[key.strip()] = value.strip()
+    return out
 
 
 def data_files(root: Path) -> list[Path]:

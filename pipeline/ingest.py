@@ -9,10 +9,11 @@ The graph, task by task (work units are input chunks, then HEALPix partitions):
    kept) and partitions the sky adaptively (:func:`pipeline.healpix.adaptive_partitions`): HEALPix
    pixels of mixed orders with at most ``max_rows`` rows each.
 3. merge: consecutive partitions are grouped (about two groups per worker thread, at most
-   ``MERGE_ROWS`` rows each); a group's task takes its HEALPix range from every chunk (less the
-   rejected rows), sorts it on (``_healpix_29``, ``objid``) and writes one file per partition,
-   ``dataset/Norder=k/Dir=d/Npix=n.parquet``; the HATS metadata files are then written with the
-   ``hats`` library, so ``lsdb.open_catalog(WS/catalog)`` opens the result.
+   ``MERGE_ROWS`` rows each); each chunk is split by group in one pass (less the rejected rows),
+   and a group's task merges its pieces from every chunk, sorts them on (``_healpix_29``, ``objid``)
+   and writes one file per partition, ``dataset/Norder=k/Dir=d/Npix=n.parquet``; the HATS
+   metadata files are then written with the ``hats`` library, so ``lsdb.open_catalog(WS/catalog)``
+   opens the result.
 
 Each row gets ``cube_row``: its position in the written catalog (0..N-1 in sky order), which is
 its row in the image cube ``WS/cube.zarr``. The same inputs give the same order, hence the same
@@ -61,7 +62,7 @@ from storage.hats_catalog import (
     read_table,
     write_partition,
 )
-from storage.manifest import Manifest, file_checksum
+from storage.manifest import Manifest, block_digest, checksum_blocks, combine_digests
 from storage.workspace import Workspace, as_workspace, atomic_directory
 
 DROP_BAD_COORDINATES = "bad_coordinates"
@@ -107,12 +108,15 @@ def _rows_with_ids(table: pa.Table, ids: np.ndarray) -> tuple[np.ndarray, np.nda
     return rows, objid[rows], hpx[rows]
 
 
-def _healpix_range(table: pa.Table, dropped: np.ndarray, low: int, high: int) -> pa.Table:
-    """Rows of a chunk with ``low <= _healpix_29 < high``, less the rows at positions ``dropped``."""
-    hpx = _column(table, "_healpix_29")
-    inside = (hpx >= low) & (hpx < high)
-    inside[dropped] = False
-    return table.filter(pa.array(inside))
+def _split(table: pa.Table, dropped: np.ndarray, edges: np.ndarray) -> tuple[pa.Table, ...]:
+    """A chunk's rows by merge group, in one pass: group g holds ``edges[g] <= _healpix_29 <
+    edges[g + 1]``; the rows at positions ``dropped`` (and those with no index, -1) are left out."""
+    group = np.searchsorted(edges, _column(table, "_healpix_29"), side="right") - 1
+    group[group >= len(edges) - 1] = -1
+    group[dropped] = -1
+    order = np.argsort(group, kind="stable")
+    ends = np.cumsum(np.bincount(group + 1, minlength=len(edges)))  # ends[0]: the rows left out
+    return tuple(table.take(pa.array(order[a:b])) for a, b in zip(ends[:-1], ends[1:], strict=True))
 
 
 def sky_order(hpx: np.ndarray, objid: np.ndarray) -> np.ndarray:
@@ -244,13 +248,14 @@ def _ingest(args: IngestArgs, client: Client | None) -> Manifest:
     ws = args.workspace
     phase("plan")
     with atomic_directory(ws.catalog) as tmp:
+        edges = np.array([pixel_bounds(*partitions[g.start])[0] for g in groups]
+                         + [pixel_bounds(*partitions[-1])[1]], dtype=np.int64)  # fmt: skip
+        splits = [delayed(_split, nout=len(groups))(p, d, edges) for p, d in zip(parts, dropped, strict=True)]
         writes = []
         for i, group in enumerate(groups):
-            members = partitions[group.start : group.stop]
-            low, high = pixel_bounds(*members[0])[0], pixel_bounds(*members[-1])[1]
-            pieces = [delayed(_healpix_range)(p, d, int(low), int(high)) for p, d in zip(parts, dropped, strict=True)]
             n_rows = first_rows[i + 1] - first_rows[i]
-            writes.append(delayed(_sort_and_write)(pieces, members, tmp, first_rows[i], n_rows))
+            writes.append(delayed(_sort_and_write)([s[i] for s in splits], partitions[group.start : group.stop], tmp,
+                                                   first_rows[i], n_rows))  # fmt: skip
         written = [w for group_written in compute(*writes, client=client) for w in group_written]
         if [w.rows for w in written] != rows:  # inside the block: a wrong catalog never replaces a good one
             raise RuntimeError(f"ingest wrote {[w.rows for w in written]} rows per partition, not {rows}: a bug")
@@ -259,7 +264,7 @@ def _ingest(args: IngestArgs, client: Client | None) -> Manifest:
         phase("metadata")
     if client is not None:
         client.cancel(list(parts))
-    checksums = client.gather(checksums) if client is not None else checksums  # ran beside the work
+    checksums = _checksums(checksums, client)  # hashed in the gaps of the work
     manifest.inputs = [dict(s.describe(), checksum=c) for s, c in zip(sources, checksums, strict=True)]
     manifest.extra["seconds_by_phase"] = phase.seconds
     manifest.rows_out = sum(rows)
@@ -313,10 +318,20 @@ def _threads(client: Client | None) -> int:
 
 
 def _start_checksums(sources: list[CatalogSource], client: Client | None) -> list:
-    """SHA-256 of every input: futures on the cluster (overlapping the first pass), else computed now."""
-    if client is not None:
-        return client.map(file_checksum, [s.path for s in sources], pure=False)
-    return [file_checksum(s.path) for s in sources]
+    """Per input, the futures of its 64 MiB blocks' SHA-256 digests (:func:`combine_digests` makes
+    the checksum). On the cluster they run at low priority: in the gaps the reading and merging
+    leave, not before them. Without a cluster, the digests themselves."""
+    blocks = [[(s.path, a, b) for a, b in checksum_blocks(s.path)] for s in sources]
+    if client is None:
+        return [[block_digest(*block) for block in file_blocks] for file_blocks in blocks]
+    return [client.map(block_digest, *zip(*file_blocks, strict=True), pure=False, priority=-10)
+            for file_blocks in blocks]  # fmt: skip
+
+
+def _checksums(started: list, client: Client | None) -> list[str]:
+    """The inputs' checksums, once their block digests are done."""
+    digests = [client.gather(futures) for futures in started] if client is not None else started
+    return [combine_digests(d) for d in digests]
 
 
 def parameters(args: IngestArgs) -> dict:

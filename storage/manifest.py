@@ -75,6 +75,37 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
+CHECKSUM_BLOCK = 1 << 26  # 64 MiB: catalog files larger than this are hashed block by block, in parallel
+
+
+def checksum_blocks(path: str | Path) -> list[tuple[int, int]]:
+    """Byte ranges [start, stop) that :func:`block_digest` hashes for :func:`combine_digests`."""
+    size = os.path.getsize(path)
+    return [(a, min(a + CHECKSUM_BLOCK, size)) for a in range(0, max(size, 1), CHECKSUM_BLOCK)]
+
+
+def block_digest(path: str | Path, start: int, stop: int) -> bytes:
+    """SHA-256 of bytes [start, stop) of a file (read in 4 MiB pieces)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        left = stop - start
+        while left > 0 and (piece := fh.read(min(left, 1 << 22))):
+            digest.update(piece)
+            left -= len(piece)
+    return digest.digest()
+
+
+def combine_digests(digests: list[bytes]) -> str:
+    """The catalog checksum from its blocks' digests: ``sha256:<hex>`` of the file for one block
+    (files up to 64 MiB: the plain SHA-256), else ``sha256-64MiB-blocks:<hex>``, the SHA-256 of the
+    blocks' SHA-256 digests in order; either way any changed byte changes it. Blocks let every
+    worker hash part of a large file, in gaps of the other work."""
+    if len(digests) == 1:
+        return f"sha256:{digests[0].hex()}"
+    return f"sha256-64MiB-blocks:{hashlib.sha256(b''.join(digests)).hexdigest()}"
+
+
 def file_checksum(path: Path, algorithm: str = "sha256", block: int = 1 << 22) -> str:
     """Hex digest of a file, read in 4 MiB blocks (never the whole file in memory)."""
     digest = hashlib.new(algorithm)

@@ -89,6 +89,17 @@ def test_manifest_records_inputs_and_checksums(tmp_path, nsa_fits, synchronous):
     assert manifest["seconds"] > 0 and manifest["software"]["python"]
 
 
+def test_large_inputs_are_checksummed_by_blocks_on_the_cluster(tmp_path, nsa_fits, cluster_client, monkeypatch):
+    path, _ = nsa_fits
+    monkeypatch.setattr("storage.manifest.CHECKSUM_BLOCK", 4096)  # as if the file were larger than 64 MiB
+    blocks = [path.read_bytes()[a : a + 4096] for a in range(0, path.stat().st_size, 4096)]
+    assert len(blocks) > 3
+    run_ingest(tmp_path / "ws", [path], client=cluster_client)
+    (entry,) = json.loads((tmp_path / "ws" / "manifests" / "ingest.json").read_text())["inputs"]
+    tree = hashlib.sha256(b"".join(hashlib.sha256(b).digest() for b in blocks)).hexdigest()
+    assert entry["checksum"] == "sha256-64MiB-blocks:" + tree
+
+
 def test_rerun_is_idempotent(tmp_path, nsa_fits, synchronous):
     path, _ = nsa_fits
     run_ingest(tmp_path / "ws", [path], max_rows=100)

@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -77,54 +78,71 @@ def valid_coordinates(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
         return np.isfinite(ra) & np.isfinite(dec) & (ra >= 0) & (ra < 360) & (dec >= -90) & (dec <= 90)
 
 
-def _read_and_index(chunk: Chunk) -> pa.Table:
-    """One chunk in canonical form with ``_healpix_29`` (-1 where the coordinates are unusable), as
-    an Arrow table: later steps slice, filter and take it without pandas copies."""
+@dataclass(frozen=True)
+class SortedChunk:
+    """One input chunk in canonical form with ``_healpix_29`` (-1 where the coordinates are
+    unusable), sorted on (``_healpix_29``, ``objid``) as an Arrow table, so that a merge group's
+    rows are one slice of it; ``input_row[i]`` is the file-order position of row i (the first
+    occurrence of a repeated id is the first in input order)."""
+
+    table: pa.Table
+    input_row: np.ndarray
+
+    def column(self, name: str) -> np.ndarray:
+        return self.table.column(name).to_numpy()
+
+
+def _read_and_index(chunk: Chunk) -> SortedChunk:
+    """Read one chunk, index it on the sky and sort it (see :class:`SortedChunk`)."""
     frame = read_chunk(chunk)
     ra, dec = frame["ra"].to_numpy(), frame["dec"].to_numpy()
     ok = valid_coordinates(ra, dec)
     hpx = np.full(len(frame), -1, dtype=np.int64)
     hpx[ok] = healpix29(ra[ok], dec[ok])
     frame["_healpix_29"] = hpx
-    return pa.Table.from_pandas(frame, preserve_index=False)
+    order = sky_order(hpx, frame["objid"].to_numpy())
+    return SortedChunk(pa.Table.from_pandas(frame, preserve_index=False).take(pa.array(order)), order)
 
 
-def _column(table: pa.Table, name: str) -> np.ndarray:
-    return table.column(name).to_numpy()
-
-
-def _keys(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _keys(chunk: SortedChunk) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(sorted ids, sorted HEALPix indices) of the rows with usable coordinates, and the other rows."""
-    hpx = _column(table, "_healpix_29")
-    ok = hpx >= 0
-    return np.sort(_column(table, "objid")[ok]), np.sort(hpx[ok]), np.flatnonzero(~ok)
+    hpx = chunk.column("_healpix_29")
+    bad = int(np.searchsorted(hpx, 0))  # -1 sorts first
+    return np.sort(chunk.column("objid")[bad:]), hpx[bad:], np.arange(bad)
 
 
-def _rows_with_ids(table: pa.Table, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Positions (input order), ids and HEALPix indices of the rows with usable coordinates whose id
-    is in ``ids``."""
-    objid, hpx = _column(table, "objid"), _column(table, "_healpix_29")
+def _rows_with_ids(chunk: SortedChunk, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions, ids and HEALPix indices of the rows with usable coordinates whose id is in
+    ``ids``, in input order."""
+    objid, hpx = chunk.column("objid"), chunk.column("_healpix_29")
     rows = np.flatnonzero(np.isin(objid, ids) & (hpx >= 0))
+    rows = rows[np.argsort(chunk.input_row[rows], kind="stable")]
     return rows, objid[rows], hpx[rows]
 
 
-def _split(table: pa.Table, dropped: np.ndarray, edges: np.ndarray) -> tuple[pa.Table, ...]:
-    """A chunk's rows by merge group, in one pass: group g holds ``edges[g] <= _healpix_29 <
-    edges[g + 1]``; the rows at positions ``dropped`` (and those with no index, -1) are left out."""
-    group = np.searchsorted(edges, _column(table, "_healpix_29"), side="right") - 1
-    group[group >= len(edges) - 1] = -1
-    group[dropped] = -1
-    order = np.argsort(group, kind="stable")
-    ends = np.cumsum(np.bincount(group + 1, minlength=len(edges)))  # ends[0]: the rows left out
-    return tuple(table.take(pa.array(order[a:b])) for a, b in zip(ends[:-1], ends[1:], strict=True))
+def _split(chunk: SortedChunk, dropped: np.ndarray, edges: np.ndarray) -> tuple[pa.Table, ...]:
+    """A chunk's rows by merge group, as slices: group g holds ``edges[g] <= _healpix_29 <
+    edges[g + 1]``; the rows at positions ``dropped`` are left out."""
+    bounds = np.searchsorted(chunk.column("_healpix_29"), edges).tolist()
+    pieces = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        piece = chunk.table.slice(a, b - a)
+        inside = dropped[(dropped >= a) & (dropped < b)]
+        if inside.size:  # repeated ids: rare
+            keep = np.ones(b - a, dtype=bool)
+            keep[inside - a] = False
+            piece = piece.filter(pa.array(keep))
+        pieces.append(piece)
+    return tuple(pieces)
 
 
 def sky_order(hpx: np.ndarray, objid: np.ndarray) -> np.ndarray:
-    """Permutation that sorts rows on (HEALPix index, objid). One argsort of the indices (ties
-    need the id only where two rows share an order-29 pixel, ~0.4 milliarcsec: rare)."""
-    order = np.argsort(hpx)
-    sorted_hpx = hpx[order]
-    if (sorted_hpx[1:] == sorted_hpx[:-1]).any():
+    """Permutation that sorts rows on (HEALPix index, objid). One stable argsort of the indices
+    (fast on the sorted runs a merge concatenates); the ids are needed only where two rows with
+    coordinates share an order-29 pixel (~0.4 milliarcsec: rare)."""
+    order = np.argsort(hpx, kind="stable")
+    ordered = hpx[order]
+    if ((ordered[1:] == ordered[:-1]) & (ordered[1:] >= 0)).any():
         return np.lexsort((objid, hpx))
     return order
 
@@ -136,8 +154,8 @@ def _sort_and_write(pieces: list[pa.Table], partitions: list[tuple[int, int]], r
     table = pa.concat_tables(pieces, promote_options="permissive")
     if table.num_rows != rows_expected:
         raise RuntimeError(f"ingest: a merge group has {table.num_rows} rows, not {rows_expected}: a bug")
-    hpx = _column(table, "_healpix_29")
-    order = sky_order(hpx, _column(table, "objid"))
+    hpx = table.column("_healpix_29").to_numpy()
+    order = sky_order(hpx, table.column("objid").to_numpy())
     table = table.take(pa.array(order))
     table = table.append_column("cube_row", pa.array(np.arange(first_row, first_row + table.num_rows, dtype=np.int64)))
     hpx = hpx[order]

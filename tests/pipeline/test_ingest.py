@@ -45,6 +45,17 @@ def test_drops_bad_coordinates_and_duplicates(tmp_path, synchronous):
     assert not set(a["NSAID"][:5]) & set(frame.index)
 
 
+def test_the_first_of_a_repeated_id_in_file_order_is_kept_even_when_it_sorts_later_on_the_sky(tmp_path, synchronous):
+    rows = nsa_rows(6, seed=3)
+    rows["NSAID"][:] = [7, 8, 7, 9, 8, 7]
+    rows["RA"][:], rows["DEC"][:] = [300.0, 250.0, 10.0, 20.0, 5.0, 1.0], 0.0  # later copies sort first
+    write_nsa_fits(tmp_path / "rep.fits", rows)
+    manifest = run_ingest(tmp_path / "ws", [tmp_path / "rep.fits"])
+    assert manifest.dropped["duplicate_objid"] == 3
+    kept = read_catalog(Workspace(tmp_path / "ws")).set_index("objid")["ra"].to_dict()
+    assert kept == {7: 300.0, 8: 250.0, 9: 20.0}
+
+
 def test_boundary_coordinates_are_kept(tmp_path, synchronous):
     rows = nsa_rows(4)
     rows["RA"][:4] = [0.0, 359.999999, 10.0, 20.0]

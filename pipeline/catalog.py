@@ -617,13 +617,20 @@ def canonical_frame(
 
     ``first_row`` gives the file row of the first row of ``raw`` (called only to name a bad value).
     """
+    return pd.DataFrame(canonical_columns(raw, src, first_row))
+
+
+def canonical_columns(
+    raw: Mapping[str, np.ndarray] | pd.DataFrame, src: CatalogSource, first_row: Callable[[], int] = lambda: 0
+) -> dict[str, np.ndarray | pd.api.extensions.ExtensionArray]:
+    """:func:`canonical_frame`'s columns as arrays, in order (no DataFrame: for Arrow tables)."""
     try:
-        return _canonical_frame(raw, src)
+        return _canonical_columns(raw, src)
     except _BadValue as bad:
         raise CatalogError(bad.message(src.path, first_row() + bad.row)) from None
 
 
-def _canonical_frame(raw: Mapping[str, np.ndarray] | pd.DataFrame, src: CatalogSource) -> pd.DataFrame:
+def _canonical_columns(raw: Mapping[str, np.ndarray] | pd.DataFrame, src: CatalogSource) -> dict:
     n = len(next(iter(raw.values()))) if isinstance(raw, Mapping) else len(raw)
     out: dict[str, np.ndarray | pd.Series] = {}
     id_values = raw[src.mapping["objid"]]
@@ -643,9 +650,9 @@ def _canonical_frame(raw: Mapping[str, np.ndarray] | pd.DataFrame, src: CatalogS
         if source is None:
             out[canonical] = np.full(n, np.nan, dtype=dtype)
         else:
-            out[canonical] = _numeric(canonical, source, raw[source]).astype(dtype)
+            out[canonical] = _numeric(canonical, source, raw[source]).astype(dtype, copy=False)
     columns = ["objid", *(["source_id"] if src.string_id else []), *FLOAT64_COLUMNS, *FLOAT32_COLUMNS]
-    return pd.DataFrame({c: out[c] for c in columns})
+    return {c: out[c] for c in columns}
 
 
 def _numeric(canonical: str, source: str, values: object) -> np.ndarray:
@@ -670,7 +677,7 @@ def integer_ids(values: object, source: str = "objid", zero_padded: bool = False
     """
     arr = np.asarray(values)
     if arr.dtype.kind == "i":
-        return arr.astype(np.int64)
+        return arr.astype(np.int64, copy=False)
     if arr.dtype.kind == "u":
         over = np.flatnonzero(arr > INT64_MAX)
         if over.size:

@@ -44,11 +44,13 @@ from cluster.client import compute, persist
 from pipeline.catalog import (
     CatalogSource,
     Chunk,
+    canonical_columns,
     inspect_all,
     map_lines_hint,
     missing_lines_text,
     plan_chunks,
-    read_chunk,
+    read_raw,
+    rows_before,
 )
 from pipeline.config import IngestArgs
 from pipeline.errors import CatalogError
@@ -94,14 +96,14 @@ class SortedChunk:
 
 def _read_and_index(chunk: Chunk) -> SortedChunk:
     """Read one chunk, index it on the sky and sort it (see :class:`SortedChunk`)."""
-    frame = read_chunk(chunk)
-    ra, dec = frame["ra"].to_numpy(), frame["dec"].to_numpy()
+    columns = canonical_columns(read_raw(chunk), chunk.source, first_row=lambda: rows_before(chunk))
+    ra, dec = columns["ra"], columns["dec"]
     ok = valid_coordinates(ra, dec)
-    hpx = np.full(len(frame), -1, dtype=np.int64)
+    hpx = np.full(len(ra), -1, dtype=np.int64)
     hpx[ok] = healpix29(ra[ok], dec[ok])
-    frame["_healpix_29"] = hpx
-    order = sky_order(hpx, frame["objid"].to_numpy())
-    return SortedChunk(pa.Table.from_pandas(frame, preserve_index=False).take(pa.array(order)), order)
+    columns["_healpix_29"] = hpx
+    order = sky_order(hpx, columns["objid"], runs=False)
+    return SortedChunk(pa.table(columns).take(pa.array(order)), order)
 
 
 def _keys(chunk: SortedChunk) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -136,11 +138,11 @@ def _split(chunk: SortedChunk, dropped: np.ndarray, edges: np.ndarray) -> tuple[
     return tuple(pieces)
 
 
-def sky_order(hpx: np.ndarray, objid: np.ndarray) -> np.ndarray:
-    """Permutation that sorts rows on (HEALPix index, objid). One stable argsort of the indices
-    (fast on the sorted runs a merge concatenates); the ids are needed only where two rows with
-    coordinates share an order-29 pixel (~0.4 milliarcsec: rare)."""
-    order = np.argsort(hpx, kind="stable")
+def sky_order(hpx: np.ndarray, objid: np.ndarray, runs: bool = True) -> np.ndarray:
+    """Permutation that sorts rows on (HEALPix index, objid). One argsort of the indices (``runs``:
+    a stable one, fast on the sorted runs a merge concatenates); the ids are needed only where two
+    rows with coordinates share an order-29 pixel (~0.4 milliarcsec: rare)."""
+    order = np.argsort(hpx, kind="stable" if runs else None)
     ordered = hpx[order]
     if ((ordered[1:] == ordered[:-1]) & (ordered[1:] >= 0)).any():
         return np.lexsort((objid, hpx))
@@ -377,4 +379,6 @@ def read_catalog(workspace: Workspace | str | Path, columns: list[str] | None = 
     check_table(ws.catalog, f"`agnsurvey ingest CATALOG --workspace {ws.root}`")
     wanted = None if columns is None else list(dict.fromkeys([*columns, "cube_row"]))
     frame = read_table(ws.catalog, wanted).sort_values("cube_row").reset_index(drop=True)
+    if "source_id" in frame:
+        frame["source_id"] = frame["source_id"].astype("string")  # text ids: pandas' nullable strings
     return frame if columns is None else frame[list(columns)]

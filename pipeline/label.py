@@ -124,7 +124,7 @@ def _label_partition_file(source: Path, out: Path, order: int, pixel: int,
                           args: LabelArgs) -> tuple[pd.DataFrame, dict, Written | None]:  # fmt: skip
     """Label one catalog partition into the same pixel of the labels (Arrow in, Arrow out); returns
     its tallies (summed on the client) and what was written (None when no row passed the cuts)."""
-    table = pq.read_table(source)
+    table = pq.read_table(source, use_threads=False)  # one thread: the workers are the parallelism
     problems, new = label_columns({c: table.column(c).to_numpy() for c in NEEDED if c in table.column_names},
                                   args.scheme, args.min_snr, args.split)  # fmt: skip
     ok = problems == 0

@@ -177,11 +177,11 @@ class PeakMemory:
 
 def run_agnsurvey(fits_path: Path, workspace: Path, client: Client, workers: int) -> dict[str, Any]:
     """Time ``ingest`` then ``label`` (plots off) on ``client``; class counts read back afterwards."""
-    with get_task_stream(client=client) as ingest_stream, PeakMemory(client) as ingest_memory:
+    with get_task_stream(client=client) as ingest_stream:
         t0 = now()
         ingested = ingest(IngestArgs(workspace=workspace, inputs=(str(fits_path),)), client)
         t1 = now()
-    with get_task_stream(client=client) as label_stream, PeakMemory(client) as label_memory:
+    with get_task_stream(client=client) as label_stream:
         t2 = now()
         labelled = label(LabelArgs(workspace=workspace, plots=False), client)
         t3 = now()
@@ -198,11 +198,23 @@ def run_agnsurvey(fits_path: Path, workspace: Path, client: Client, workers: int
         "classes": {str(k): int(v) for k, v in classes.value_counts().items()},
         "ingest_tasks": task_breakdown(ingest_stream.data, t1 - t0, workers),
         "label_tasks": task_breakdown(label_stream.data, t3 - t2, workers),
-        "ingest_memory": ingest_memory.report(),
-        "label_memory": label_memory.report(),
         "partitions": ingested.outputs["partitions"],
         "rows_per_partition": ingested.outputs["rows_per_partition"],
     }
+
+
+def run_memory(fits_path: Path, workspace: Path, client: Client) -> dict[str, Any]:
+    """Peak resident memory of each worker during ``ingest`` and during ``label``, each on freshly
+    restarted workers (RSS is not given back between runs, so warm workers would show the largest
+    earlier run instead). Not timed."""
+    out = {}
+    for stage, run in (("ingest", lambda: ingest(IngestArgs(workspace=workspace, inputs=(str(fits_path),)), client)),
+                       ("label", lambda: label(LabelArgs(workspace=workspace, plots=False), client))):  # fmt: skip
+        client.restart()
+        with PeakMemory(client) as memory:
+            run()
+        out[stage] = memory.report()
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -386,6 +398,9 @@ def measure_size(n: int, data: Path, client: Client, workers: int, repeat: int, 
         with scratch(runs / f"agnsurvey-{i}", keep) as out:
             result["agnsurvey"].append(run_agnsurvey(fits_path, out / "ws", client, workers))
         verify(n, result["agnsurvey"][-1], result["pandas"][-1])
+        if i == 0:
+            with scratch(runs / "memory", keep) as out:
+                result["memory"] = run_memory(fits_path, out / "ws", client)
         if not skip_hats_import:
             with scratch(runs / f"hats-import-{i}", keep) as out:
                 result["hats_import"].append(run_hats_import(fits_path, out, client))
@@ -486,11 +501,12 @@ def breakdown_lines(result: dict[str, Any]) -> list[str]:
         tasks = run[f"{stage}_tasks"]
         top = list(tasks["compute_s_by_prefix"].items())[:5]
         parts = ", ".join(f"{k} {v:.1f}s" for k, v in top)
-        peak = max(run[f"{stage}_memory"]["peak_rss_mb"].values())
+        memory = result["memory"][stage]
+        peak = max(memory["peak_rss_mb"].values())
         lines.append(
             f"  {size_label(result['rows'])} {stage}: wall {run[f'{stage}_s']:.1f}s, workers busy "
             f"{100 * (tasks['worker_busy_fraction'] or 0):.0f}%, {tasks['tasks']} tasks, peak worker RSS "
-            f"{peak} MB; top: {parts}"
+            f"{peak} MB (fresh workers start at {max(memory['start_rss_mb'].values())} MB); top: {parts}"
         )
     partition = run["rows_per_partition"]
     lines.append(f"  {size_label(result['rows'])} partitions: {run['partitions']} of {partition['min']:,} to "

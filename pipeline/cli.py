@@ -190,11 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
         "workspace's own catalog) with a trained model. Pixels come from Legacy Surveys cutouts fetched into "
         "WS/scoring/cube.zarr (every row, as `fetch --rows all`: same politeness, resumable; scoring streams behind "
         "the fetch) or, with --images COLUMN, from local image files. Labels use the threshold evaluate stored "
-        "beside the model unless --threshold is given. Output: WS/scores/part-*.parquet (objid, ra, dec, p_agn, "
-        "label, status); a re-run skips complete parts.",
+        "beside the model unless --threshold is given. Output: WS/scores/, a HATS catalog that lsdb.open_catalog "
+        "reads (objid, ra, dec, p_agn, label, status; with --images: WS/scores/part-*.parquet); a re-run skips "
+        "complete parts.",
     )
-    score.add_argument("catalogs", nargs="*", metavar="CATALOG", help="files, globs or Parquet directories "
-                       "(default: the workspace's own catalog)")  # fmt: skip
+    score.add_argument("catalogs", nargs="*", metavar="CATALOG", help="files, globs, Parquet directories or HATS "
+                       "catalogs (default: the workspace's own catalog)")  # fmt: skip
     _workspace_arg(score)
     score.add_argument("--model", help="the model directory train wrote (WS/models/NAME), its model.keras, or NAME")
     score.add_argument("--images", metavar="COLUMN", help="score local image files named in this catalog column "
@@ -654,7 +655,7 @@ def _print_run_table(args: cfg.RunArgs, stages: list) -> None:
         print(f"\nreport  {report}\nplots   {', '.join(p.name for p in sorted(ws.reports.glob('*.png')))} in "
               f"{ws.reports}")  # fmt: skip
     if ws.scores.exists():
-        print(f"scores  {ws.scores} (Parquet: objid, ra, dec, p_agn, label, status)")
+        print(f"scores  {ws.scores} (HATS: objid, ra, dec, p_agn, label, status; lsdb.open_catalog reads it)")
 
 
 def _print_summary(stage: str, manifest: Manifest) -> Manifest:

@@ -17,7 +17,7 @@ file has one table per stage with the same field names::
 
     [ingest]
     radius_column = "PETROTH90"
-    shard_rows = 50000
+    max_rows = 500000          # rows per HEALPix partition of the HATS output
     [ingest.columns]          # canonical name = source column
     ha_flux = "h_alpha_flux"
 

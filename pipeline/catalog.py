@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import CANONICAL_COLUMNS, IdKind
 from pipeline.errors import CatalogError
-from storage.hats_catalog import input_files, is_hats_input
+from storage.hats_catalog import data_files, is_hats, read_properties
 
 Format = Literal["fits", "parquet", "csv"]
 
@@ -137,11 +137,8 @@ def expand_inputs(patterns: Sequence[str]) -> list[str]:
             raise CatalogError(f"{pattern}: no file matches this pattern; check the path or quote the glob")
         for match in matches:
             p = Path(match)
-            if p.is_dir() and is_hats_input(p):  # data files only: no thumbnail, statistics or margin cache
-                try:
-                    paths.extend(str(f) for f in input_files(p))
-                except ValueError as exc:
-                    raise CatalogError(str(exc)) from None
+            if p.is_dir() and ((p / "collection.properties").is_file() or is_hats(p)):
+                paths.extend(str(f) for f in hats_input_files(p))
             elif p.is_dir():
                 parts = sorted(str(f) for f in p.rglob("*.parquet") if not f.name.startswith("."))
                 if not parts:
@@ -152,6 +149,31 @@ def expand_inputs(patterns: Sequence[str]) -> list[str]:
             else:
                 paths.append(str(p))
     return paths
+
+
+def hats_input_files(path: Path) -> list[Path]:
+    """The data files holding the rows of a HATS catalog given as input: the catalog's own, or a
+    LSDB collection's primary catalog's (never its margin cache, whose rows are copies of
+    neighbours', nor thumbnail or statistics files), in path order."""
+    catalog = path
+    try:
+        if (path / "collection.properties").is_file():
+            catalog = path / read_properties(path, "collection.properties")["hats_primary_table_url"]
+        kind = read_properties(catalog).get("dataproduct_type", "object")
+    except (OSError, KeyError, UnicodeDecodeError) as exc:
+        raise CatalogError(
+            f"{path}: its HATS properties cannot be read ({type(exc).__name__}: {exc}); check that it is a HATS "
+            "catalog or collection (hats.properties, collection.properties)"
+        ) from None
+    if kind not in ("object", "source"):
+        raise CatalogError(
+            f"{catalog} is a HATS {kind} catalog, not a table of objects; give the object catalog (or the collection "
+            "that holds it)"
+        )
+    files = data_files(catalog) if (catalog / "dataset").is_dir() else []
+    if not files:
+        raise CatalogError(f"{catalog}: HATS catalog without data files under dataset/; check the path")
+    return files
 
 
 def file_stats(paths: tuple[str, ...]) -> dict[str, list]:

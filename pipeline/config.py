@@ -528,6 +528,12 @@ INTERNAL_KEYS = {"workspace", "out", "fetch"}  # set by the command line or from
 SELF_CHECKED_TABLES = {"serve"}  # validated by its own builder (pipeline.synthetic.server.build_server_config)
 
 
+RENAMED_KEYS = {
+    "ingest.shard_rows": " (renamed: the catalog is a HATS catalog now, cut into HEALPix partitions of at most "
+    "ingest.max_rows rows)",
+}
+
+
 def load_config(path: Path | str | None) -> dict[str, Any]:
     """Read and check a TOML config file: known tables and keys, right types. None → empty."""
     if path is None:
@@ -549,7 +555,9 @@ def load_config(path: Path | str | None) -> dict[str, Any]:
             for sub, subvalue in value.items():
                 if sub not in hints or sub in INTERNAL_KEYS:
                     allowed = sorted(set(hints) - INTERNAL_KEYS)
-                    raise ConfigError(f"{path}: unknown key {key}.{sub}; known keys of [{key}]: {', '.join(allowed)}")
+                    renamed = RENAMED_KEYS.get(f"{key}.{sub}", "")
+                    raise ConfigError(f"{path}: unknown key {key}.{sub}{renamed}; known keys of [{key}]: "
+                                      f"{', '.join(allowed)}")  # fmt: skip
                 _check_type(f"{key}.{sub}", subvalue, hints[sub], path)
         elif key == "run":
             if not isinstance(value, dict) or set(value) - set(RUN_TABLE) or not all(map(_is_str, value.values())):

@@ -281,10 +281,10 @@ def _ingest(args: IngestArgs, client: Client | None) -> Manifest:
             raise RuntimeError(f"ingest wrote {[w.rows for w in written]} rows per partition, not {rows}: a bug")
         phase("sort_and_write")
         finish_catalog(tmp, "catalog", written)
+        checksums = _checksums(checksums, client)  # hashed in the gaps of the work; before the catalog is replaced
         phase("metadata")
     if client is not None:
         client.cancel(list(parts))
-    checksums = _checksums(checksums, client)  # hashed in the gaps of the work
     manifest.inputs = [dict(s.describe(), checksum=c) for s, c in zip(sources, checksums, strict=True)]
     manifest.extra["seconds_by_phase"] = phase.seconds
     manifest.rows_out = sum(rows)

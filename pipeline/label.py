@@ -42,6 +42,8 @@ from storage.workspace import Workspace, as_workspace, atomic_directory
 
 PROBLEMS: tuple[str, ...] = ("non-finite", "non-positive", "low S/N")  # most severe first
 LABEL_COLUMNS = ("log_nii_ha", "log_oiii_hb", "bpt_class", "label", "split")
+CLASS_CATEGORIES = list(bpt.CLASS_NAMES.values())  # bpt_class codes → names (the dictionary written)
+NEEDED = ("objid", *LINE_COLUMNS, *ERROR_COLUMNS)  # what labelling reads of a catalog partition
 
 
 def flux_problems(columns: Mapping[str, Any], min_snr: float | None) -> np.ndarray:
@@ -104,22 +106,6 @@ def label_columns(columns: Mapping[str, Any], scheme: bpt.Scheme, min_snr: float
     return problems, new
 
 
-def label_partition(frame: pd.DataFrame, scheme: bpt.Scheme, min_snr: float | None, split: tuple) -> pd.DataFrame:
-    """Kernel over one catalog partition as pandas: all rows, with ``_problems`` (0 = labelled) and
-    the BPT columns (notebooks; the stage itself works on Arrow tables)."""
-    problems, new = label_columns(frame, scheme, min_snr, split)
-    out = frame.copy()
-    out["log_nii_ha"], out["log_oiii_hb"] = new["log_nii_ha"], new["log_oiii_hb"]
-    out["bpt_class"] = pd.Categorical.from_codes(new["bpt_class"], categories=CLASS_CATEGORIES)
-    out["label"] = new["label"]
-    out["split"] = pd.Categorical.from_codes(new["split"], categories=list(SPLITS))
-    out["_problems"] = problems
-    return out
-
-
-CLASS_CATEGORIES = list(bpt.CLASS_NAMES.values())
-
-
 def _label_partition_file(source: Path, out: Path, order: int, pixel: int,
                           args: LabelArgs) -> tuple[pd.DataFrame, dict, Written | None]:  # fmt: skip
     """Label one catalog partition into the same pixel of the labels (Arrow in, Arrow out); returns
@@ -143,9 +129,6 @@ def _label_partition_file(source: Path, out: Path, order: int, pixel: int,
         else:
             kept = kept.append_column(name, pa.array(values))
     return summary, counts, write_partition(kept, out, order, pixel, dictionary_columns=("bpt_class", "split"))
-
-
-NEEDED = ("objid", *LINE_COLUMNS, *ERROR_COLUMNS)
 
 
 def check_catalog(args: LabelArgs) -> dict:

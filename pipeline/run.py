@@ -34,6 +34,7 @@ from pipeline.errors import WorkspaceError
 from pipeline.label import parameters as label_parameters
 from pipeline.stage import writing
 from pipeline.synthetic.catalog import SKY_FITS, SKY_MANIFEST
+from storage.hats_catalog import is_hats
 from storage.manifest import Manifest, file_checksum, read_manifest
 from storage.workspace import Workspace
 
@@ -206,7 +207,7 @@ class _Pipeline:
         ]
 
     def _ingest_complete(self, made: dict) -> bool:
-        return self.ws.catalog.exists()
+        return is_hats(self.ws.catalog)  # a catalog from before tables were HATS is ingested again
 
     def _ingest(self, before: dict, fingerprint: str, tokens: list) -> Manifest:
         from pipeline.ingest import ingest
@@ -217,7 +218,7 @@ class _Pipeline:
         return label_parameters(self.args.label), [self.upstream]
 
     def _label_complete(self, made: dict) -> bool:
-        return self.ws.labels.exists()
+        return is_hats(self.ws.labels)
 
     def _label(self, before: dict, fingerprint: str, tokens: list) -> Manifest:
         from pipeline.label import label

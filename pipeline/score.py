@@ -64,6 +64,7 @@ from storage.hats_catalog import (
     data_files,
     describe_files,
     finish_catalog,
+    is_hats,
     partition_files,
     pixel_relpath,
     table_columns,
@@ -459,9 +460,11 @@ def _prepare_source(args: ScoreArgs, client: Client | None, report: Report) -> W
 
     wanted = {"parameters": ingest_parameters(ingest_args), "files": file_stats(inputs)}
     recorded = (source_ws.read_manifest("ingest") or {}).get("extra", {}).get("score_source")
-    if recorded == json.loads(json.dumps(wanted)) and source_ws.catalog.exists():
+    if recorded == json.loads(json.dumps(wanted)) and is_hats(source_ws.catalog):
         return source_ws
-    if source_ws.cube.exists() and not args.restart:
+    # the same rows, only partitioned anew (or from an older layout): the cube stays valid
+    same_rows = recorded is not None and _rows_key(recorded) == _rows_key(json.loads(json.dumps(wanted)))
+    if source_ws.cube.exists() and not same_rows and not args.restart:
         raise ScoreError(
             f"{source_ws.root} holds another catalog's cutouts than {', '.join(args.inputs)}; pass --restart to "
             "score this catalog anew (its cutouts are then fetched again), or score into another --workspace"
@@ -469,7 +472,7 @@ def _prepare_source(args: ScoreArgs, client: Client | None, report: Report) -> W
     from pipeline.ingest import ingest
 
     manifest = ingest(ingest_args, client=client)  # first: a bad catalog leaves the old cutouts alone
-    if source_ws.cube.exists():  # the cutouts of the catalog scored before (--restart was given)
+    if source_ws.cube.exists() and not same_rows:  # the cutouts of the catalog scored before (--restart given)
         with writing(source_ws, "cube", "score"):
             trash = source_ws.root / f".cube.zarr.discarded-{os.getpid()}"
             os.replace(source_ws.cube, trash)  # one rename: the cube is whole or gone
@@ -479,6 +482,14 @@ def _prepare_source(args: ScoreArgs, client: Client | None, report: Report) -> W
     source_ws.write_manifest("ingest", manifest.to_dict())
     report("ingest", manifest)
     return source_ws
+
+
+def _rows_key(source: dict) -> dict:
+    """What decides the scored catalog's rows and their cube rows: the files and the column map,
+    not how rows are cut into partitions or read in chunks."""
+    parameters = {k: v for k, v in source.get("parameters", {}).items()
+                  if k not in ("max_rows", "shard_rows", "chunk_rows")}  # fmt: skip
+    return {"parameters": parameters, "files": source.get("files")}
 
 
 def _cube_catalog(ws: Workspace) -> pd.DataFrame:
@@ -631,6 +642,8 @@ def _finish(manifest: Manifest, args: ScoreArgs, model: ModelInfo, frame: pd.Dat
     if len(status) != len(frame):
         raise ScoreError(f"{ws.scores} holds {len(status):,} rows for a catalog of {len(frame):,}; pass --restart")
     if not args.images:
+        for stale in (ws.scores / DATASET).rglob(".*.tmp*"):  # a killed worker's half-written part
+            stale.unlink(missing_ok=True)
         finish_catalog(ws.scores, "scores", describe_files(ws.scores), directories=True)
     counts = {s: int((status == s).sum()) for s in STATUSES if (status == s).any()}
     images = sum(r.images for r in results)

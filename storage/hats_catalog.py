@@ -15,11 +15,10 @@ Rows carry ``_healpix_29`` (HEALPix nested index, order 29) and are sorted on it
 from __future__ import annotations
 
 import importlib
-import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -57,33 +56,6 @@ def preload_hats() -> None:
 def is_hats(path: Path) -> bool:
     """True for a HATS catalog directory (properties file beside a ``dataset/`` directory)."""
     return ((path / PROPERTIES).is_file() or (path / "properties").is_file()) and (path / DATASET).is_dir()
-
-
-def is_hats_input(path: Path) -> bool:
-    """True for a HATS catalog or a HATS collection directory (LSDB's ``to_hats`` writes these)."""
-    return (path / "collection.properties").is_file() or is_hats(path)
-
-
-def input_files(path: Path) -> list[Path]:
-    """The data files holding the rows of a HATS catalog given as input: the catalog's own, or a
-    collection's primary catalog's (never its margin cache, whose rows are copies of neighbours'),
-    in path order. ``ValueError`` for a HATS table that holds no rows of objects (margin, index,
-    association, map)."""
-    from hats.catalog import TableProperties
-    from hats.catalog.dataset.collection_properties import CollectionProperties
-
-    try:
-        if (path / "collection.properties").is_file():
-            path = path / CollectionProperties.read_from_dir(path).hats_primary_table_url
-        kind = str(TableProperties.read_from_dir(path).catalog_type)
-    except (ValueError, OSError) as exc:  # pydantic's ValidationError is a ValueError
-        raise ValueError(f"{path}: its HATS properties cannot be read ({str(exc).splitlines()[0]})") from None
-    if kind not in ("object", "source"):
-        raise ValueError(
-            f"{path} is a HATS {kind} catalog, not a table of objects; give the object catalog (or the collection "
-            "that holds it)"
-        )
-    return data_files(path)
 
 
 def check_table(root: Path, make: str) -> None:
@@ -169,10 +141,17 @@ def finish_catalog(root: Path, name: str, written: Sequence[Written], directorie
         hats_max_rows=max(per_pixel.values(), default=0),
         moc_sky_fraction=float(f"{info.calculate_fractional_coverage():.5g}"),
         hats_order=max((o for o, _ in pixels), default=0),
-        hats_builder=f"agnsurvey {version('agnsurvey')}, hats v{version('hats')}",
+        hats_builder=f"agnsurvey {_version('agnsurvey')}, hats v{_version('hats')}",
     )
     properties.to_properties_file(root)
     return total
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:  # run from a source tree without installing
+        return "unknown"
 
 
 def clear_metadata(root: Path) -> None:
@@ -192,10 +171,14 @@ def partition_files(root: Path) -> list[tuple[int, int, Path]]:
     return [(int(k), int(p), pixel_path(root, k, p, directory=directories)) for k, p in pixels]
 
 
-def read_properties(root: Path) -> dict[str, str]:
-    """``hats.properties`` as key/value text (comments skipped)."""
+def read_properties(root: Path, name: str = PROPERTIES) -> dict[str, str]:
+    """A HATS properties file (``hats.properties``, or ``properties`` in older catalogs;
+    ``collection.properties``) as key/value text, comments skipped."""
+    path = root / name
+    if name == PROPERTIES and not path.is_file() and (root / "properties").is_file():
+        path = root / "properties"
     out = {}
-    for line in (root / PROPERTIES).read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         key, sep, value = line.partition("=")
         if sep and not line.lstrip().startswith("#"):
             out[key.strip()] = value.strip()
@@ -249,6 +232,5 @@ def write_frame(frame: pd.DataFrame, root: Path, name: str, max_rows: int = 500_
         part = frame.iloc[start : start + rows]
         written.append(write_partition(part, pixel_path(root, order, pixel), order, pixel))
         start += rows
-    os.makedirs(root, exist_ok=True)
     finish_catalog(root, name, written)
     return written

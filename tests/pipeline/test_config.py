@@ -33,6 +33,7 @@ def test_file_values_and_cli_overrides(tmp_path):
         ("[label]\nmin_snr = 'high'\n", r"label.min_snr = 'high' has the wrong type; expected float"),
         ("[ingest]\nmax_rows = 1.5\n", r"ingest.max_rows = 1.5 has the wrong type; expected int"),
         ("[labels]\n", r"unknown key 'labels'"),
+        ("[ingest]\nshard_rows = 1000\n", r"unknown key ingest.shard_rows \(renamed: .* ingest.max_rows rows\)"),
         ("[label\n", r"is not valid TOML"),
         ("[label]\nscheme = 'baldwin'\n", r"label.scheme = 'baldwin' has the wrong type; expected one of 'paper'"),
     ],

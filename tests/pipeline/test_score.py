@@ -207,6 +207,21 @@ def test_a_worker_killed_mid_score_loses_and_duplicates_nothing(tmp_path):
     pd.testing.assert_frame_equal(killed, whole, check_exact=False, rtol=1e-6)
 
 
+def test_a_half_written_part_left_by_a_killed_worker_is_not_counted(tmp_path):
+    ws = tmp_path / "ws"
+    cube_workspace(ws, n=128, image_size=16)
+    model_dir = brightness_model(tmp_path / "model", 16)
+    args = ScoreArgs(workspace=ws, model=str(model_dir), batch_size=16)
+    first = read_scores_after(score(args), ws)
+    part = next((ws / "scores" / "dataset").rglob("shard-*.parquet"))
+    (part.parent / f".{part.stem}.4242.tmp.parquet").write_bytes(part.read_bytes()[:100])  # killed mid-write
+    again = score(args)  # every part complete: nothing is scored, the HATS metadata is written again
+    assert again.extra["scoring"]["parts_scored"] == 0
+    pd.testing.assert_frame_equal(read_scores_after(again, ws), first)
+    lsdb = pytest.importorskip("lsdb")
+    assert len(lsdb.open_catalog(ws / "scores").compute()) == 128
+
+
 def read_scores_after(manifest, ws: Path) -> pd.DataFrame:
     assert manifest.rows_in == manifest.rows_out
     return read_scores(ws).sort_values("objid").reset_index(drop=True)

@@ -287,6 +287,13 @@ def _ingest(args: IngestArgs, client: Client | None) -> Manifest:
         client.cancel(list(parts))
     manifest.inputs = [dict(s.describe(), checksum=c) for s, c in zip(sources, checksums, strict=True)]
     manifest.extra["seconds_by_phase"] = phase.seconds
+    crowded = [(k, p, n) for (k, p), n in zip(partitions, rows, strict=True) if n > threshold]
+    if crowded:  # only a single order-29 pixel can exceed the threshold
+        manifest.warnings.append(
+            f"{len(crowded)} partition(s) hold more than {threshold:,} rows (up to {max(n for *_, n in crowded):,}): "
+            "their rows share one position to within 0.4 milliarcsec (HEALPix order 29), which cannot be split; "
+            "check the coordinates if that is not expected"
+        )
     manifest.rows_out = sum(rows)
     manifest.outputs = {
         "catalog": str(ws.catalog),

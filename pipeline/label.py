@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from dask import delayed
 from distributed import Client
 
@@ -34,6 +33,7 @@ from storage.hats_catalog import (
     partition_files,
     pixel_path,
     preload_hats,
+    read_partition,
     read_table,
     write_partition,
 )
@@ -110,7 +110,7 @@ def _label_partition_file(source: Path, out: Path, order: int, pixel: int,
                           args: LabelArgs) -> tuple[pd.DataFrame, dict, Written | None]:  # fmt: skip
     """Label one catalog partition into the same pixel of the labels (Arrow in, Arrow out); returns
     its tallies (summed on the client) and what was written (None when no row passed the cuts)."""
-    table = pq.read_table(source, use_threads=False)  # one thread: the workers are the parallelism
+    table = read_partition(source, use_threads=False)  # one thread: the workers are the parallelism
     problems, new = label_columns({c: table.column(c).to_numpy() for c in NEEDED if c in table.column_names},
                                   args.scheme, args.min_snr, args.split)  # fmt: skip
     ok = problems == 0

@@ -211,11 +211,44 @@ def describe_files(root: Path) -> list[Written]:
     return out
 
 
+MADE_BY = {"catalog": "agnsurvey ingest", "labels": "agnsurvey label", "scores": "agnsurvey score"}
+
+
+def damaged(path: Path, exc: BaseException) -> WorkspaceError:
+    """The error for a missing or unreadable data file of a workspace table, naming the stage that
+    writes the table again."""
+    table = next((p for p in (Path(path), *Path(path).parents) if p.name in MADE_BY), None)
+    again = MADE_BY[table.name] if table is not None else "the stage that wrote it"
+    text = str(exc).splitlines()[0] if str(exc) else repr(exc)
+    why = "missing" if isinstance(exc, FileNotFoundError) else f"damaged ({text})"
+    return WorkspaceError(f"{path} is {why}; re-run `{again}` to write the table again")
+
+
+def read_partition(path: Path, columns: Sequence[str] | None = None, use_threads: bool = True) -> pa.Table:
+    """One data file of a workspace table (a :class:`WorkspaceError` if it is missing or damaged)."""
+    try:
+        return pq.read_table(path, columns=columns, use_threads=use_threads)
+    except (OSError, pa.ArrowException) as exc:
+        raise damaged(path, exc) from None
+
+
 def read_table(root: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """All rows of a HATS catalog's data files (or ``columns`` of them) as one DataFrame; the
-    hive-style ``Norder``/``Dir``/``Npix`` directory names are not turned into columns."""
-    dataset = pads.dataset([str(p) for p in data_files(root)], format="parquet")
-    return dataset.to_table(columns=list(columns) if columns is not None else None).to_pandas()
+    """All rows of a HATS catalog's partitions (or ``columns`` of them) as one DataFrame; the
+    hive-style ``Norder``/``Dir``/``Npix`` directory names are not turned into columns. Every
+    partition ``partition_info.csv`` lists must be there."""
+    if (root / "partition_info.csv").is_file():
+        listed = [path for _, _, path in partition_files(root)]
+        for path in listed:
+            if not path.exists():
+                raise damaged(path, FileNotFoundError(path))
+        files = [f for p in listed for f in ([p] if p.is_file() else sorted(p.glob("*.parquet")))]
+    else:
+        files = data_files(root)
+    try:
+        dataset = pads.dataset([str(p) for p in files], format="parquet")
+        return dataset.to_table(columns=list(columns) if columns is not None else None).to_pandas()
+    except (OSError, pa.ArrowException) as exc:
+        raise damaged(root, exc) from None
 
 
 def write_frame(frame: pd.DataFrame, root: Path, name: str, max_rows: int = 500_000) -> list[Written]:

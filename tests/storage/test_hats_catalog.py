@@ -1,5 +1,7 @@
 """HATS partitioning and files: adaptive pixels that lose nothing, metadata LSDB reads, inputs."""
 
+import shutil
+
 import astropy.units as u
 import numpy as np
 import pandas as pd
@@ -7,10 +9,11 @@ import pytest
 from astropy_healpix import HEALPix
 from conftest import nsa_rows, rows_frame
 
-from pipeline.config import IngestArgs
-from pipeline.errors import CatalogError
+from pipeline.config import IngestArgs, LabelArgs
+from pipeline.errors import CatalogError, WorkspaceError
 from pipeline.healpix import adaptive_partitions, healpix29
 from pipeline.ingest import ingest, read_catalog
+from pipeline.label import label
 from storage.hats_catalog import partition_files, pixel_path, write_frame
 
 
@@ -51,9 +54,14 @@ def test_adaptive_partitions_cover_every_row_once_within_the_threshold(threshold
         assert all(o == 0 for o in orders)  # nothing to split: whole order-0 pixels
 
 
-def test_rows_at_one_position_stay_one_partition_at_the_deepest_order():
+def test_rows_at_one_position_stay_one_partition_at_the_deepest_order(tmp_path):
     hpx = np.full(50, healpix29(np.array([150.0]), np.array([2.0]))[0])
     assert adaptive_partitions(hpx, 10) == [(29, int(hpx[0]), 50)]
+    rows = rows_frame(nsa_rows(50, seed=1)).assign(RA=150.0, DEC=2.0)
+    rows.to_parquet(tmp_path / "one.parquet")
+    manifest = ingest(IngestArgs(workspace=tmp_path / "ws", inputs=[str(tmp_path / "one.parquet")], max_rows=10))
+    assert manifest.outputs["partitions"] == 1 and manifest.outputs["orders"] == [29]
+    assert any("share one position" in w for w in manifest.warnings)
 
 
 def test_a_catalog_in_one_square_degree_gets_partitions_for_every_worker_thread(tmp_path, cluster_client):
@@ -97,8 +105,6 @@ def test_write_frame_round_trips_and_pandas_reads_the_dataset(tmp_path):
 def test_tables_from_before_hats_get_a_clear_error(tmp_path):
     (tmp_path / "catalog").mkdir()
     pd.DataFrame({"objid": [1], "cube_row": [0]}).to_parquet(tmp_path / "catalog" / "part-00000.parquet")
-    from pipeline.errors import WorkspaceError
-
     with pytest.raises(WorkspaceError, match=r"written before workspace tables were HATS catalogs; re-run"):
         read_catalog(tmp_path)
 
@@ -111,3 +117,27 @@ def test_pixel_paths_are_the_ones_hats_spells(tmp_path, order, pixel, directory)
 
     expected = pixel_catalog_file(tmp_path, HealpixPixel(order, pixel), npix_suffix="/" if directory else ".parquet")
     assert str(pixel_path(tmp_path, order, pixel, directory)).rstrip("/") == str(expected.path).rstrip("/")
+
+
+def test_a_missing_or_damaged_partition_is_a_clear_error_never_fewer_rows(tmp_path):
+    rows = rows_frame(nsa_rows(600, seed=6))
+    rows.to_parquet(tmp_path / "cat.parquet")
+    ws = tmp_path / "ws"
+    ingest(IngestArgs(workspace=ws, inputs=[str(tmp_path / "cat.parquet")], max_rows=100))
+    source = tmp_path / "hats"  # our catalog, given back as a HATS input
+    shutil.copytree(ws / "catalog", source)
+    identity = {c: c for c in ("objid", "ra", "dec")}
+    (order, pixel, first), *_ = partition_files(source)
+    shutil.copy(first, first.with_name("Npix=999999.parquet"))  # a stray copy beside the partitions: not read
+    again = ingest(IngestArgs(workspace=tmp_path / "ws2", inputs=[str(source)], columns=identity))
+    assert again.rows_in == 600 and again.dropped["duplicate_objid"] == 0
+    first.unlink()
+    with pytest.raises(CatalogError, match=r"1 of its \d+ partitions are missing .* its rows would be lost"):
+        ingest(IngestArgs(workspace=tmp_path / "ws3", inputs=[str(source)], columns=identity))
+    (_, _, victim), *_ = partition_files(ws / "catalog")
+    victim.write_bytes(b"not parquet")
+    with pytest.raises(WorkspaceError, match=r"Npix=\d+\.parquet is damaged .*re-run `agnsurvey ingest`"):
+        label(LabelArgs(workspace=ws, plots=False))
+    victim.unlink()
+    with pytest.raises(WorkspaceError, match=r"Npix=\d+\.parquet is missing; re-run `agnsurvey ingest`"):
+        read_catalog(ws)

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import CANONICAL_COLUMNS, IdKind
 from pipeline.errors import CatalogError
-from storage.hats_catalog import data_files, is_hats, partition_files, read_properties
+from storage.hats_catalog import is_hats, listed_files, read_properties
 
 Format = Literal["fits", "parquet", "csv"]
 
@@ -170,17 +170,12 @@ def hats_input_files(path: Path) -> list[Path]:
             f"{catalog} is a HATS {kind} catalog, not a table of objects; give the object catalog (or the collection "
             "that holds it)"
         )
-    if not (catalog / "partition_info.csv").is_file():  # older catalogs: whatever the dataset holds
-        files = data_files(catalog) if (catalog / "dataset").is_dir() else []
-    else:  # the partitions the catalog lists, no stray file beside them, none missing
-        listed = [path for _, _, path in partition_files(catalog)]
-        missing = [p for p in listed if not p.exists()]
-        if missing:
-            raise CatalogError(
-                f"{catalog}: {len(missing)} of its {len(listed)} partitions are missing (e.g. {missing[0]}); its rows "
-                "would be lost. Copy the catalog again, or rebuild it"
-            )
-        files = [f for p in listed for f in ([p] if p.is_file() else sorted(p.glob("*.parquet")))]
+    files, missing, listed = listed_files(catalog)
+    if missing:
+        raise CatalogError(
+            f"{catalog}: {len(missing)} of its {listed} partitions are missing (e.g. {missing[0]}); its rows would be "
+            "lost. Copy the catalog again, or rebuild it"
+        )
     if not files:
         raise CatalogError(f"{catalog}: HATS catalog without data files under dataset/; check the path")
     return files

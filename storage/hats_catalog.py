@@ -232,18 +232,24 @@ def read_partition(path: Path, columns: Sequence[str] | None = None, use_threads
         raise damaged(path, exc) from None
 
 
+def listed_files(root: Path) -> tuple[list[Path], list[Path], int]:
+    """(data files, missing partitions, partitions listed) of a HATS catalog: the files of the
+    partitions ``partition_info.csv`` lists (no stray file beside them), or, for a catalog without
+    that file, every data file under ``dataset/``."""
+    if not (root / "partition_info.csv").is_file():
+        return (data_files(root) if (root / DATASET).is_dir() else []), [], 0
+    listed = [path for _, _, path in partition_files(root)]
+    files = [f for p in listed if p.exists() for f in ([p] if p.is_file() else sorted(p.glob("*.parquet")))]
+    return files, [p for p in listed if not p.exists()], len(listed)
+
+
 def read_table(root: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
     """All rows of a HATS catalog's partitions (or ``columns`` of them) as one DataFrame; the
     hive-style ``Norder``/``Dir``/``Npix`` directory names are not turned into columns. Every
     partition ``partition_info.csv`` lists must be there."""
-    if (root / "partition_info.csv").is_file():
-        listed = [path for _, _, path in partition_files(root)]
-        for path in listed:
-            if not path.exists():
-                raise damaged(path, FileNotFoundError(path))
-        files = [f for p in listed for f in ([p] if p.is_file() else sorted(p.glob("*.parquet")))]
-    else:
-        files = data_files(root)
+    files, missing, _ = listed_files(root)
+    if missing:
+        raise damaged(missing[0], FileNotFoundError(missing[0]))
     try:
         dataset = pads.dataset([str(p) for p in files], format="parquet")
         return dataset.to_table(columns=list(columns) if columns is not None else None).to_pandas()

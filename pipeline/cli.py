@@ -16,8 +16,8 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -753,6 +753,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from storage.workspace import release_locks_last
 
             stack.enter_context(release_locks_last())  # after the cluster is closed: its workers may still write
+            stack.enter_context(_children_stopped_if_interrupted())  # and after every process it started is gone
             show_progress(not ns.quiet and sys.stderr.isatty())
             clients: list[Any] = []
 
@@ -770,7 +771,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                     signal.signal(sig, _leave_now)
                 raise
     except KeyboardInterrupt as exc:
-        _stop_children()
         if sys.stderr.isatty():
             print(file=sys.stderr)  # end a progress bar's line
         print(f"agnsurvey: {str(exc) or 'interrupted; re-run the same command to continue'}", file=sys.stderr)
@@ -872,15 +872,29 @@ def _unraisable(unraisable: Any) -> None:
         sys.__unraisablehook__(unraisable)
 
 
-def _stop_children() -> None:
+@contextmanager
+def _children_stopped_if_interrupted() -> Iterator[None]:
+    """On Ctrl-C, stop the processes started within the block that still run (the embedded
+    cluster's workers and the forkserver they come from), before the outputs' locks are released."""
+    import psutil
+
+    before = {child.pid for child in psutil.Process().children(recursive=True)}
+    try:
+        yield
+    except KeyboardInterrupt:
+        _stop_children(spare=before)
+        raise
+
+
+def _stop_children(spare: Collection[int] = ()) -> None:
     """Stop the processes this one started that still run (workers of an embedded cluster), but not
-    multiprocessing's resource tracker, which cleans up after them."""
+    multiprocessing's resource tracker, which cleans up after them, nor the processes in ``spare``."""
     import psutil
 
     children = []
     for child in psutil.Process().children(recursive=True):
         try:
-            if "resource_tracker" not in " ".join(child.cmdline()):
+            if child.pid not in spare and "resource_tracker" not in " ".join(child.cmdline()):
                 children.append(child)
                 child.kill()
         except psutil.Error:

@@ -3,16 +3,19 @@
 The graph, task by task (work units are input chunks, then HEALPix partitions):
 
 1. read: one task per input chunk → canonical rows + ``_healpix_29`` (HEALPix nested index,
-   order 29, the HATS convention; -1 where coordinates are unusable); kept in worker memory.
-2. keys: each chunk sorts its ids and HEALPix indices; the client merges the sorted runs to find
-   repeated ids (then asks the chunks where they are: the first occurrence in input order is
-   kept) and partitions the sky adaptively (:func:`pipeline.healpix.adaptive_partitions`): HEALPix
-   pixels of mixed orders with at most ``max_rows`` rows each.
+   order 29, the HATS convention; -1 where coordinates are unusable), sorted on (``_healpix_29``,
+   ``objid``) and written as an Arrow IPC file (a "sorted run") in the catalog's temporary
+   directory, so worker memory holds one chunk, never the catalog; the task returns the run's
+   sorted ids and HEALPix indices.
+2. plan, on the client: merging the sorted ids finds repeated ids (the runs are then asked where
+   they are: the first occurrence in input order is kept), and the sorted indices partition the
+   sky adaptively (:func:`pipeline.healpix.adaptive_partitions`): HEALPix pixels of mixed orders
+   with at most ``max_rows`` rows each.
 3. merge: consecutive partitions are grouped (about two groups per worker thread, at most
-   ``MERGE_ROWS`` rows each); each chunk is split by group in one pass (less the rejected rows),
-   and a group's task merges its pieces from every chunk, sorts them on (``_healpix_29``, ``objid``)
-   and writes one file per partition, ``dataset/Norder=k/Dir=d/Npix=n.parquet``; the HATS
-   metadata files are then written with the ``hats`` library, so ``lsdb.open_catalog(WS/catalog)``
+   ``MERGE_ROWS`` rows each); a group's task memory-maps its slice of every sorted run (less the
+   repeated rows), merges and sorts them on (``_healpix_29``, ``objid``) and writes one file per
+   partition, ``dataset/Norder=k/Dir=d/Npix=n.parquet``; the runs are deleted, and the HATS
+   metadata files are written with the ``hats`` library, so ``lsdb.open_catalog(WS/catalog)``
    opens the result.
 
 Each row gets ``cube_row``: its position in the written catalog (0..N-1 in sky order), which is
@@ -30,7 +33,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +45,7 @@ import pyarrow as pa
 from dask import delayed
 from distributed import Client
 
-from cluster.client import compute, persist
+from cluster.client import compute
 from pipeline.catalog import (
     CatalogSource,
     Chunk,
@@ -71,6 +76,8 @@ from storage.workspace import Workspace, as_workspace, atomic_directory
 DROP_BAD_COORDINATES = "bad_coordinates"
 DROP_DUPLICATE_ID = "duplicate_objid"
 MERGE_ROWS = 1_000_000  # rows one merge task sorts in memory (~70 MB)
+RUNS = ".sorted-runs"  # in the catalog's temporary directory: each chunk's sorted rows, until the merge
+INPUT_ROW = "_input_row"  # in a sorted run: the row's position in its chunk, in file order
 PARTITIONS_PER_THREAD = 2  # a small or clustered catalog still gets this many partitions per worker thread
 
 
@@ -81,21 +88,23 @@ def valid_coordinates(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class SortedChunk:
-    """One input chunk in canonical form with ``_healpix_29`` (-1 where the coordinates are
-    unusable), sorted on (``_healpix_29``, ``objid``) as an Arrow table, so that a merge group's
-    rows are one slice of it; ``input_row[i]`` is the file-order position of row i (the first
-    occurrence of a repeated id is the first in input order)."""
+class ChunkKeys:
+    """What the client learns of one input chunk, whose rows went, sorted on (``_healpix_29``,
+    ``objid``), to the Arrow IPC file ``path`` (see :func:`_read_and_spill`): the first ``bad``
+    rows there have unusable coordinates; ``ids`` are the others' ids, sorted, and ``healpix``
+    their HEALPix indices (sorted: the file's order)."""
 
-    table: pa.Table
-    input_row: np.ndarray
+    path: str
+    bad: int
+    ids: np.ndarray
+    healpix: np.ndarray
 
-    def column(self, name: str) -> np.ndarray:
-        return self.table.column(name).to_numpy()
 
-
-def _read_and_index(chunk: Chunk) -> SortedChunk:
-    """Read one chunk, index it on the sky and sort it (see :class:`SortedChunk`)."""
+def _read_and_spill(chunk: Chunk, path: Path) -> ChunkKeys:
+    """Read one chunk, index it on the sky, sort it, and write it to ``path`` (Arrow IPC, with
+    ``_input_row``: each row's position in file order, so the first occurrence of a repeated id is
+    known). On disk rather than in worker memory: merge tasks map just their slices of it, so a
+    worker's memory is bounded by the chunk and merge-group sizes, not by the catalog's."""
     columns = canonical_columns(read_raw(chunk), chunk.source, first_row=lambda: rows_before(chunk))
     ra, dec = columns["ra"], columns["dec"]
     ok = valid_coordinates(ra, dec)
@@ -103,39 +112,44 @@ def _read_and_index(chunk: Chunk) -> SortedChunk:
     hpx[ok] = healpix29(ra[ok], dec[ok])
     columns["_healpix_29"] = hpx
     order = sky_order(hpx, columns["objid"], runs=False)
-    return SortedChunk(pa.table(columns).take(pa.array(order)), order)
-
-
-def _keys(chunk: SortedChunk) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(sorted ids, sorted HEALPix indices) of the rows with usable coordinates, and the other rows."""
-    hpx = chunk.column("_healpix_29")
+    table = pa.table(columns).take(pa.array(order)).append_column(INPUT_ROW, pa.array(order))
+    partial = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")  # a re-run task never meets half a file
+    with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    os.replace(partial, path)
+    hpx = hpx[order]
     bad = int(np.searchsorted(hpx, 0))  # -1 sorts first
-    return np.sort(chunk.column("objid")[bad:]), hpx[bad:], np.arange(bad)
+    return ChunkKeys(str(path), bad, _sorted(columns["objid"][ok]), hpx[bad:])
 
 
-def _rows_with_ids(chunk: SortedChunk, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Positions, ids and HEALPix indices of the rows with usable coordinates whose id is in
+def _sorted(values: np.ndarray) -> np.ndarray:
+    """``values`` sorted (catalogs are often in id order already: then as they are)."""
+    return values if (values[1:] >= values[:-1]).all() else np.sort(values)
+
+
+def _open_run(path: str) -> pa.Table:
+    """A chunk's sorted rows, memory-mapped (nothing is read until a slice of it is used)."""
+    return pa.ipc.open_file(pa.memory_map(path)).read_all()
+
+
+def _rows_with_ids(path: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions, ids and HEALPix indices of a chunk's rows with usable coordinates whose id is in
     ``ids``, in input order."""
-    objid, hpx = chunk.column("objid"), chunk.column("_healpix_29")
+    run = _open_run(path)
+    objid, hpx = run.column("objid").to_numpy(), run.column("_healpix_29").to_numpy()
     rows = np.flatnonzero(np.isin(objid, ids) & (hpx >= 0))
-    rows = rows[np.argsort(chunk.input_row[rows], kind="stable")]
+    rows = rows[np.argsort(run.column(INPUT_ROW).to_numpy()[rows], kind="stable")]
     return rows, objid[rows], hpx[rows]
 
 
-def _split(chunk: SortedChunk, dropped: np.ndarray, edges: np.ndarray) -> tuple[pa.Table, ...]:
-    """A chunk's rows by merge group, as slices: group g holds ``edges[g] <= _healpix_29 <
-    edges[g + 1]``; the rows at positions ``dropped`` are left out."""
-    bounds = np.searchsorted(chunk.column("_healpix_29"), edges).tolist()
-    pieces = []
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        piece = chunk.table.slice(a, b - a)
-        inside = dropped[(dropped >= a) & (dropped < b)]
-        if inside.size:  # repeated ids: rare
-            keep = np.ones(b - a, dtype=bool)
-            keep[inside - a] = False
-            piece = piece.filter(pa.array(keep))
-        pieces.append(piece)
-    return tuple(pieces)
+def _run_slice(path: str, begin: int, end: int, dropped: np.ndarray) -> pa.Table:
+    """Rows ``[begin, end)`` of a chunk's sorted run, less the rows at positions ``dropped``."""
+    piece = _open_run(path).slice(begin, end - begin).drop_columns([INPUT_ROW])
+    if dropped.size:  # repeated ids: rare
+        keep = np.ones(end - begin, dtype=bool)
+        keep[dropped - begin] = False
+        piece = piece.filter(pa.array(keep))
+    return piece
 
 
 def sky_order(hpx: np.ndarray, objid: np.ndarray, runs: bool = True) -> np.ndarray:
@@ -149,13 +163,15 @@ def sky_order(hpx: np.ndarray, objid: np.ndarray, runs: bool = True) -> np.ndarr
     return order
 
 
-def _sort_and_write(pieces: list[pa.Table], partitions: list[tuple[int, int]], root: Path, first_row: int,
-                    rows_expected: int) -> list[Written]:  # fmt: skip
-    """Merge one HEALPix range from every chunk, sort on (HEALPix, objid), number the rows
-    ``cube_row`` from ``first_row``, write one file per partition ``(order, pixel)``."""
-    table = pa.concat_tables(pieces, promote_options="permissive")
-    if table.num_rows != rows_expected:
-        raise RuntimeError(f"ingest: a merge group has {table.num_rows} rows, not {rows_expected}: a bug")
+def _sort_and_write(pieces: list[tuple[str, int, int, np.ndarray]], partitions: list[tuple[int, int]], root: Path,
+                    first_row: int, rows_expected: int) -> list[Written]:  # fmt: skip
+    """Merge one HEALPix range from every chunk (``pieces``: the arguments of :func:`_run_slice`),
+    sort on (HEALPix, objid), number the rows ``cube_row`` from ``first_row``, write one file per
+    partition ``(order, pixel)``."""
+    tables = [_run_slice(*piece) for piece in pieces if piece[2] > piece[1]]
+    table = pa.concat_tables(tables, promote_options="permissive") if tables else None
+    if table is None or table.num_rows != rows_expected:
+        raise RuntimeError(f"ingest: a merge group has {table and table.num_rows} rows, not {rows_expected}: a bug")
     hpx = table.column("_healpix_29").to_numpy()
     order = sky_order(hpx, table.column("objid").to_numpy())
     table = table.take(pa.array(order))
@@ -172,6 +188,37 @@ def repeated_ids(sorted_runs: list[np.ndarray]) -> np.ndarray:
     """Ids that occur more than once, from per-chunk sorted ids (merging sorted runs is cheap)."""
     ids = np.sort(np.concatenate(sorted_runs), kind="stable")
     return np.unique(ids[1:][ids[1:] == ids[:-1]])
+
+
+def _later_occurrences(keys: list[ChunkKeys], client: Client | None) -> tuple[list[np.ndarray], np.ndarray]:
+    """Per chunk, the positions in its sorted run of the rows dropped as repeats of an earlier id
+    (in input order); and those rows' HEALPix indices."""
+    repeated = repeated_ids([k.ids for k in keys])
+    if not repeated.size:
+        return [np.empty(0, dtype=np.intp)] * len(keys), np.empty(0, dtype=np.int64)
+    hits = compute(*[delayed(_rows_with_ids)(k.path, repeated) for k in keys], client=client)
+    duplicate_healpix = np.concatenate([h[2] for h in hits])[_repeats([h[1] for h in hits])]
+    return later_occurrences([h[0] for h in hits], [h[1] for h in hits]), duplicate_healpix
+
+
+def _merge_tasks(keys: list[ChunkKeys], dropped: list[np.ndarray], partitions: list[tuple[int, int]],
+                 rows: list[int], threads: int, root: Path) -> list:  # fmt: skip
+    """One :func:`_sort_and_write` task per merge group of consecutive partitions, given the slice
+    of every chunk's sorted run that falls in the group's HEALPix range."""
+    groups = merge_groups(rows, threads)
+    first_rows = np.concatenate([[0], np.cumsum([sum(rows[i] for i in g) for g in groups])]).tolist()
+    edges = np.array([pixel_bounds(*partitions[g.start])[0] for g in groups]
+                     + [pixel_bounds(*partitions[-1])[1]], dtype=np.int64)  # fmt: skip
+    slices = [(k.bad + np.searchsorted(k.healpix, edges)).tolist() for k in keys]
+    tasks = []
+    for i, group in enumerate(groups):
+        pieces = []
+        for k, d, s in zip(keys, dropped, slices, strict=True):
+            inside = d[(d >= s[i]) & (d < s[i + 1])]
+            pieces.append((k.path, s[i], s[i + 1], inside))
+        tasks.append(delayed(_sort_and_write)(pieces, partitions[group.start : group.stop], root, first_rows[i],
+                                              first_rows[i + 1] - first_rows[i]))  # fmt: skip
+    return tasks
 
 
 def later_occurrences(hits: list[np.ndarray], ids_of_hits: list[np.ndarray]) -> list[np.ndarray]:
@@ -229,62 +276,45 @@ def _ingest(args: IngestArgs, client: Client | None) -> Manifest:
     manifest.warnings = [w for w in map(_lines_warning, sources) if w]
     chunks = [c for s in sources for c in plan_chunks(s, args.chunk_rows)]
     checksums = _start_checksums(sources, client)
-    parts = persist(*[delayed(_read_and_index)(c) for c in chunks], client=client)
-    keys = compute(*[delayed(_keys)(p) for p in parts], client=client)
-    bad = [k[2] for k in keys]
-    duplicates = [np.empty(0, dtype=np.intp)] * len(parts)
-    duplicate_healpix = np.empty(0, dtype=np.int64)
-    repeated = repeated_ids([k[0] for k in keys])
-    if repeated.size:
-        hits = compute(*[delayed(_rows_with_ids)(p, repeated) for p in parts], client=client)
-        duplicates = later_occurrences([h[0] for h in hits], [h[1] for h in hits])
-        duplicate_healpix = np.concatenate([h[2] for h in hits])[_repeats([h[1] for h in hits])]
-    rows_in = sum(len(k[0]) + len(k[2]) for k in keys)
-    manifest.rows_in = rows_in
-    manifest.dropped = {
-        DROP_BAD_COORDINATES: sum(len(b) for b in bad),
-        DROP_DUPLICATE_ID: sum(len(d) for d in duplicates),
-    }
-    kept = rows_in - sum(manifest.dropped.values())
-    phase("read")
-    if kept == 0:
-        raise CatalogError(
-            f"no usable rows in {', '.join(s.path for s in sources)} "
-            f"({manifest.dropped[DROP_BAD_COORDINATES]} with bad coordinates, "
-            f"{manifest.dropped[DROP_DUPLICATE_ID]} duplicate ids); check the ra/dec column map"
-        )
-
-    dropped = [np.union1d(b, d) for b, d in zip(bad, duplicates, strict=True)]
-    healpix_sorted = np.sort(np.concatenate([k[1] for k in keys]), kind="stable")
-    threads = _threads(client)
-    threshold = partition_threshold(args.max_rows, kept, threads)
-    candidates = adaptive_partitions(healpix_sorted, threshold)
-    bounds = [tuple(map(int, pixel_bounds(k, p))) for k, p, _ in candidates]
-    counts = group_rows(healpix_sorted, duplicate_healpix, bounds)
-    partitions = [(k, p) for (k, p, _), n in zip(candidates, counts, strict=True) if n > 0]
-    rows = [n for n in counts if n > 0]
-    groups = merge_groups(rows, threads)
-    first_rows = np.concatenate([[0], np.cumsum([sum(rows[i] for i in g) for g in groups])]).tolist()
     ws = args.workspace
-    phase("plan")
     with atomic_directory(ws.catalog) as tmp:
-        edges = np.array([pixel_bounds(*partitions[g.start])[0] for g in groups]
-                         + [pixel_bounds(*partitions[-1])[1]], dtype=np.int64)  # fmt: skip
-        splits = [delayed(_split, nout=len(groups))(p, d, edges) for p, d in zip(parts, dropped, strict=True)]
-        writes = []
-        for i, group in enumerate(groups):
-            n_rows = first_rows[i + 1] - first_rows[i]
-            writes.append(delayed(_sort_and_write)([s[i] for s in splits], partitions[group.start : group.stop], tmp,
-                                                   first_rows[i], n_rows))  # fmt: skip
-        written = [w for group_written in compute(*writes, client=client) for w in group_written]
+        runs = tmp / RUNS
+        runs.mkdir()
+        keys = compute(*[delayed(_read_and_spill)(c, runs / f"chunk-{i:05d}.arrow") for i, c in enumerate(chunks)],
+                       client=client)  # fmt: skip
+        duplicates, duplicate_healpix = _later_occurrences(keys, client)
+        manifest.rows_in = sum(len(k.ids) + k.bad for k in keys)
+        manifest.dropped = {
+            DROP_BAD_COORDINATES: sum(k.bad for k in keys),
+            DROP_DUPLICATE_ID: sum(len(d) for d in duplicates),
+        }
+        kept = manifest.rows_in - sum(manifest.dropped.values())
+        phase("read")
+        if kept == 0:
+            raise CatalogError(
+                f"no usable rows in {', '.join(s.path for s in sources)} "
+                f"({manifest.dropped[DROP_BAD_COORDINATES]} with bad coordinates, "
+                f"{manifest.dropped[DROP_DUPLICATE_ID]} duplicate ids); check the ra/dec column map"
+            )
+        healpix_sorted = np.sort(np.concatenate([k.healpix for k in keys]), kind="stable")
+        threads = _threads(client)
+        threshold = partition_threshold(args.max_rows, kept, threads)
+        candidates = adaptive_partitions(healpix_sorted, threshold)
+        bounds = [tuple(map(int, pixel_bounds(k, p))) for k, p, _ in candidates]
+        counts = group_rows(healpix_sorted, duplicate_healpix, bounds)
+        partitions = [(k, p) for (k, p, _), n in zip(candidates, counts, strict=True) if n > 0]
+        rows = [n for n in counts if n > 0]
+        del healpix_sorted, candidates, bounds
+        phase("plan")
+        written = compute(*_merge_tasks(keys, duplicates, partitions, rows, threads, tmp), client=client)
+        written = [w for group_written in written for w in group_written]
         if [w.rows for w in written] != rows:  # inside the block: a wrong catalog never replaces a good one
             raise RuntimeError(f"ingest wrote {[w.rows for w in written]} rows per partition, not {rows}: a bug")
+        shutil.rmtree(runs)
         phase("sort_and_write")
         finish_catalog(tmp, "catalog", written)
         checksums = _checksums(checksums, client)  # hashed in the gaps of the work; before the catalog is replaced
         phase("metadata")
-    if client is not None:
-        client.cancel(list(parts))
     manifest.inputs = [dict(s.describe(), checksum=c) for s, c in zip(sources, checksums, strict=True)]
     manifest.extra["seconds_by_phase"] = phase.seconds
     crowded = [(k, p, n) for (k, p), n in zip(partitions, rows, strict=True) if n > threshold]

@@ -51,12 +51,14 @@ def flux_problems(columns: Mapping[str, Any], min_snr: float | None) -> np.ndarr
     ``columns``: a DataFrame, or any mapping of the line (and error) columns to arrays."""
     mask = np.zeros(len(columns[LINE_COLUMNS[0]]), dtype=np.uint16)
     for i, (flux_col, err_col) in enumerate(zip(LINE_COLUMNS, ERROR_COLUMNS, strict=True)):
-        flux = np.asarray(columns[flux_col], dtype=np.float64)
+        flux = np.asarray(columns[flux_col])
+        flux = flux if flux.dtype.kind == "f" else flux.astype(np.float64)  # float32 fluxes are tested as stored
         finite = np.isfinite(flux)
         with np.errstate(invalid="ignore"):
-            positive = flux > 0
-            bits = np.where(~finite, 1, np.where(~positive, 2, 0)).astype(np.uint16)
+            bits = (~finite).astype(np.uint16)
+            bits |= (finite & ~(flux > 0)).astype(np.uint16) << np.uint16(1)
             if min_snr is not None:
+                flux = flux.astype(np.float64)
                 err = np.asarray(columns[err_col], dtype=np.float64)
                 snr_ok = np.isfinite(err) & (err > 0) & (flux >= min_snr * err)
                 bits = np.where((bits == 0) & ~snr_ok, 4, bits).astype(np.uint16)
@@ -107,17 +109,20 @@ def label_columns(columns: Mapping[str, Any], scheme: bpt.Scheme, min_snr: float
 
 
 def _label_partition_file(source: Path, out: Path, order: int, pixel: int,
-                          args: LabelArgs) -> tuple[pd.DataFrame, dict, Written | None]:  # fmt: skip
+                          args: LabelArgs) -> tuple[pd.DataFrame, dict | None, Written | None]:  # fmt: skip
     """Label one catalog partition into the same pixel of the labels (Arrow in, Arrow out); returns
     its tallies (summed on the client) and what was written (None when no row passed the cuts)."""
     table = read_partition(source, use_threads=False)  # one thread: the workers are the parallelism
     problems, new = label_columns({c: table.column(c).to_numpy() for c in NEEDED if c in table.column_names},
                                   args.scheme, args.min_snr, args.split)  # fmt: skip
     ok = problems == 0
-    keys, n = np.unique(problems.astype(np.int64) * 8 + np.where(ok, new["bpt_class"], 0), return_counts=True)
-    summary = pd.DataFrame({"_problems": keys // 8, "bpt_class": [CLASS_CATEGORIES[k] for k in keys % 8], "n": n})
+    n = np.bincount(problems.astype(np.intp) * 8 + np.where(ok, new["bpt_class"], 0))
+    keys = np.flatnonzero(n)
+    summary = pd.DataFrame({"_problems": keys // 8, "bpt_class": [CLASS_CATEGORIES[k] for k in keys % 8], "n": n[keys]})
     rows = np.flatnonzero(ok)
-    counts = plots.bpt_hist_counts(new["log_nii_ha"][rows], new["log_oiii_hb"][rows], new["label"][rows])
+    counts = None  # the BPT plots' histograms: only when they are drawn
+    if args.plots:
+        counts = plots.bpt_hist_counts(new["log_nii_ha"][rows], new["log_oiii_hb"][rows], new["label"][rows])
     if not rows.size:
         return summary, counts, None
     kept = table.take(pa.array(rows)).replace_schema_metadata(None)
@@ -209,7 +214,6 @@ def _label(args: LabelArgs, client: Client | None) -> Manifest:
                 + (" or lower --min-snr" if args.min_snr is not None else "")
             )
         finish_catalog(tmp, "labels", written)
-    hist = plots.sum_counts([t[1] for t in tallies])
 
     totals = summary.groupby(["_problems", "bpt_class"])["n"].sum().reset_index()
     dropped = totals[totals["_problems"] != 0].groupby("_problems")["n"].sum()
@@ -221,6 +225,7 @@ def _label(args: LabelArgs, client: Client | None) -> Manifest:
     manifest.extra["problems_by_line"] = _by_line(dropped)
     manifest.outputs = {"labels": str(ws.labels), "format": "HATS (lsdb.open_catalog)", "partitions": len(written)}
     if args.plots and manifest.rows_out:
+        hist = plots.sum_counts([t[1] for t in tallies])
         manifest.outputs["plots"] = [str(p) for p in plots.bpt_histograms(hist, ws.reports, args.scheme)]
     manifest.finish()
     ws.write_manifest("label", manifest.to_dict())

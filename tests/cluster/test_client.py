@@ -54,6 +54,25 @@ def test_local_n_starts_n_worker_processes():
         assert len(pids) == 2 and __import__("os").getpid() not in pids  # processes, not threads
 
 
+WORKER_MALLOC = """
+import json, os
+from cluster.client import connect
+with connect("local:1") as client:
+    print(json.dumps({"worker": list(client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_")).values()),
+                      "here": os.environ.get("MALLOC_TRIM_THRESHOLD_")}))
+"""
+
+
+def test_embedded_workers_keep_glibcs_adaptive_malloc():
+    # Dask sets MALLOC_TRIM_THRESHOLD_ for the worker processes it starts, which turns glibc's adaptive
+    # mmap threshold off (label's tasks took 1.6x the CPU); our embedded cluster leaves it out. In a
+    # fresh process: another test's plain LocalCluster sets it in this one's environment.
+    env = {k: v for k, v in __import__("os").environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    out = subprocess.run([sys.executable, "-c", WORKER_MALLOC], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120, check=True)  # fmt: skip
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"worker": [None], "here": None}
+
+
 def test_local_cuda_without_dask_cuda_is_an_error_not_a_cpu_run():
     pytest.importorskip("distributed")
     try:

@@ -76,14 +76,16 @@ def test_killed_worker_is_retried_and_result_is_complete(tmp_path):
         LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
         Client(cluster) as client,
     ):
-        client.register_plugin(KillOnce(str(tmp_path / "killed-ingest"), "_sort_and_write"))
+        client.register_plugin(KillOnce(str(tmp_path / "killed-read"), "_read_and_spill"), name="kill-read")
+        client.register_plugin(KillOnce(str(tmp_path / "killed-ingest"), "_sort_and_write"), name="kill-merge")
         manifest = ingest(
             IngestArgs(workspace=tmp_path / "ws", inputs=[str(tmp_path / "cat.fits")], max_rows=500, chunk_rows=700),
             client=client,
         )
         client.register_plugin(KillOnce(str(tmp_path / "killed-label"), "_label_partition_file"), name="kill-label")
         labelled = label(LabelArgs(workspace=tmp_path / "ws", plots=False), client=client)
-    assert (tmp_path / "killed-ingest").exists() and (tmp_path / "killed-label").exists()
+    assert all((tmp_path / f"killed-{stage}").exists() for stage in ("read", "ingest", "label"))
+    assert not list((tmp_path / "ws").rglob("*.arrow"))  # the sorted runs were spilled, then removed
     assert manifest.dropped["duplicate_objid"] == 50 and manifest.rows_out == 3950
     catalog = read_catalog(tmp_path / "ws")
     assert catalog["objid"].is_unique and len(catalog) == 3950

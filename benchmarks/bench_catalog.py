@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
 import os
 import shutil
 import sys
@@ -564,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data in {data}; {usable_cores()} usable cores; {args.workers} workers", flush=True)
     try:
         t0 = now()
+        logging.getLogger("distributed.nanny").setLevel(logging.ERROR)  # "Restarting worker" before memory runs
         with connect(Local(n_workers=args.workers, threads_per_worker=1)) as client:  # the cluster `agnsurvey` makes
             startup_s = now() - t0
             print(f"LocalCluster start-up: {startup_s:.2f} s", flush=True)

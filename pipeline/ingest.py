@@ -5,8 +5,8 @@ The graph, task by task (work units are input chunks, then HEALPix partitions):
 1. read: one task per input chunk → canonical rows + ``_healpix_29`` (HEALPix nested index,
    order 29, the HATS convention; -1 where coordinates are unusable), sorted on (``_healpix_29``,
    ``objid``) and written as an Arrow IPC file (a "sorted run") in the catalog's temporary
-   directory, so worker memory holds one chunk, never the catalog; the task returns the run's
-   sorted ids and HEALPix indices.
+   directory, so rows are never held in worker memory between the passes; the task returns the
+   run's sorted ids and HEALPix indices (16 bytes a row).
 2. plan, on the client: merging the sorted ids finds repeated ids (the runs are then asked where
    they are: the first occurrence in input order is kept), and the sorted indices partition the
    sky adaptively (:func:`pipeline.healpix.adaptive_partitions`): HEALPix pixels of mixed orders
@@ -103,8 +103,7 @@ class ChunkKeys:
 def _read_and_spill(chunk: Chunk, path: Path) -> ChunkKeys:
     """Read one chunk, index it on the sky, sort it, and write it to ``path`` (Arrow IPC, with
     ``_input_row``: each row's position in file order, so the first occurrence of a repeated id is
-    known). On disk rather than in worker memory: merge tasks map just their slices of it, so a
-    worker's memory is bounded by the chunk and merge-group sizes, not by the catalog's."""
+    known). On disk rather than in worker memory: merge tasks map just their slices of it."""
     columns = canonical_columns(read_raw(chunk), chunk.source, first_row=lambda: rows_before(chunk))
     ra, dec = columns["ra"], columns["dec"]
     ok = valid_coordinates(ra, dec)

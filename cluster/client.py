@@ -357,7 +357,7 @@ _progress = {"enabled": False}
 
 
 def show_progress(enabled: bool = True) -> None:
-    """Turn progress bars on or off for :func:`compute` and :func:`persist` (the CLI turns them on)."""
+    """Turn progress bars on or off for :func:`compute` (the CLI turns them on)."""
     _progress["enabled"] = enabled
 
 

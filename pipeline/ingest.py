@@ -170,10 +170,12 @@ def _sort_and_write(pieces: list[tuple[str, int, int, np.ndarray]], partitions: 
     tables = [_run_slice(*piece) for piece in pieces if piece[2] > piece[1]]
     table = pa.concat_tables(tables, promote_options="permissive") if tables else None
     if table is None or table.num_rows != rows_expected:
-        raise RuntimeError(f"ingest: a merge group has {table and table.num_rows} rows, not {rows_expected}: a bug")
+        rows = 0 if table is None else table.num_rows
+        raise RuntimeError(f"ingest: a merge group has {rows} rows, not {rows_expected}: a bug")
     hpx = table.column("_healpix_29").to_numpy()
     order = sky_order(hpx, table.column("objid").to_numpy())
     table = table.take(pa.array(order))
+    del tables  # the mapped slices: their pages leave this worker's memory before the writing
     table = table.append_column("cube_row", pa.array(np.arange(first_row, first_row + table.num_rows, dtype=np.int64)))
     hpx = hpx[order]
     written = []

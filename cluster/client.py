@@ -167,6 +167,7 @@ class LocalCuda:
                 "(pip install dask-cuda), or use --cluster local for CPU workers"
             ) from None
         start_workers_ignoring_ctrl_c()
+        stack.enter_context(dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}))
         try:
             cluster = stack.enter_context(LocalCUDACluster(memory_limit=self.memory_limit, dashboard_address=":0"))
         except Exception as exc:  # no CUDA driver, no GPU

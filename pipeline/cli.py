@@ -882,8 +882,33 @@ def _children_stopped_if_interrupted() -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        _stop_children(spare=before)
+        _signals["taken"] = True  # taken: no re-raise may cut the stopping short
+        server = _forkserver_started_since(before)
+        _stop_children(spare={*before, *([server] if server else [])})
+        if server:
+            _end_forkserver(server)
         raise
+
+
+def _forkserver_started_since(before: Collection[int]) -> int | None:
+    """The pid of multiprocessing's forkserver if it runs and was started after ``before`` was taken."""
+    from multiprocessing import forkserver
+
+    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    return pid if pid is not None and pid not in before else None
+
+
+def _end_forkserver(pid: int) -> None:
+    """Kill the forkserver, then let multiprocessing reap it and forget it, so that a later command
+    in this process (a notebook, a test) starts a new one; killed behind its back, the next start
+    fails with ChildProcessError."""
+    from multiprocessing import forkserver
+
+    try:
+        os.kill(pid, signal.SIGKILL)
+        forkserver._forkserver._stop()
+    except (OSError, AttributeError):
+        pass
 
 
 def _stop_children(spare: Collection[int] = ()) -> None:

@@ -200,3 +200,27 @@ def test_run_refuses_a_workspace_made_from_other_inputs_but_relabels_without_ref
     cube = zarr.open_group(str(ws / "cube.zarr"), mode="r")
     np.testing.assert_array_equal(cube["objid"][:], new_catalog["objid"])  # the cube is the new catalog's
     assert not pd.read_parquet(ws / "catalog" / "dataset")["objid"].equals(catalog["objid"])
+
+
+AFTER_AN_INTERRUPT = """
+from pipeline.cli import _children_stopped_if_interrupted
+from cluster.client import connect
+try:
+    with _children_stopped_if_interrupted(), connect("local:1") as client:  # as main() nests them
+        assert client.submit(sum, [1, 2]).result() == 3
+        raise KeyboardInterrupt
+except KeyboardInterrupt:
+    pass
+with connect("local:1") as client:  # a notebook's next command in the same process
+    print(client.submit(sum, [3, 4]).result())
+"""
+
+
+def test_after_an_interrupted_command_the_same_process_starts_a_cluster_again():
+    # Ctrl-C stops the forkserver the command started: reaped behind multiprocessing's back, the
+    # next cluster in this process failed with "ChildProcessError: No child processes".
+    from pathlib import Path
+
+    out = subprocess.run([sys.executable, "-c", AFTER_AN_INTERRUPT], cwd=Path(__file__).resolve().parents[2],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0 and out.stdout.split()[-1] == "7", out.stderr[-2000:]

@@ -94,6 +94,65 @@ def test_killed_worker_is_retried_and_result_is_complete(tmp_path):
     assert len(labels) == labelled.rows_out and labels["cube_row"].is_unique
 
 
+class DiesMidSpill(WorkerPlugin):
+    """The first worker to finish writing a sorted run dies before renaming it into place, leaving
+    the half-done temporary file behind (a worker killed while it spills)."""
+
+    def __init__(self, flag: str):
+        self.flag = flag
+
+    def setup(self, worker):
+        import pipeline.ingest as stage
+
+        real, flag = os.replace, self.flag
+
+        def replace(src, dst):
+            if str(dst).endswith(".arrow") and not os.path.exists(flag):
+                Path(flag).touch()
+                os._exit(1)
+            real(src, dst)
+
+        stage.os = type("os", (), {"replace": staticmethod(replace), "path": os.path})
+
+
+class ManagedBytesAtMerge(WorkerPlugin):
+    """Appends, whenever a merge task starts, the bytes of task results the worker then holds."""
+
+    def __init__(self, log: str):
+        self.log = log
+
+    def setup(self, worker):
+        self.worker = worker
+
+    def transition(self, key, start, finish, **kwargs):
+        if finish == "executing" and "_sort_and_write" in str(key):
+            held = sum(ts.nbytes or 0 for ts in self.worker.state.tasks.values() if ts.state == "memory")
+            with open(self.log, "a") as fh:
+                fh.write(f"{held}\n")
+
+
+def test_ingest_keeps_no_rows_in_worker_memory_and_survives_a_worker_killed_mid_spill(tmp_path):
+    rows = nsa_rows(6000, seed=4)
+    write_nsa_fits(tmp_path / "cat.fits", rows)
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        client.register_plugin(DiesMidSpill(str(tmp_path / "died")), name="die-mid-spill")
+        client.register_plugin(ManagedBytesAtMerge(str(tmp_path / "held")), name="held")
+        manifest = ingest(
+            IngestArgs(workspace=tmp_path / "ws", inputs=[str(tmp_path / "cat.fits")], max_rows=800, chunk_rows=500),
+            client=client,
+        )
+    assert (tmp_path / "died").exists()
+    catalog = read_catalog(tmp_path / "ws")
+    assert manifest.rows_out == len(catalog) == 6000 and catalog["objid"].is_unique
+    np.testing.assert_array_equal(np.sort(catalog["objid"]), np.sort(rows["NSAID"]))
+    held = [int(n) for n in (tmp_path / "held").read_text().split()]
+    assert held and max(held) < 50_000  # the rows (~90 bytes each, 540 kB) went to disk, not to worker memory
+    assert not [p for p in (tmp_path / "ws").rglob("*") if p.name.endswith((".tmp", ".arrow", ".npy"))]
+
+
 # --- the disk fills up, the workspace is read-only: one line, nothing left behind --------------------
 
 INGEST_TWICE = """

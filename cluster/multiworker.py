@@ -122,10 +122,11 @@ def run_in_every_worker(
                     time.sleep(0.2)  # the others' collective errors may come before the scheduler sees a death
                 if not gone():
                     failed[0].result()  # raises the process's error
-            if gone():
+            missing = gone()  # asked once: a restarted worker may be back by the next question
+            if missing:
                 stop.set()
                 raise TrainingProcessError(
-                    f"Dask worker {gone()[0]} left while training (killed, or out of memory); re-run the same "
+                    f"Dask worker {missing[0]} left while training (killed, or out of memory); re-run the same "
                     "command to resume from the last checkpoint"
                 )
             if all(f.status == "finished" for f in futures):

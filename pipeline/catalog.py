@@ -579,7 +579,7 @@ def _read_fits_rows(src: CatalogSource, wanted: list[str], start: int, stop: int
         for name in wanted:
             column = np.asarray(data.field(name)[start:stop])
             if column.dtype.kind in "SU":
-                out[name] = np.char.strip(column.astype("U"))
+                out[name] = np.char.rstrip(column.astype("U"))  # trailing blanks pad FITS text; leading ones are data
             else:
                 out[name] = column.astype(column.dtype.newbyteorder("="))
     return out

@@ -750,9 +750,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )  # fmt: skip
         with ExitStack() as stack:
             from cluster.client import show_progress
-            from storage.workspace import release_locks_last
+            from storage.workspace import clean_up_last
 
-            stack.enter_context(release_locks_last())  # after the cluster is closed: its workers may still write
+            stack.enter_context(clean_up_last())  # after the cluster is closed: its workers may still write
             stack.enter_context(_children_stopped_if_interrupted())  # and after every process it started is gone
             show_progress(not ns.quiet and sys.stderr.isatty())
             clients: list[Any] = []
@@ -875,7 +875,8 @@ def _unraisable(unraisable: Any) -> None:
 @contextmanager
 def _children_stopped_if_interrupted() -> Iterator[None]:
     """On Ctrl-C, stop the processes started within the block that still run (the embedded
-    cluster's workers and the forkserver they come from), before the outputs' locks are released."""
+    cluster's workers and the forkserver they come from), before the outputs' temporary directories
+    are removed and their locks released (:func:`storage.workspace.clean_up_last`)."""
     import psutil
 
     before = {child.pid for child in psutil.Process().children(recursive=True)}

@@ -105,12 +105,13 @@ class ChunkKeys:
     @classmethod
     def load(cls, path: str, bad: int) -> ChunkKeys:
         """The keys :func:`_read_and_spill` saved beside the run at ``path``."""
-        ids, healpix = np.load(_keys_path(path))
+        ids, healpix = np.fromfile(_keys_path(path), dtype=np.int64).reshape(2, -1)
         return cls(path, bad, ids, healpix)
 
 
 def _keys_path(run: str | Path) -> Path:
-    return Path(f"{run}.keys.npy")
+    """Beside a sorted run: its sorted ids, then its HEALPix indices (raw int64)."""
+    return Path(f"{run}.keys")
 
 
 def _read_and_spill(chunk: Chunk, path: Path) -> tuple[str, int]:
@@ -128,7 +129,7 @@ def _read_and_spill(chunk: Chunk, path: Path) -> tuple[str, int]:
     table = pa.table(columns).take(pa.array(order)).append_column(INPUT_ROW, pa.array(order)).combine_chunks()
     hpx = hpx[order]
     bad = int(np.searchsorted(hpx, 0))  # -1 sorts first
-    keys = np.stack([_sorted(columns["objid"][ok]), hpx[bad:]])
+    keys = np.stack([_sorted(columns["objid"][ok]), hpx[bad:]]).astype(np.int64, copy=False)
     del columns, hpx, order
     with (
         _replaced_atomically(path) as partial,
@@ -137,7 +138,7 @@ def _read_and_spill(chunk: Chunk, path: Path) -> tuple[str, int]:
     ):
         writer.write_table(table, max_chunksize=RUN_BATCH_ROWS)
     with _replaced_atomically(_keys_path(path)) as partial, open(partial, "wb") as fh:
-        np.save(fh, keys)
+        fh.write(keys.data)  # a file write: a full disk is ENOSPC (numpy's own writers lose the errno)
     return str(path), bad
 
 

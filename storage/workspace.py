@@ -8,15 +8,17 @@ WS/ catalog/  labels/  cube.zarr  cube_failures.parquet  models/  reports/  scor
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fcntl
+import functools
 import json
 import os
 import shutil
 import socket
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,23 +31,33 @@ class WorkspaceBusy(RuntimeError):
     """Another process is writing the same stage output; the message names it."""
 
 
-_released_last: list[int] | None = None  # lock files whose release waits for release_locks_last() to end
+_cleaned_last: list[Callable[[], None]] | None = None  # cleanups that wait for clean_up_last() to end
 
 
 @contextmanager
-def release_locks_last() -> Iterator[None]:
-    """Within this block, a lock whose holder failed or was interrupted is released when the block
-    ends rather than at once. A command wraps itself in it, outside its embedded cluster, so that
-    tasks still running on the cluster's workers (which may still be writing the output) are
-    stopped before another run can take the output."""
-    global _released_last
-    outer, _released_last = _released_last, []
+def clean_up_last() -> Iterator[None]:
+    """Within this block, what a failed or interrupted writer leaves is cleaned up when the block
+    ends rather than at once: its temporary directory is removed, then its lock released. A
+    command wraps itself in it, outside its embedded cluster, so that tasks still running on the
+    cluster's workers (which may still be writing there) are stopped first; and by then Ctrl-C has
+    been taken, so no second interrupt cuts the removal short."""
+    global _cleaned_last
+    outer, _cleaned_last = _cleaned_last, []
     try:
         yield
     finally:
-        for fd in _released_last:
-            os.close(fd)
-        _released_last = outer
+        cleanups, _cleaned_last = _cleaned_last, outer
+        for cleanup in cleanups:
+            with contextlib.suppress(OSError):
+                cleanup()
+
+
+def _clean_up(cleanup: Callable[[], None]) -> None:
+    """Run ``cleanup`` now, or at the end of the :func:`clean_up_last` block this runs in."""
+    if _cleaned_last is None:
+        cleanup()
+    else:
+        _cleaned_last.append(cleanup)
 
 
 @dataclass(frozen=True)
@@ -139,9 +151,8 @@ class Workspace:
             os.pwrite(fd, json.dumps(holder).encode(), 0)
             yield
         except BaseException:
-            if _released_last is not None:
-                _released_last.append(fd)  # released once the command's cluster has stopped
-                fd = -1
+            _clean_up(functools.partial(os.close, fd))  # releases the flock, once the command's cluster has stopped
+            fd = -1
             raise
         finally:
             if fd >= 0:
@@ -186,7 +197,7 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     try:
         yield tmp
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _clean_up(functools.partial(shutil.rmtree, tmp, ignore_errors=True))
         raise
     old = None
     if final.exists():

@@ -389,3 +389,11 @@ def test_fits_names_the_hdu_read_and_hdu_picks_another(tmp_path):
     np.testing.assert_array_equal(frame["objid"], rows["NSAID"])
     with pytest.raises(CatalogError, match=r"two.fits: HDU 0 is not a table\. tables in this file: HDU 1 'META'"):
         inspect_all([str(tmp_path / "two.fits")], hdu=0)
+
+
+def test_fits_text_ids_keep_leading_blanks_and_lose_the_padding(tmp_path):
+    rows = nsa_rows(4)
+    rows["NSAID"] = np.array([" 1", "1", "a b", "  x"])  # FITS pads to 8 characters with trailing blanks
+    write_nsa_fits(tmp_path / "t.fits", rows, formats={"NSAID": "8A"})
+    kept = read_all(str(tmp_path / "t.fits"), id_kind="string")
+    assert kept["source_id"].tolist() == [" 1", "1", "a b", "  x"]  # ' 1' and '1' are two ids

@@ -150,7 +150,7 @@ def test_ingest_keeps_no_rows_in_worker_memory_and_survives_a_worker_killed_mid_
     np.testing.assert_array_equal(np.sort(catalog["objid"]), np.sort(rows["NSAID"]))
     held = [int(n) for n in (tmp_path / "held").read_text().split()]
     assert held and max(held) < 50_000  # the rows (~90 bytes each, 540 kB) went to disk, not to worker memory
-    assert not [p for p in (tmp_path / "ws").rglob("*") if p.name.endswith((".tmp", ".arrow", ".npy"))]
+    assert not [p for p in (tmp_path / "ws").rglob("*") if p.name.endswith((".tmp", ".arrow", ".keys"))]
 
 
 # --- the disk fills up, the workspace is read-only: one line, nothing left behind --------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from storage.workspace import Workspace, WorkspaceBusy, atomic_directory
+from storage.workspace import Workspace, WorkspaceBusy, atomic_directory, clean_up_last
 
 
 def test_failure_keeps_the_old_output(tmp_path):
@@ -52,3 +52,20 @@ def test_one_writer_per_output_and_the_os_releases_a_killed_holder(tmp_path):
         holder.wait()
     with ws.lock("cube"), pytest.raises(WorkspaceBusy, match=rf"pid {os.getpid()} .*`"), ws.lock("cube"):
         pass  # SIGKILL never leaves a workspace locked; and a second writer in this process is refused too
+
+
+def test_a_failed_writers_temporary_directory_is_removed_after_the_late_writes(tmp_path):
+    # In a command, tasks still running on the cluster's workers may write after the stage failed or
+    # was interrupted (creating their directories again): the removal waits for the block's end.
+    final = tmp_path / "catalog"
+    with clean_up_last():
+        with pytest.raises(RuntimeError), atomic_directory(final) as tmp:
+            raise RuntimeError("a task failed")
+        assert tmp.exists()
+        late = tmp / "dataset" / "Norder=1" / "Dir=0" / "Npix=4.parquet"
+        late.parent.mkdir(parents=True, exist_ok=True)
+        late.write_bytes(b"a worker's late partition")
+    assert not tmp.exists() and not final.exists()
+    with pytest.raises(RuntimeError), atomic_directory(final) as tmp:  # outside such a block: at once
+        raise RuntimeError("a task failed")
+    assert not tmp.exists()

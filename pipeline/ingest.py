@@ -35,9 +35,6 @@ import json
 import os
 import shutil
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +69,7 @@ from storage.hats_catalog import (
     read_table,
     write_partition,
 )
-from storage.manifest import Manifest, block_digest, checksum_blocks, combine_digests
+from storage.manifest import Manifest, atomic_file, block_digest, checksum_blocks, combine_digests
 from storage.workspace import Workspace, as_workspace, atomic_directory
 
 DROP_BAD_COORDINATES = "bad_coordinates"
@@ -132,23 +129,14 @@ def _read_and_spill(chunk: Chunk, path: Path) -> tuple[str, int]:
     keys = np.stack([_sorted(columns["objid"][ok]), hpx[bad:]]).astype(np.int64, copy=False)
     del columns, hpx, order
     with (
-        _replaced_atomically(path) as partial,
+        atomic_file(path) as partial,
         pa.OSFile(str(partial), "wb") as sink,
         pa.ipc.new_file(sink, table.schema) as writer,
     ):
         writer.write_table(table, max_chunksize=RUN_BATCH_ROWS)
-    with _replaced_atomically(_keys_path(path)) as partial, open(partial, "wb") as fh:
+    with atomic_file(_keys_path(path)) as partial, open(partial, "wb") as fh:
         fh.write(keys.data)  # a file write: a full disk is ENOSPC (numpy's own writers lose the errno)
     return str(path), bad
-
-
-@contextmanager
-def _replaced_atomically(path: Path) -> Iterator[Path]:
-    """A temporary name to write, renamed to ``path`` when the block ends: a task run again never
-    meets half a file."""
-    partial = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    yield partial
-    os.replace(partial, path)
 
 
 def _sorted(values: np.ndarray) -> np.ndarray:

@@ -102,17 +102,21 @@ class DiesMidSpill(WorkerPlugin):
         self.flag = flag
 
     def setup(self, worker):
-        import pipeline.ingest as stage
+        import storage.manifest as writer
 
-        real, flag = os.replace, self.flag
+        flag = self.flag
 
-        def replace(src, dst):
-            if str(dst).endswith(".arrow") and not os.path.exists(flag):
-                Path(flag).touch()
-                os._exit(1)
-            real(src, dst)
+        class DyingOs:
+            def __getattr__(self, name):
+                return getattr(os, name)
 
-        stage.os = type("os", (), {"replace": staticmethod(replace), "path": os.path})
+            def replace(self, src, dst):
+                if str(dst).endswith(".arrow") and not os.path.exists(flag):
+                    Path(flag).touch()
+                    os._exit(1)
+                os.replace(src, dst)
+
+        writer.os = DyingOs()
 
 
 class ManagedBytesAtMerge(WorkerPlugin):

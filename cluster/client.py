@@ -130,6 +130,13 @@ def worker_environ() -> dict[str, Any]:
     return {name: value for name, value in environ.items() if name != "MALLOC_TRIM_THRESHOLD_"}
 
 
+def _prepare_embedded_workers(stack: ExitStack) -> None:
+    """Before an embedded cluster starts: its workers ignore Ctrl-C and keep glibc's adaptive malloc
+    (for as long as ``stack`` holds the cluster)."""
+    start_workers_ignoring_ctrl_c()
+    stack.enter_context(dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}))
+
+
 @dataclass(frozen=True)
 class Local:
     """An embedded LocalCluster of worker processes; ``n_workers`` None: sized to this machine."""
@@ -141,8 +148,7 @@ class Local:
     remote = False
 
     def open(self, stack: ExitStack) -> Client:
-        start_workers_ignoring_ctrl_c()
-        stack.enter_context(dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}))
+        _prepare_embedded_workers(stack)
         cluster = stack.enter_context(LocalCluster(
             n_workers=self.n_workers, threads_per_worker=self.threads_per_worker or 1, processes=True,
             memory_limit=self.memory_limit, dashboard_address=":0",
@@ -166,8 +172,7 @@ class LocalCuda:
                 f"--cluster local-cuda needs dask-cuda ({exc}); install it on a machine with NVIDIA GPUs "
                 "(pip install dask-cuda), or use --cluster local for CPU workers"
             ) from None
-        start_workers_ignoring_ctrl_c()
-        stack.enter_context(dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}))
+        _prepare_embedded_workers(stack)
         try:
             cluster = stack.enter_context(LocalCUDACluster(memory_limit=self.memory_limit, dashboard_address=":0"))
         except Exception as exc:  # no CUDA driver, no GPU

@@ -5,8 +5,8 @@ The graph, task by task (work units are input chunks, then HEALPix partitions):
 1. read: one task per input chunk → canonical rows + ``_healpix_29`` (HEALPix nested index,
    order 29, the HATS convention; -1 where coordinates are unusable), sorted on (``_healpix_29``,
    ``objid``) and written as an Arrow IPC file (a "sorted run") in the catalog's temporary
-   directory, so rows are never held in worker memory between the passes; the task returns the
-   run's sorted ids and HEALPix indices (16 bytes a row).
+   directory, with the run's sorted ids and HEALPix indices beside it (16 bytes a row, which the
+   client reads): neither rows nor keys are held in worker memory between the passes.
 2. plan, on the client: merging the sorted ids finds repeated ids (the runs are then asked where
    they are: the first occurrence in input order is kept), and the sorted indices partition the
    sky adaptively (:func:`pipeline.healpix.adaptive_partitions`): HEALPix pixels of mixed orders
@@ -224,7 +224,7 @@ def repeated_ids(sorted_runs: list[np.ndarray]) -> np.ndarray:
     return np.unique(ids[1:][ids[1:] == ids[:-1]])
 
 
-def _later_occurrences(keys: list[ChunkKeys], client: Client | None) -> tuple[list[np.ndarray], np.ndarray]:
+def _repeated_rows(keys: list[ChunkKeys], client: Client | None) -> tuple[list[np.ndarray], np.ndarray]:
     """Per chunk, the positions in its sorted run of the rows dropped as repeats of an earlier id
     (in input order); and those rows' HEALPix indices."""
     repeated = repeated_ids([k.ids for k in keys])
@@ -317,7 +317,7 @@ def _ingest(args: IngestArgs, client: Client | None) -> Manifest:
         spilled = compute(*[delayed(_read_and_spill)(c, runs / f"chunk-{i:05d}.arrow") for i, c in enumerate(chunks)],
                           client=client)  # fmt: skip
         keys = [ChunkKeys.load(path, bad) for path, bad in spilled]
-        duplicates, duplicate_healpix = _later_occurrences(keys, client)
+        duplicates, duplicate_healpix = _repeated_rows(keys, client)
         manifest.rows_in = sum(len(k.ids) + k.bad for k in keys)
         manifest.dropped = {
             DROP_BAD_COORDINATES: sum(k.bad for k in keys),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import astropy.units as u
 import cdshealpix
 import numpy as np
@@ -21,7 +23,7 @@ def healpix29(ra_deg: np.ndarray, dec_deg: np.ndarray, threads: int = 1) -> np.n
         HEALPIX_ORDER,
         num_threads=threads,
     )
-    return ipix.astype(np.int64)
+    return ipix.view(np.int64)  # indices < 2**62: the same bits, no copy
 
 
 def pixel_bounds(order: int, pixel: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
@@ -31,9 +33,19 @@ def pixel_bounds(order: int, pixel: np.ndarray | int) -> tuple[np.ndarray, np.nd
     return pixel << shift, (pixel + 1) << shift
 
 
-def adaptive_partitions(healpix_sorted: np.ndarray, max_rows: int) -> list[tuple[int, int, int]]:
+def rows_in_ranges(sorted_runs: Sequence[np.ndarray], low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Indices in each order-29 range [low, high), counted over several sorted arrays of indices
+    together (binary searches in each: the runs need not be merged)."""
+    rows = np.zeros(np.shape(low), dtype=np.int64)
+    for run in sorted_runs:
+        rows += np.searchsorted(run, high) - np.searchsorted(run, low)
+    return rows
+
+
+def adaptive_partitions(healpix_sorted: np.ndarray | Sequence[np.ndarray], max_rows: int) -> list[tuple[int, int, int]]:
     """HEALPix pixels, of mixed orders, that cover sorted order-29 indices with at most ``max_rows``
     indices each: ``(order, pixel, rows)`` in sky (nested index) order, empty pixels left out.
+    ``healpix_sorted`` is one sorted array, or several (sorted runs, counted together unmerged).
 
     Top-down, as HATS partitions a catalog: the 12 order-0 pixels, and any pixel over ``max_rows``
     replaced by its 4 children, down to order 29 (where one pixel, ~0.4 milliarcsec, may hold more:
@@ -41,14 +53,15 @@ def adaptive_partitions(healpix_sorted: np.ndarray, max_rows: int) -> list[tuple
     """
     if max_rows < 1:
         raise ValueError(f"max_rows must be >= 1, not {max_rows}")
-    hpx = np.asarray(healpix_sorted, dtype=np.int64)
+    runs = [healpix_sorted] if isinstance(healpix_sorted, np.ndarray) else list(healpix_sorted)
+    runs = [np.asarray(run, dtype=np.int64) for run in runs]
     found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    pixels = np.unique(hpx >> np.int64(2 * HEALPIX_ORDER))
+    pixels = np.arange(12, dtype=np.int64)  # order 0; the empty ones are dropped below
     for order in range(HEALPIX_ORDER + 1):
         if not pixels.size:
             break
         low, high = pixel_bounds(order, pixels)
-        rows = np.searchsorted(hpx, high) - np.searchsorted(hpx, low)
+        rows = rows_in_ranges(runs, low, high)
         pixels, rows = pixels[rows > 0], rows[rows > 0]
         final = (rows <= max_rows) | (order == HEALPIX_ORDER)
         found.append((np.full(int(final.sum()), order), pixels[final], rows[final]))

@@ -8,9 +8,9 @@ The graph, task by task (work units are input chunks, then HEALPix partitions):
    directory, with the run's sorted ids and HEALPix indices beside it (16 bytes a row, which the
    client reads): neither rows nor keys are held in worker memory between the passes.
 2. plan, on the client: merging the sorted ids finds repeated ids (the runs are then asked where
-   they are: the first occurrence in input order is kept), and the sorted indices partition the
-   sky adaptively (:func:`pipeline.healpix.adaptive_partitions`): HEALPix pixels of mixed orders
-   with at most ``max_rows`` rows each.
+   they are: the first occurrence in input order is kept), and the sorted indices (counted run by
+   run, never merged) partition the sky adaptively (:func:`pipeline.healpix.adaptive_partitions`):
+   HEALPix pixels of mixed orders with at most ``max_rows`` rows each.
 3. merge: consecutive partitions are grouped (about two groups per worker thread, at most
    ``MERGE_ROWS`` rows each); a group's task reads its slice of every sorted run (less the
    repeated rows), merges and sorts them on (``_healpix_29``, ``objid``) and writes one file per
@@ -58,7 +58,7 @@ from pipeline.catalog import (
 )
 from pipeline.config import IngestArgs
 from pipeline.errors import CatalogError
-from pipeline.healpix import HEALPIX_ORDER, adaptive_partitions, healpix29, pixel_bounds
+from pipeline.healpix import HEALPIX_ORDER, adaptive_partitions, healpix29, pixel_bounds, rows_in_ranges
 from pipeline.stage import writing
 from storage.hats_catalog import (
     Written,
@@ -268,14 +268,13 @@ def _repeats(ids_of_hits: list[np.ndarray]) -> np.ndarray:
     return pd.Series(np.concatenate(ids_of_hits)).duplicated(keep="first").to_numpy()
 
 
-def group_rows(healpix_sorted: np.ndarray, dropped_healpix: np.ndarray,
+def group_rows(runs_healpix: list[np.ndarray], dropped_healpix: np.ndarray,
                bounds: list[tuple[int, int]]) -> list[int]:  # fmt: skip
-    """Rows in each HEALPix range [low, high): indices there less the dropped rows' indices there."""
-    dropped_healpix = np.sort(dropped_healpix)
+    """Rows in each HEALPix range [low, high): the indices there in the sorted runs, less the
+    dropped rows' indices there."""
     low, high = np.array(bounds, dtype=np.int64).reshape(-1, 2).T
-    inside = np.searchsorted(healpix_sorted, high) - np.searchsorted(healpix_sorted, low)
-    dropped = np.searchsorted(dropped_healpix, high) - np.searchsorted(dropped_healpix, low)
-    return (inside - dropped).tolist()
+    inside = rows_in_ranges(runs_healpix, low, high)
+    return (inside - rows_in_ranges([np.sort(dropped_healpix)], low, high)).tolist()
 
 
 def partition_threshold(max_rows: int, rows: int, threads: int) -> int:
@@ -331,15 +330,15 @@ def _ingest(args: IngestArgs, client: Client | None) -> Manifest:
                 f"({manifest.dropped[DROP_BAD_COORDINATES]} with bad coordinates, "
                 f"{manifest.dropped[DROP_DUPLICATE_ID]} duplicate ids); check the ra/dec column map"
             )
-        healpix_sorted = np.sort(np.concatenate([k.healpix for k in keys]), kind="stable")
+        runs_healpix = [k.healpix for k in keys]  # each sorted: counted run by run, never merged
         threads = _threads(client)
         threshold = partition_threshold(args.max_rows, kept, threads)
-        candidates = adaptive_partitions(healpix_sorted, threshold)
+        candidates = adaptive_partitions(runs_healpix, threshold)
         bounds = [tuple(map(int, pixel_bounds(k, p))) for k, p, _ in candidates]
-        counts = group_rows(healpix_sorted, duplicate_healpix, bounds)
+        counts = group_rows(runs_healpix, duplicate_healpix, bounds)
         partitions = [(k, p) for (k, p, _), n in zip(candidates, counts, strict=True) if n > 0]
         rows = [n for n in counts if n > 0]
-        del healpix_sorted, candidates, bounds
+        del runs_healpix, candidates, bounds
         phase("plan")
         written = compute(*_merge_tasks(keys, duplicates, partitions, rows, threads, tmp), client=client)
         written = [w for group_written in written for w in group_written]

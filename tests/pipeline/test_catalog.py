@@ -200,6 +200,26 @@ def test_fits_chunk_reads_only_its_rows_and_columns(tmp_path):
     assert peak < 1e6, f"reading 1,000 rows allocated {peak / 1e6:.1f} MB"
 
 
+def test_fits_columns_copied_block_by_block_equal_the_file(tmp_path, monkeypatch):
+    """The cache-blocked copy (every column from one block of rows at a time): 4,500 rows in blocks
+    of 1,024, chunks that start and end mid-block, a 2-D column, and native byte order out."""
+    rows = nsa_rows(4500, seed=3)
+    rows["WIDE"] = np.arange(4500 * 3, dtype=np.float32).reshape(4500, 3)
+    path = write_nsa_fits(tmp_path / "blocks.fits", rows, {"WIDE": "3E"})
+    monkeypatch.setattr(catalog, "COPY_BLOCK_BYTES", 1)  # the smallest block: 1,024 rows
+    (source,) = inspect_all([str(path)])
+    frame = pd.concat([read_chunk(c) for c in plan_chunks(source, 1700)], ignore_index=True)
+    np.testing.assert_array_equal(frame["objid"], rows["NSAID"].astype(np.int64))
+    np.testing.assert_array_equal(frame["ra"], rows["RA"])
+    np.testing.assert_array_equal(frame["hb_flux_err"], rows["HBFLUXERR"])
+    with fits.open(path) as hdul:
+        data = hdul[1].data
+        copies = catalog.native_copies({n: data.field(n)[100:4400] for n in ("WIDE", "DEC")}, data.dtype.itemsize)
+    np.testing.assert_array_equal(copies["WIDE"], rows["WIDE"][100:4400])
+    np.testing.assert_array_equal(copies["DEC"], rows["DEC"][100:4400])
+    assert all(c.dtype.isnative and c.flags.c_contiguous for c in copies.values())
+
+
 def test_csv_string_ids_keep_leading_zeros_in_every_chunk(tmp_path, monkeypatch):
     rows = rows_frame(nsa_rows(400)).drop(columns="NSAID")
     rows["name"] = [f"{i:05d}" if i % 50 else f"X{i:04d}" for i in range(400)]  # numeric-looking, mostly

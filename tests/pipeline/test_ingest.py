@@ -1,9 +1,9 @@
 """Ingest: drop reasons, duplicate handling, sky-ordered shards that lose and duplicate nothing."""
 
-import hashlib
 import json
 
 import astropy.units as u
+import blake3
 import dask
 import numpy as np
 import pandas as pd
@@ -15,6 +15,7 @@ from pipeline.config import IngestArgs
 from pipeline.errors import CatalogError
 from pipeline.ingest import ingest, read_catalog
 from storage.hats_catalog import partition_files
+from storage.manifest import block_digest
 from storage.workspace import Workspace
 
 
@@ -93,7 +94,7 @@ def test_manifest_records_inputs_and_checksums(tmp_path, nsa_fits, synchronous):
     run_ingest(tmp_path / "ws", [path])
     manifest = json.loads((tmp_path / "ws" / "manifests" / "ingest.json").read_text())
     (entry,) = manifest["inputs"]
-    assert entry["checksum"] == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    assert entry["checksum"] == "blake3:" + blake3.blake3(path.read_bytes()).hexdigest()  # what b3sum prints
     assert entry["bytes"] == path.stat().st_size and entry["rows"] == 600
     assert entry["columns"]["ha_flux"] == "HAFLUX" and entry["has_lines"]
     assert manifest["rows_in"] == 600 and manifest["rows_out"] == 600
@@ -107,8 +108,18 @@ def test_large_inputs_are_checksummed_by_blocks_on_the_cluster(tmp_path, nsa_fit
     assert len(blocks) > 3
     run_ingest(tmp_path / "ws", [path], client=cluster_client)
     (entry,) = json.loads((tmp_path / "ws" / "manifests" / "ingest.json").read_text())["inputs"]
-    tree = hashlib.sha256(b"".join(hashlib.sha256(b).digest() for b in blocks)).hexdigest()
-    assert entry["checksum"] == "sha256-64MiB-blocks:" + tree
+    tree = blake3.blake3(b"".join(blake3.blake3(b).digest() for b in blocks)).hexdigest()
+    assert entry["checksum"] == "blake3-64MiB-blocks:" + tree
+
+
+def test_checksums_are_blake3(tmp_path):
+    """The published BLAKE3 test vector for empty input, and a block hashed from the middle of a file."""
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    assert block_digest(empty, 0, 0).hex() == "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+    data = np.random.default_rng(0).bytes(3 * 4096 + 17)
+    (tmp_path / "data").write_bytes(data)
+    assert block_digest(tmp_path / "data", 4096, 2 * 4096 + 5) == blake3.blake3(data[4096 : 2 * 4096 + 5]).digest()
 
 
 def test_rerun_is_idempotent(tmp_path, nsa_fits, synchronous):

@@ -54,6 +54,15 @@ def test_adaptive_partitions_cover_every_row_once_within_the_threshold(threshold
         assert all(o == 0 for o in orders)  # nothing to split: whole order-0 pixels
 
 
+@pytest.mark.parametrize("threshold", [1, 37, 500])
+def test_adaptive_partitions_of_sorted_runs_equal_those_of_the_merged_indices(threshold):
+    """Ingest counts the sorted runs of its chunks without merging them: same partitions."""
+    ra, dec = clustered_positions(5000)
+    hpx = healpix29(ra, dec)
+    runs = [np.sort(run) for run in np.array_split(hpx, [700, 701, 2900])]  # one run of a single row
+    assert adaptive_partitions(runs, threshold) == adaptive_partitions(np.sort(hpx), threshold)
+
+
 def test_rows_at_one_position_stay_one_partition_at_the_deepest_order(tmp_path):
     hpx = np.full(50, healpix29(np.array([150.0]), np.array([2.0]))[0])
     assert adaptive_partitions(hpx, 10) == [(29, int(hpx[0]), 50)]

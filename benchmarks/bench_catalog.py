@@ -9,13 +9,15 @@ on the same machine and the same files:
    from a forkserver, glibc's adaptive malloc left on), started once before any timing. Rate = rows in / (ingest s +
    label s). The peak resident memory of each worker process is sampled every 50 ms.
 2. **I/O floor**: one process with pyarrow reads the 13 source columns the pipeline uses and writes
-   them to one Parquet file with the pipeline's writer settings (snappy, no dictionary), from the
-   sky's Parquet dataset and from the FITS file (astropy memmap, copied to native byte order by
-   the pipeline's own copy). FITS → Parquet is the reference ("x floor" = 1.00): it is the least
-   work the pipeline must do on the same input (read once, write once). "floor x2" reads and
-   writes twice (FITS → Parquet → Parquet), the minimum for two stages that each write a dataset.
+   them to one Parquet file with the pipeline's writer settings (snappy, no dictionary, columns
+   declared not null), from the sky's Parquet dataset and from the FITS file (astropy memmap,
+   copied to native byte order by the pipeline's own copy). FITS → Parquet is the reference
+   ("x floor" = 1.00): it is the least work the pipeline must do on the same input (read once,
+   write once). "floor x2" reads and writes twice (FITS → Parquet → Parquet), the minimum for two
+   stages that each write a dataset.
 3. **pandas**: how the paper worked: ``Table.read`` → pandas → drop bad coordinates and duplicate
-   ids → keep four finite positive fluxes → x, y and the paper's rule → ``to_parquet``, one process.
+   ids → keep four finite positive fluxes → x, y and the paper's rule → ``to_parquet``, one process,
+   with the pipeline's writer settings (columns nullable, as pandas writes them).
 4. **hats-import**: the peer importer, FITS → HATS catalog (the 13 columns, the same partition
    threshold) with ``pipeline_with_client`` on the same cluster: what ``ingest`` alone replaces.
 5. **BPT kernel**: ``pipeline.bpt.bpt_class`` (and ``log_ratios`` + ``bpt_class``) on 10M points in
@@ -67,7 +69,7 @@ from pipeline.config import IngestArgs, LabelArgs, SkyArgs
 from pipeline.ingest import ingest
 from pipeline.label import label
 from pipeline.synthetic.catalog import SKY_FITS, SKY_MANIFEST, SKY_PARQUET, make_sky
-from storage.hats_catalog import read_table
+from storage.hats_catalog import declared_not_null, read_table
 
 SOURCE_COLUMNS: tuple[str, ...] = (
     "NSAID", "RA", "DEC", "Z", "PETROTH90",
@@ -255,13 +257,13 @@ def read_fits_columns(fits_path: Path) -> pa.Table:
     with fits.open(fits_path, memmap=True) as hdul:
         data = hdul[1].data
         arrays = native_copies({name: data.field(name) for name in SOURCE_COLUMNS}, data.dtype.itemsize)
-    return pa.table(arrays)
+    return declared_not_null(pa.table(arrays))
 
 
 def floor_parquet(sky_parquet: Path, out: Path) -> dict[str, float]:
     """Read the columns from the sky's Parquet dataset, write them to one Parquet file."""
     t0 = now()
-    table = pq.read_table(sky_parquet, columns=list(SOURCE_COLUMNS))
+    table = declared_not_null(pq.read_table(sky_parquet, columns=list(SOURCE_COLUMNS)))
     t1 = now()
     pq.write_table(table, out / "floor.parquet", **PARQUET_OPTIONS)
     t2 = now()

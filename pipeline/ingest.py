@@ -214,7 +214,7 @@ def _sort_and_write(pieces: list[tuple[str, int, int, np.ndarray]], partitions: 
     written = []
     for k, p in partitions:
         begin, end = (int(i) for i in np.searchsorted(hpx, pixel_bounds(k, p)))
-        written.append(write_partition(table.slice(begin, end - begin), pixel_path(root, k, p), k, p))
+        written.append(write_partition(table.slice(begin, end - begin), pixel_path(root, k, p), k, p, not_null=True))
     return written
 
 

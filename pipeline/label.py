@@ -133,7 +133,8 @@ def _label_partition_file(source: Path, out: Path, order: int, pixel: int,
             kept = kept.append_column(name, pa.DictionaryArray.from_arrays(pa.array(values), pa.array(names)))
         else:
             kept = kept.append_column(name, pa.array(values))
-    return summary, counts, write_partition(kept, out, order, pixel, dictionary_columns=("bpt_class", "split"))
+    written = write_partition(kept, out, order, pixel, dictionary_columns=("bpt_class", "split"), not_null=True)
+    return summary, counts, written
 
 
 def check_catalog(args: LabelArgs) -> dict:

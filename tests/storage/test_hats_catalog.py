@@ -5,6 +5,8 @@ import shutil
 import astropy.units as u
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from astropy_healpix import HEALPix
 from conftest import nsa_rows, rows_frame
@@ -14,7 +16,7 @@ from pipeline.errors import CatalogError, WorkspaceError
 from pipeline.healpix import adaptive_partitions, healpix29
 from pipeline.ingest import ingest, read_catalog
 from pipeline.label import label
-from storage.hats_catalog import partition_files, pixel_path, write_frame
+from storage.hats_catalog import partition_files, pixel_path, write_frame, write_partition
 
 
 def clustered_positions(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -109,6 +111,28 @@ def test_write_frame_round_trips_and_pandas_reads_the_dataset(tmp_path):
     assert sorted(plain["objid"]) == list(range(2000))
     opened = lsdb.open_catalog(tmp_path / "t").compute().sort_values("objid")
     np.testing.assert_array_equal(opened["x"].to_numpy(), frame["x"].to_numpy())
+
+
+def test_catalog_and_labels_declare_their_columns_not_null_and_read_as_before(tmp_path):
+    """Stage tables are written with every column "required" (cheaper to write and read); LSDB,
+    pandas and a nullable table's reader see the same values; a column with nulls is refused."""
+    lsdb = pytest.importorskip("lsdb")
+    rows = rows_frame(nsa_rows(1500, seed=5))
+    rows.to_parquet(tmp_path / "in.parquet")
+    ws = tmp_path / "ws"
+    ingest(IngestArgs(workspace=ws, inputs=[str(tmp_path / "in.parquet")], max_rows=400))
+    label(LabelArgs(workspace=ws, plots=False))
+    for table in ("catalog", "labels"):
+        for _, _, path in partition_files(ws / table):
+            schema = pq.read_schema(path)
+            assert not any(field.nullable for field in schema), f"{path}: {schema}"
+        opened = lsdb.open_catalog(ws / table).compute()
+        assert len(opened) == len(pd.read_parquet(ws / table / "dataset")) > 0
+    catalog = read_catalog(ws).sort_values("objid")
+    np.testing.assert_array_equal(catalog["objid"].to_numpy(), np.sort(rows["NSAID"].to_numpy()))
+    with_null = pa.table({"_healpix_29": pa.array([1, 2], pa.int64()), "x": pa.array([1.0, None])})
+    with pytest.raises(ValueError, match=r"columns \['x'\] hold nulls"):
+        write_partition(with_null, tmp_path / "n.parquet", 29, 1, not_null=True)
 
 
 def test_tables_from_before_hats_get_a_clear_error(tmp_path):

@@ -5,11 +5,14 @@ The graph, task by task (work units are input chunks, then HEALPix partitions):
 1. read: one task per input chunk → canonical rows + ``_healpix_29`` (HEALPix nested index,
    order 29, the HATS convention; -1 where coordinates are unusable), sorted on (``_healpix_29``,
    ``objid``) and written as an Arrow IPC file (a "sorted run") in the catalog's temporary
-   directory, with the run's sorted ids and HEALPix indices beside it (16 bytes a row, which the
-   client reads): neither rows nor keys are held in worker memory between the passes.
-2. plan, on the client: merging the sorted ids finds repeated ids (the runs are then asked where
-   they are: the first occurrence in input order is kept), and the sorted indices (counted run by
-   run, never merged) partition the sky adaptively (:func:`pipeline.healpix.adaptive_partitions`):
+   directory, with the run's sorted ids and HEALPix indices beside it (16 bytes a row): neither
+   rows nor keys are held in worker memory between the passes. The task returns a few numbers:
+   its id range and the ids repeated within it.
+2. plan, on the client: repeated ids are those repeated within a chunk when the chunks' id ranges
+   do not overlap (a catalog in id order), else found by merging the chunks' sorted ids; the runs
+   are then asked where they are (the first occurrence in input order is kept). The runs' sorted
+   HEALPix indices (8 bytes a row, read by the client; counted run by run, never merged)
+   partition the sky adaptively (:func:`pipeline.healpix.adaptive_partitions`):
    HEALPix pixels of mixed orders with at most ``max_rows`` rows each.
 3. merge: consecutive partitions are grouped (about two groups per worker thread, at most
    ``MERGE_ROWS`` rows each); a group's task reads its slice of every sorted run (less the
@@ -35,6 +38,7 @@ import json
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,22 +92,27 @@ def valid_coordinates(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class ChunkKeys:
-    """What the client learns of one input chunk, whose rows went, sorted on (``_healpix_29``,
+class Spilled:
+    """What a read task reports of one input chunk, whose rows went, sorted on (``_healpix_29``,
     ``objid``), to the Arrow IPC file ``path`` (see :func:`_read_and_spill`): the first ``bad``
-    rows there have unusable coordinates; ``ids`` are the others' ids, sorted, and ``healpix``
-    their HEALPix indices (sorted: the file's order)."""
+    rows there have unusable coordinates, the other ``rows`` have ids from ``first_id`` to
+    ``last_id`` of which ``repeats`` occur more than once (sorted; usually none). A few numbers:
+    the keys of every row stay on disk beside the run (:meth:`load_healpix`, :meth:`load_ids`)."""
 
     path: str
     bad: int
-    ids: np.ndarray
-    healpix: np.ndarray
+    rows: int
+    first_id: int
+    last_id: int
+    repeats: np.ndarray
 
-    @classmethod
-    def load(cls, path: str, bad: int) -> ChunkKeys:
-        """The keys :func:`_read_and_spill` saved beside the run at ``path``."""
-        ids, healpix = np.fromfile(_keys_path(path), dtype=np.int64).reshape(2, -1)
-        return cls(path, bad, ids, healpix)
+    def load_healpix(self) -> np.ndarray:
+        """The run's HEALPix indices of its rows with usable coordinates (sorted: the file's order)."""
+        return np.fromfile(_keys_path(self.path), dtype=np.int64, offset=8 * self.rows)
+
+    def load_ids(self) -> np.ndarray:
+        """The ids of the run's rows with usable coordinates, sorted."""
+        return np.fromfile(_keys_path(self.path), dtype=np.int64, count=self.rows)
 
 
 def _keys_path(run: str | Path) -> Path:
@@ -114,20 +123,23 @@ def _keys_path(run: str | Path) -> Path:
 def _read_and_spill(chunk: Chunk, path: Path) -> tuple[str, int]:
     """Read one chunk, index it on the sky, sort it, and write it to ``path`` (Arrow IPC, with
     ``_input_row``: each row's position in file order, so the first occurrence of a repeated id is
-    known), and its keys beside it (:meth:`ChunkKeys.load`); returns ``(path, bad)``. Rows and
-    keys go to disk, not to the worker's memory: merge tasks read just their slices of the run."""
+    known), and its keys beside it (:class:`Spilled`), which it returns. Rows and keys go to
+    disk, not to the worker's memory: merge tasks read just their slices of the run."""
     columns = canonical_columns(read_raw(chunk), chunk.source, first_row=lambda: rows_before(chunk))
     ra, dec = columns["ra"], columns["dec"]
     ok = valid_coordinates(ra, dec)
-    hpx = np.full(len(ra), -1, dtype=np.int64)
-    hpx[ok] = healpix29(ra[ok], dec[ok])
+    if ok.all():
+        hpx, ids = healpix29(ra, dec), columns["objid"]
+    else:
+        hpx, ids = np.full(len(ra), -1, dtype=np.int64), columns["objid"][ok]
+        hpx[ok] = healpix29(ra[ok], dec[ok])
     columns["_healpix_29"] = hpx
     order = sky_order(hpx, columns["objid"], runs=False)
     table = pa.table(columns).take(pa.array(order)).append_column(INPUT_ROW, pa.array(order)).combine_chunks()
-    hpx = hpx[order]
+    hpx = table.column("_healpix_29").chunk(0).to_numpy() if table.num_rows else hpx
     bad = int(np.searchsorted(hpx, 0))  # -1 sorts first
-    keys = np.stack([_sorted(columns["objid"][ok]), hpx[bad:]]).astype(np.int64, copy=False)
-    del columns, hpx, order
+    ids = _sorted(ids).astype(np.int64, copy=False)
+    del columns, order
     with (
         atomic_file(path) as partial,
         pa.OSFile(str(partial), "wb") as sink,
@@ -135,8 +147,10 @@ def _read_and_spill(chunk: Chunk, path: Path) -> tuple[str, int]:
     ):
         writer.write_table(table, max_chunksize=RUN_BATCH_ROWS)
     with atomic_file(_keys_path(path)) as partial, open(partial, "wb") as fh:
-        fh.write(keys.data)  # a file write: a full disk is ENOSPC (numpy's own writers lose the errno)
-    return str(path), bad
+        for keys in (ids, hpx[bad:]):  # file writes: a full disk is ENOSPC (numpy's own writers lose the errno)
+            fh.write(np.ascontiguousarray(keys, dtype=np.int64).data)
+    first, last = (int(ids[0]), int(ids[-1])) if ids.size else (0, -1)
+    return Spilled(str(path), bad, len(ids), first, last, repeated_ids([ids]))
 
 
 def _sorted(values: np.ndarray) -> np.ndarray:
@@ -220,36 +234,46 @@ def _sort_and_write(pieces: list[tuple[str, int, int, np.ndarray]], partitions: 
 
 def repeated_ids(sorted_runs: list[np.ndarray]) -> np.ndarray:
     """Ids that occur more than once, from per-chunk sorted ids (merging sorted runs is cheap)."""
-    ids = np.sort(np.concatenate(sorted_runs), kind="stable")
+    ids = np.sort(np.concatenate([np.empty(0, np.int64), *sorted_runs]), kind="stable")
     return np.unique(ids[1:][ids[1:] == ids[:-1]])
 
 
-def _repeated_rows(keys: list[ChunkKeys], client: Client | None) -> tuple[list[np.ndarray], np.ndarray]:
+def repeated_in(spilled: list[Spilled]) -> np.ndarray:
+    """Ids that occur more than once in the chunks. When the chunks' id ranges do not overlap (a
+    catalog in id order, as most are), the repeats within each chunk, which the read tasks found;
+    otherwise every chunk's ids are read back and merged."""
+    runs = sorted((s for s in spilled if s.rows), key=lambda s: s.first_id)
+    if all(a.last_id < b.first_id for a, b in zip(runs[:-1], runs[1:], strict=True)):
+        return np.unique(np.concatenate([np.empty(0, np.int64), *(s.repeats for s in runs)]))
+    return repeated_ids([s.load_ids() for s in runs])
+
+
+def _repeated_rows(spilled: list[Spilled], client: Client | None) -> tuple[list[np.ndarray], np.ndarray]:
     """Per chunk, the positions in its sorted run of the rows dropped as repeats of an earlier id
     (in input order); and those rows' HEALPix indices."""
-    repeated = repeated_ids([k.ids for k in keys])
+    repeated = repeated_in(spilled)
     if not repeated.size:
-        return [np.empty(0, dtype=np.intp)] * len(keys), np.empty(0, dtype=np.int64)
-    hits = compute(*[delayed(_rows_with_ids)(k.path, repeated) for k in keys], client=client)
+        return [np.empty(0, dtype=np.intp)] * len(spilled), np.empty(0, dtype=np.int64)
+    hits = compute(*[delayed(_rows_with_ids)(s.path, repeated) for s in spilled], client=client)
     duplicate_healpix = np.concatenate([h[2] for h in hits])[_repeats([h[1] for h in hits])]
     return later_occurrences([h[0] for h in hits], [h[1] for h in hits]), duplicate_healpix
 
 
-def _merge_tasks(keys: list[ChunkKeys], dropped: list[np.ndarray], partitions: list[tuple[int, int]],
-                 rows: list[int], threads: int, root: Path) -> list:  # fmt: skip
+def _merge_tasks(spilled: list[Spilled], runs_healpix: list[np.ndarray], dropped: list[np.ndarray],
+                 partitions: list[tuple[int, int]], rows: list[int], threads: int, root: Path) -> list:  # fmt: skip
     """One :func:`_sort_and_write` task per merge group of consecutive partitions, given the slice
     of every chunk's sorted run that falls in the group's HEALPix range."""
     groups = merge_groups(rows, threads)
     first_rows = np.concatenate([[0], np.cumsum([sum(rows[i] for i in g) for g in groups])]).tolist()
     edges = np.array([pixel_bounds(*partitions[g.start])[0] for g in groups]
                      + [pixel_bounds(*partitions[-1])[1]], dtype=np.int64)  # fmt: skip
-    slices = [(k.bad + np.searchsorted(k.healpix, edges)).tolist() for k in keys]
+    slices = [(run.bad + np.searchsorted(hpx, edges)).tolist() for run, hpx in zip(spilled, runs_healpix, strict=True)]
     tasks = []
     for i, group in enumerate(groups):
         pieces = []
-        for k, d, s in zip(keys, dropped, slices, strict=True):
+        for run, d, s in zip(spilled, dropped, slices, strict=True):
             inside = d[(d >= s[i]) & (d < s[i + 1])]
-            pieces.append((k.path, s[i], s[i + 1], inside))
+            pieces.append((run.path, s[i], s[i + 1], inside))
         tasks.append(delayed(_sort_and_write)(pieces, partitions[group.start : group.stop], root, first_rows[i],
                                               first_rows[i + 1] - first_rows[i]))  # fmt: skip
     return tasks
@@ -315,11 +339,10 @@ def _ingest(args: IngestArgs, client: Client | None) -> Manifest:
         runs.mkdir()
         spilled = compute(*[delayed(_read_and_spill)(c, runs / f"chunk-{i:05d}.arrow") for i, c in enumerate(chunks)],
                           client=client)  # fmt: skip
-        keys = [ChunkKeys.load(path, bad) for path, bad in spilled]
-        duplicates, duplicate_healpix = _repeated_rows(keys, client)
-        manifest.rows_in = sum(len(k.ids) + k.bad for k in keys)
+        duplicates, duplicate_healpix = _repeated_rows(spilled, client)
+        manifest.rows_in = sum(s.rows + s.bad for s in spilled)
         manifest.dropped = {
-            DROP_BAD_COORDINATES: sum(k.bad for k in keys),
+            DROP_BAD_COORDINATES: sum(s.bad for s in spilled),
             DROP_DUPLICATE_ID: sum(len(d) for d in duplicates),
         }
         kept = manifest.rows_in - sum(manifest.dropped.values())
@@ -330,7 +353,7 @@ def _ingest(args: IngestArgs, client: Client | None) -> Manifest:
                 f"({manifest.dropped[DROP_BAD_COORDINATES]} with bad coordinates, "
                 f"{manifest.dropped[DROP_DUPLICATE_ID]} duplicate ids); check the ra/dec column map"
             )
-        runs_healpix = [k.healpix for k in keys]  # each sorted: counted run by run, never merged
+        runs_healpix = [s.load_healpix() for s in spilled]  # each sorted: counted run by run, never merged
         threads = _threads(client)
         threshold = partition_threshold(args.max_rows, kept, threads)
         candidates = adaptive_partitions(runs_healpix, threshold)
@@ -338,16 +361,19 @@ def _ingest(args: IngestArgs, client: Client | None) -> Manifest:
         counts = group_rows(runs_healpix, duplicate_healpix, bounds)
         partitions = [(k, p) for (k, p, _), n in zip(candidates, counts, strict=True) if n > 0]
         rows = [n for n in counts if n > 0]
-        del runs_healpix, candidates, bounds
+        del candidates, bounds
         phase("plan")
-        written = compute(*_merge_tasks(keys, duplicates, partitions, rows, threads, tmp), client=client)
+        written = compute(*_merge_tasks(spilled, runs_healpix, duplicates, partitions, rows, threads, tmp),
+                          client=client)  # fmt: skip
         written = [w for group_written in written for w in group_written]
         if [w.rows for w in written] != rows:  # inside the block: a wrong catalog never replaces a good one
             raise RuntimeError(f"ingest wrote {[w.rows for w in written]} rows per partition, not {rows}: a bug")
-        shutil.rmtree(runs)
-        phase("sort_and_write")
-        finish_catalog(tmp, "catalog", written)
-        checksums = _checksums(checksums, client)  # hashed in the gaps of the work; before the catalog is replaced
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            removed = pool.submit(shutil.rmtree, runs)  # ~0.1 s of unlinking per 10M rows: beside the metadata
+            phase("sort_and_write")
+            finish_catalog(tmp, "catalog", written)
+            checksums = _checksums(checksums, client)  # hashed in the gaps of the work; before the catalog is replaced
+            removed.result()
         phase("metadata")
     manifest.inputs = [dict(s.describe(), checksum=c) for s, c in zip(sources, checksums, strict=True)]
     manifest.extra["seconds_by_phase"] = phase.seconds

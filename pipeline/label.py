@@ -78,32 +78,29 @@ def describe_problems(mask: int) -> str:
 def worst_problems(mask: np.ndarray) -> np.ndarray:
     """Keep, per row, only the bits of its most severe problem kind (so each row counts once)."""
     out = np.zeros_like(mask)
-    undecided = np.ones(len(mask), dtype=bool)
-    for k in range(len(PROBLEMS)):
-        kind_bits = np.uint16(sum(1 << (3 * i + k) for i in range(4)))
-        hit = undecided & ((mask & kind_bits) != 0)
-        out[hit] = mask[hit] & kind_bits
-        undecided &= ~hit
+    for k in reversed(range(len(PROBLEMS))):  # least severe first: a more severe kind overwrites it
+        kind = mask & np.uint16(sum(1 << (3 * i + k) for i in range(4)))
+        np.copyto(out, kind, where=kind != 0)
     return out
 
 
 def label_columns(columns: Mapping[str, Any], scheme: bpt.Scheme, min_snr: float | None,
                   split: tuple) -> tuple[np.ndarray, dict[str, np.ndarray]]:  # fmt: skip
-    """Kernel: ``(problems, new)`` for every row of a catalog partition: ``problems`` the bitmask of
-    :func:`flux_problems` reduced to the worst kind (0 = labelled), ``new`` the BPT columns as
-    arrays (log ratios NaN and class codes meaningless where ``problems`` != 0; class and split are
-    int8 codes into ``bpt.CLASS_NAMES`` and ``SPLITS``)."""
+    """Kernel: ``(problems, new)`` for a catalog partition: ``problems``, for every row, the bitmask
+    of :func:`flux_problems` reduced to the worst kind (0 = labelled); ``new``, for the labelled
+    rows only (in order), the BPT columns as arrays (class and split are int8 codes into
+    ``bpt.CLASS_NAMES`` and ``SPLITS``)."""
     problems = worst_problems(flux_problems(columns, min_snr))
-    ok = problems == 0
-    x, y = bpt.log_ratios(*(np.asarray(columns[c]) for c in ("nii_flux", "ha_flux", "oiii_flux", "hb_flux")))
-    classes = np.full(len(problems), bpt.AGN, dtype=np.int8)
-    classes[ok] = bpt.bpt_class(x[ok], y[ok], scheme)
+    rows = np.flatnonzero(problems == 0)
+    nii, ha, oiii, hb = (np.asarray(columns[c])[rows] for c in ("nii_flux", "ha_flux", "oiii_flux", "hb_flux"))
+    x, y = bpt.log_ratios(nii, ha, oiii, hb)
+    classes = bpt.bpt_class(x, y, scheme)
     new = {
-        "log_nii_ha": np.where(ok, x, np.nan).astype(np.float32),
-        "log_oiii_hb": np.where(ok, y, np.nan).astype(np.float32),
+        "log_nii_ha": x.astype(np.float32),
+        "log_oiii_hb": y.astype(np.float32),
         "bpt_class": classes,
         "label": bpt.training_label(classes),
-        "split": split_codes(np.asarray(columns["objid"]), split),
+        "split": split_codes(np.asarray(columns["objid"])[rows], split),
     }
     return problems, new
 
@@ -115,19 +112,18 @@ def _label_partition_file(source: Path, out: Path, order: int, pixel: int,
     table = read_partition(source, use_threads=False)  # one thread: the workers are the parallelism
     problems, new = label_columns({c: table.column(c).to_numpy() for c in NEEDED if c in table.column_names},
                                   args.scheme, args.min_snr, args.split)  # fmt: skip
-    ok = problems == 0
-    n = np.bincount(problems.astype(np.intp) * 8 + np.where(ok, new["bpt_class"], 0))
+    n = np.bincount(problems.astype(np.intp) * 8, minlength=8)  # rows by problem (labelled ones at 0)
+    n[: len(CLASS_CATEGORIES)] = np.bincount(new["bpt_class"], minlength=len(CLASS_CATEGORIES))  # ... by class
     keys = np.flatnonzero(n)
     summary = pd.DataFrame({"_problems": keys // 8, "bpt_class": [CLASS_CATEGORIES[k] for k in keys % 8], "n": n[keys]})
-    rows = np.flatnonzero(ok)
+    rows = np.flatnonzero(problems == 0)
     counts = None  # the BPT plots' histograms: only when they are drawn
     if args.plots:
-        counts = plots.bpt_hist_counts(new["log_nii_ha"][rows], new["log_oiii_hb"][rows], new["label"][rows])
+        counts = plots.bpt_hist_counts(new["log_nii_ha"], new["log_oiii_hb"], new["label"])
     if not rows.size:
         return summary, counts, None
     kept = table.take(pa.array(rows)).replace_schema_metadata(None)
     for name, values in new.items():
-        values = values[rows]
         if name in ("bpt_class", "split"):
             names = CLASS_CATEGORIES if name == "bpt_class" else list(SPLITS)
             kept = kept.append_column(name, pa.DictionaryArray.from_arrays(pa.array(values), pa.array(names)))

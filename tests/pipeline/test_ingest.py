@@ -157,3 +157,34 @@ def test_distributed_ingest_equals_single_process(tmp_path, cluster_client):
     assert one.dropped == two.dropped and one.rows_out == two.rows_out
     assert partition_files(tmp_path / "one" / "catalog") != []
     pd.testing.assert_frame_equal(read_catalog(tmp_path / "one"), read_catalog(tmp_path / "two"))
+
+
+@pytest.mark.parametrize("in_id_order", [True, False])
+def test_repeated_ids_are_found_whether_the_chunks_are_in_id_order_or_not(tmp_path, synchronous, in_id_order):
+    """Chunks in id order are only searched within (the read tasks report their repeats); chunks
+    whose id ranges overlap have their ids merged. Either way the first occurrence is kept."""
+    rows = nsa_rows(600, seed=8)
+    ids = np.arange(1000, 1600)
+    ids[[10, 11, 12]] = ids[9]  # three repeats inside the first chunk
+    ids[[250, 399]] = ids[[249, 398]]  # one repeat inside each of two later chunks
+    ids[150] = ids[149]  # and one where the first chunk ends and the second begins
+    if not in_id_order:
+        ids = ids[np.random.default_rng(8).permutation(600)]
+        ids[590] = ids[5]  # and one across chunks
+    rows["NSAID"] = ids.astype(np.int32)
+    write_nsa_fits(tmp_path / "ids.fits", rows)
+    manifest = run_ingest(tmp_path / "ws", [tmp_path / "ids.fits"], chunk_rows=150)
+    first = pd.DataFrame({"objid": ids, "ra": rows["RA"]}).drop_duplicates("objid", keep="first")
+    assert manifest.dropped["duplicate_objid"] == 600 - len(first) == (6 if in_id_order else 7)
+    kept = read_catalog(Workspace(tmp_path / "ws")).set_index("objid")["ra"].sort_index()
+    pd.testing.assert_series_equal(kept, first.set_index("objid")["ra"].sort_index(), check_dtype=False)
+
+
+def test_repeated_ids_of_sorted_runs():
+    from pipeline.ingest import repeated_ids
+
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        runs = [np.sort(rng.integers(0, 80, size=n)) for n in rng.integers(0, 40, size=5)]
+        values, counts = np.unique(np.concatenate(runs), return_counts=True)
+        np.testing.assert_array_equal(repeated_ids(runs), values[counts > 1])

@@ -435,7 +435,7 @@ def _threads(client: Client | None) -> int:
 
 
 def _start_checksums(sources: list[CatalogSource], client: Client | None) -> list:
-    """Per input, the futures of its 64 MiB blocks' SHA-256 digests (:func:`combine_digests` makes
+    """Per input, the futures of its 64 MiB blocks' BLAKE3 digests (:func:`combine_digests` makes
     the checksum). On the cluster they run at low priority: in the gaps the reading and merging
     leave, not before them. Without a cluster, the digests themselves."""
     blocks = [[(s.path, a, b) for a, b in checksum_blocks(s.path)] for s in sources]

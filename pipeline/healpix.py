@@ -45,7 +45,7 @@ def rows_in_ranges(sorted_runs: Sequence[np.ndarray], low: np.ndarray, high: np.
 def adaptive_partitions(healpix_sorted: np.ndarray | Sequence[np.ndarray], max_rows: int) -> list[tuple[int, int, int]]:
     """HEALPix pixels, of mixed orders, that cover sorted order-29 indices with at most ``max_rows``
     indices each: ``(order, pixel, rows)`` in sky (nested index) order, empty pixels left out.
-    ``healpix_sorted`` is one sorted array, or several (sorted runs, counted together unmerged).
+    ``healpix_sorted`` is one sorted array, or a list of them (sorted runs, counted together unmerged).
 
     Top-down, as HATS partitions a catalog: the 12 order-0 pixels, and any pixel over ``max_rows``
     replaced by its 4 children, down to order 29 (where one pixel, ~0.4 milliarcsec, may hold more:
@@ -53,8 +53,8 @@ def adaptive_partitions(healpix_sorted: np.ndarray | Sequence[np.ndarray], max_r
     """
     if max_rows < 1:
         raise ValueError(f"max_rows must be >= 1, not {max_rows}")
-    runs = [healpix_sorted] if isinstance(healpix_sorted, np.ndarray) else list(healpix_sorted)
-    runs = [np.asarray(run, dtype=np.int64) for run in runs]
+    several = isinstance(healpix_sorted, list | tuple) and all(np.ndim(run) == 1 for run in healpix_sorted)
+    runs = [np.asarray(run, dtype=np.int64) for run in (healpix_sorted if several else [healpix_sorted])]
     found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     pixels = np.arange(12, dtype=np.int64)  # order 0; the empty ones are dropped below
     for order in range(HEALPIX_ORDER + 1):

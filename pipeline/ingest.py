@@ -97,7 +97,7 @@ class Spilled:
     ``objid``), to the Arrow IPC file ``path`` (see :func:`_read_and_spill`): the first ``bad``
     rows there have unusable coordinates, the other ``rows`` have ids from ``first_id`` to
     ``last_id`` of which ``repeats`` occur more than once (sorted; usually none). A few numbers:
-    the keys of every row stay on disk beside the run (:meth:`load_healpix`, :meth:`load_ids`)."""
+    the keys of those rows stay on disk beside the run (:meth:`load_healpix`, :meth:`load_ids`)."""
 
     path: str
     bad: int
@@ -120,7 +120,7 @@ def _keys_path(run: str | Path) -> Path:
     return Path(f"{run}.keys")
 
 
-def _read_and_spill(chunk: Chunk, path: Path) -> tuple[str, int]:
+def _read_and_spill(chunk: Chunk, path: Path) -> Spilled:
     """Read one chunk, index it on the sky, sort it, and write it to ``path`` (Arrow IPC, with
     ``_input_row``: each row's position in file order, so the first occurrence of a repeated id is
     known), and its keys beside it (:class:`Spilled`), which it returns. Rows and keys go to
@@ -292,13 +292,11 @@ def _repeats(ids_of_hits: list[np.ndarray]) -> np.ndarray:
     return pd.Series(np.concatenate(ids_of_hits)).duplicated(keep="first").to_numpy()
 
 
-def group_rows(runs_healpix: list[np.ndarray], dropped_healpix: np.ndarray,
-               bounds: list[tuple[int, int]]) -> list[int]:  # fmt: skip
-    """Rows in each HEALPix range [low, high): the indices there in the sorted runs, less the
+def group_rows(inside: list[int], dropped_healpix: np.ndarray, bounds: list[tuple[int, int]]) -> list[int]:
+    """Rows in each HEALPix range [low, high): ``inside`` (the indices counted there) less the
     dropped rows' indices there."""
     low, high = np.array(bounds, dtype=np.int64).reshape(-1, 2).T
-    inside = rows_in_ranges(runs_healpix, low, high)
-    return (inside - rows_in_ranges([np.sort(dropped_healpix)], low, high)).tolist()
+    return (np.asarray(inside, dtype=np.int64) - rows_in_ranges([np.sort(dropped_healpix)], low, high)).tolist()
 
 
 def partition_threshold(max_rows: int, rows: int, threads: int) -> int:
@@ -358,13 +356,14 @@ def _ingest(args: IngestArgs, client: Client | None) -> Manifest:
         threshold = partition_threshold(args.max_rows, kept, threads)
         candidates = adaptive_partitions(runs_healpix, threshold)
         bounds = [tuple(map(int, pixel_bounds(k, p))) for k, p, _ in candidates]
-        counts = group_rows(runs_healpix, duplicate_healpix, bounds)
+        counts = group_rows([n for *_, n in candidates], duplicate_healpix, bounds)
         partitions = [(k, p) for (k, p, _), n in zip(candidates, counts, strict=True) if n > 0]
         rows = [n for n in counts if n > 0]
         del candidates, bounds
         phase("plan")
-        written = compute(*_merge_tasks(spilled, runs_healpix, duplicates, partitions, rows, threads, tmp),
-                          client=client)  # fmt: skip
+        tasks = _merge_tasks(spilled, runs_healpix, duplicates, partitions, rows, threads, tmp)
+        del runs_healpix  # 8 bytes a row, on the client
+        written = compute(*tasks, client=client)
         written = [w for group_written in written for w in group_written]
         if [w.rows for w in written] != rows:  # inside the block: a wrong catalog never replaces a good one
             raise RuntimeError(f"ingest wrote {[w.rows for w in written]} rows per partition, not {rows}: a bug")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from dask import delayed
 from distributed import Client
 
@@ -122,7 +123,7 @@ def _label_partition_file(source: Path, out: Path, order: int, pixel: int,
         counts = plots.bpt_hist_counts(new["log_nii_ha"], new["log_oiii_hb"], new["label"])
     if not rows.size:
         return summary, counts, None
-    kept = table.take(pa.array(rows)).replace_schema_metadata(None)
+    kept = _nan_for_null(table.take(pa.array(rows)).replace_schema_metadata(None), source)
     for name, values in new.items():
         if name in ("bpt_class", "split"):
             names = CLASS_CATEGORIES if name == "bpt_class" else list(SPLITS)
@@ -131,6 +132,22 @@ def _label_partition_file(source: Path, out: Path, order: int, pixel: int,
             kept = kept.append_column(name, pa.array(values))
     written = write_partition(kept, out, order, pixel, dictionary_columns=("bpt_class", "split"), not_null=True)
     return summary, counts, written
+
+
+def _nan_for_null(table: pa.Table, source: Path) -> pa.Table:
+    """``table`` with the nulls of its float columns as NaN, so that the labels declare every
+    column not null, as ingest does (catalogs ingested by earlier versions, through pandas, stored
+    a NaN as a null); a null in any other column is an error that names the fix."""
+    for i, (field, column) in enumerate(zip(table.schema, table.columns, strict=True)):
+        if not column.null_count:
+            continue
+        if not pa.types.is_floating(field.type):
+            raise WorkspaceError(
+                f"{source}: column {field.name!r} has empty values, which ingest never writes; "
+                "re-run `agnsurvey ingest` (the same inputs give the same rows and cube rows)"
+            )
+        table = table.set_column(i, field, pc.fill_null(column, pa.scalar(np.nan, field.type)))
+    return table
 
 
 def check_catalog(args: LabelArgs) -> dict:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 import os
 import platform
 import time
@@ -88,16 +87,17 @@ def checksum_blocks(path: str | Path) -> list[tuple[int, int]]:
 
 
 def block_digest(path: str | Path, start: int, stop: int) -> bytes:
-    """BLAKE3 of bytes [start, stop) of a file (``start`` a multiple of the page size), hashed
-    straight from a read-only memory map of them (no copy into a buffer)."""
-    if stop <= start:
-        return blake3.blake3(b"").digest()
-    with (
-        open(path, "rb") as fh,
-        mmap.mmap(fh.fileno(), stop - start, access=mmap.ACCESS_READ, offset=start) as mm,
-        memoryview(mm) as view,
-    ):
-        return blake3.blake3(view).digest()
+    """BLAKE3 of bytes [start, stop) of a file, read in 1 MiB pieces into one reused buffer (which
+    stays in the CPU's cache: faster than fresh buffers or a memory map, and a file that shrinks
+    gives a short read, never a SIGBUS)."""
+    digest, buffer = blake3.blake3(), memoryview(bytearray(1 << 20))
+    with open(path, "rb", buffering=0) as fh:
+        fh.seek(start)
+        left = stop - start
+        while left > 0 and (n := fh.readinto(buffer[: min(left, len(buffer))])):
+            digest.update(buffer[:n])
+            left -= n
+    return digest.digest()
 
 
 def combine_digests(digests: list[bytes]) -> str:

@@ -15,7 +15,6 @@ from pipeline.config import IngestArgs
 from pipeline.errors import CatalogError
 from pipeline.ingest import ingest, read_catalog
 from storage.hats_catalog import partition_files
-from storage.manifest import block_digest
 from storage.workspace import Workspace
 
 
@@ -112,16 +111,6 @@ def test_large_inputs_are_checksummed_by_blocks_on_the_cluster(tmp_path, nsa_fit
     assert entry["checksum"] == "blake3-64MiB-blocks:" + tree
 
 
-def test_checksums_are_blake3(tmp_path):
-    """The published BLAKE3 test vector for empty input, and a block hashed from the middle of a file."""
-    empty = tmp_path / "empty"
-    empty.write_bytes(b"")
-    assert block_digest(empty, 0, 0).hex() == "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
-    data = np.random.default_rng(0).bytes(3 * 4096 + 17)
-    (tmp_path / "data").write_bytes(data)
-    assert block_digest(tmp_path / "data", 4096, 2 * 4096 + 5) == blake3.blake3(data[4096 : 2 * 4096 + 5]).digest()
-
-
 def test_rerun_is_idempotent(tmp_path, nsa_fits, synchronous):
     path, _ = nsa_fits
     run_ingest(tmp_path / "ws", [path], max_rows=100)
@@ -159,23 +148,30 @@ def test_distributed_ingest_equals_single_process(tmp_path, cluster_client):
     pd.testing.assert_frame_equal(read_catalog(tmp_path / "one"), read_catalog(tmp_path / "two"))
 
 
-@pytest.mark.parametrize("in_id_order", [True, False])
-def test_repeated_ids_are_found_whether_the_chunks_are_in_id_order_or_not(tmp_path, synchronous, in_id_order):
-    """Chunks in id order are only searched within (the read tasks report their repeats); chunks
-    whose id ranges overlap have their ids merged. Either way the first occurrence is kept."""
+@pytest.mark.parametrize("layout", ["in id order", "repeat across a chunk edge", "shuffled"])
+def test_repeated_ids_are_found_whether_the_chunks_are_in_id_order_or_not(tmp_path, synchronous, monkeypatch,
+                                                                          layout):  # fmt: skip
+    """Chunks whose id ranges do not overlap are only searched within (the read tasks report their
+    repeats; no chunk's ids are read back); chunks whose ranges overlap, if only at one id, have
+    their ids merged. Either way the first occurrence is kept."""
+    from pipeline.ingest import Spilled
+
     rows = nsa_rows(600, seed=8)
     ids = np.arange(1000, 1600)
     ids[[10, 11, 12]] = ids[9]  # three repeats inside the first chunk
     ids[[250, 399]] = ids[[249, 398]]  # one repeat inside each of two later chunks
-    ids[150] = ids[149]  # and one where the first chunk ends and the second begins
-    if not in_id_order:
+    if layout == "in id order":
+        monkeypatch.setattr(Spilled, "load_ids", lambda self: pytest.fail("ids read back for chunks in id order"))
+    elif layout == "repeat across a chunk edge":
+        ids[150] = ids[149]  # the first chunk ends, and the second begins, with this id
+    else:
         ids = ids[np.random.default_rng(8).permutation(600)]
         ids[590] = ids[5]  # and one across chunks
     rows["NSAID"] = ids.astype(np.int32)
     write_nsa_fits(tmp_path / "ids.fits", rows)
     manifest = run_ingest(tmp_path / "ws", [tmp_path / "ids.fits"], chunk_rows=150)
     first = pd.DataFrame({"objid": ids, "ra": rows["RA"]}).drop_duplicates("objid", keep="first")
-    assert manifest.dropped["duplicate_objid"] == 600 - len(first) == (6 if in_id_order else 7)
+    assert manifest.dropped["duplicate_objid"] == 600 - len(first) == (5 if layout == "in id order" else 6)
     kept = read_catalog(Workspace(tmp_path / "ws")).set_index("objid")["ra"].sort_index()
     pd.testing.assert_series_equal(kept, first.set_index("objid")["ra"].sort_index(), check_dtype=False)
 
@@ -188,3 +184,14 @@ def test_repeated_ids_of_sorted_runs():
         runs = [np.sort(rng.integers(0, 80, size=n)) for n in rng.integers(0, 40, size=5)]
         values, counts = np.unique(np.concatenate(runs), return_counts=True)
         np.testing.assert_array_equal(repeated_ids(runs), values[counts > 1])
+
+
+def test_a_chunk_with_only_bad_coordinates_among_others(tmp_path, cluster_client):
+    rows = nsa_rows(600, seed=10)
+    rows["RA"][150:300] = np.nan  # the whole second chunk
+    write_nsa_fits(tmp_path / "bad.fits", rows)
+    manifest = run_ingest(tmp_path / "ws", [tmp_path / "bad.fits"], client=cluster_client, chunk_rows=150)
+    assert manifest.dropped == {"bad_coordinates": 150, "duplicate_objid": 0}
+    kept = read_catalog(Workspace(tmp_path / "ws"))
+    assert sorted(kept["objid"]) == sorted(np.r_[rows["NSAID"][:150], rows["NSAID"][300:]].tolist())
+    assert (kept["cube_row"].to_numpy() == np.arange(450)).all()

@@ -231,3 +231,30 @@ def test_catalog_and_fetch_workers_never_import_a_deep_learning_framework():
             "print([m for m in ('keras', 'tensorflow', 'jax') if m in sys.modules])")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_catalog_with_nulls_from_an_earlier_ingest_is_labelled_with_nan(tmp_path, synchronous):
+    """Earlier versions wrote catalogs through pandas, with NaN stored as null and every column
+    nullable: label still reads them and writes NaN (its columns are declared not null). A null
+    in a column that is not a float is an error naming the fix."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = nsa_rows(300, seed=9)
+    ws = ingested(tmp_path, rows, max_rows=100)
+    (_, _, path), *_ = partition_files(Path(ws) / "catalog")
+    old = pq.read_table(path).to_pandas()
+    old.loc[old.index[:7], "z"] = np.nan  # pandas writes these as nulls, and declares z nullable
+    pq.write_table(pa.Table.from_pandas(old, preserve_index=False), path)
+    assert pq.read_table(path).column("z").null_count == 7
+    label(LabelArgs(workspace=ws, plots=False))
+    labels = read_labels(Workspace(ws)).set_index("objid")
+    emptied = labels.index.intersection(old["objid"][:7])
+    assert len(emptied) > 0 and labels.loc[emptied, "z"].isna().all()
+    assert labels["z"].notna().sum() == len(labels) - len(emptied)
+
+    table = pq.read_table(path)
+    pq.write_table(table.set_column(table.schema.get_field_index("cube_row"), "cube_row",
+                                    pa.array([None] * table.num_rows, pa.int64())), path)  # fmt: skip
+    with pytest.raises(WorkspaceError, match=r"column 'cube_row' has empty values.*re-run `agnsurvey ingest`"):
+        label(LabelArgs(workspace=ws, plots=False))

@@ -62,7 +62,9 @@ def test_adaptive_partitions_of_sorted_runs_equal_those_of_the_merged_indices(th
     ra, dec = clustered_positions(5000)
     hpx = healpix29(ra, dec)
     runs = [np.sort(run) for run in np.array_split(hpx, [700, 701, 2900])]  # one run of a single row
+    runs.insert(2, np.empty(0, dtype=np.int64))  # and an empty one (a chunk of bad coordinates)
     assert adaptive_partitions(runs, threshold) == adaptive_partitions(np.sort(hpx), threshold)
+    assert adaptive_partitions(list(np.sort(hpx)), threshold) == adaptive_partitions(np.sort(hpx), threshold)
 
 
 def test_rows_at_one_position_stay_one_partition_at_the_deepest_order(tmp_path):

@@ -110,7 +110,7 @@ def _label_partition_file(source: Path, out: Path, order: int, pixel: int,
                           args: LabelArgs) -> tuple[pd.DataFrame, dict | None, Written | None]:  # fmt: skip
     """Label one catalog partition into the same pixel of the labels (Arrow in, Arrow out); returns
     its tallies (summed on the client) and what was written (None when no row passed the cuts)."""
-    table = read_partition(source, use_threads=False)  # one thread: the workers are the parallelism
+    table = _checked(read_partition(source, use_threads=False), source)  # one thread: workers are the parallelism
     problems, new = label_columns({c: table.column(c).to_numpy() for c in NEEDED if c in table.column_names},
                                   args.scheme, args.min_snr, args.split)  # fmt: skip
     n = np.bincount(problems.astype(np.intp) * 8, minlength=8)  # rows by problem (labelled ones at 0)
@@ -132,6 +132,26 @@ def _label_partition_file(source: Path, out: Path, order: int, pixel: int,
             kept = kept.append_column(name, pa.array(values))
     written = write_partition(kept, out, order, pixel, dictionary_columns=("bpt_class", "split"), not_null=True)
     return summary, counts, written
+
+
+KEYS = ("objid", "cube_row", "_healpix_29")  # integers in every row: a galaxy's id, cube row and sky index
+
+
+def _checked(table: pa.Table, source: Path) -> pa.Table:
+    """A catalog partition, after checking that it has the columns labelling reads and that its
+    keys are integers with a value in every row (a partition rewritten by hand, e.g. by pandas,
+    may have lost either)."""
+    missing = [c for c in (*KEYS, *NEEDED) if c not in table.column_names]
+    bad = [c for c in KEYS if c in table.column_names
+           and (not pa.types.is_integer(table.schema.field(c).type) or table.column(c).null_count)]  # fmt: skip
+    if missing or bad:
+        problems = [f"no column {c!r}" for c in dict.fromkeys(missing)]
+        problems += [f"column {c!r} is not integers in every row" for c in bad]
+        raise WorkspaceError(
+            f"{source}: {'; '.join(problems)}, which ingest always writes; re-run `agnsurvey ingest` "
+            "(the same inputs give the same rows and cube rows)"
+        )
+    return table
 
 
 def _nan_for_null(table: pa.Table, source: Path) -> pa.Table:

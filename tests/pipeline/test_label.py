@@ -256,5 +256,25 @@ def test_a_catalog_with_nulls_from_an_earlier_ingest_is_labelled_with_nan(tmp_pa
     table = pq.read_table(path)
     pq.write_table(table.set_column(table.schema.get_field_index("cube_row"), "cube_row",
                                     pa.array([None] * table.num_rows, pa.int64())), path)  # fmt: skip
-    with pytest.raises(WorkspaceError, match=r"column 'cube_row' has empty values.*re-run `agnsurvey ingest`"):
+    with pytest.raises(WorkspaceError, match=r"column 'cube_row' is not integers in every row.*re-run"):
         label(LabelArgs(workspace=ws, plots=False))
+
+
+@pytest.mark.parametrize("damage", ["objid as float with NaN", "cube_row as float", "no hb_flux"])
+def test_a_partition_rewritten_without_integer_keys_or_a_line_is_refused(tmp_path, synchronous, damage):
+    rows = nsa_rows(200, seed=11)
+    ws = ingested(tmp_path, rows, max_rows=100)
+    (_, _, path), *_ = partition_files(Path(ws) / "catalog")
+    frame = pd.read_parquet(path)
+    if damage == "objid as float with NaN":
+        frame["objid"] = frame["objid"].astype("float64")
+        frame.loc[frame.index[0], "objid"] = np.nan
+    elif damage == "cube_row as float":
+        frame["cube_row"] = frame["cube_row"].astype("float64")
+    else:
+        frame = frame.drop(columns="hb_flux")
+    frame.to_parquet(path, index=False)
+    column = {"no hb_flux": "no column 'hb_flux'"}.get(damage, f"column '{damage.split()[0]}' is not integers")
+    with pytest.raises(WorkspaceError, match=rf"{column}.*re-run `agnsurvey ingest`"):
+        label(LabelArgs(workspace=ws, plots=False))
+    assert not (Path(ws) / "labels").exists()

@@ -111,8 +111,8 @@ def _label_partition_file(source: Path, out: Path, order: int, pixel: int,
     """Label one catalog partition into the same pixel of the labels (Arrow in, Arrow out); returns
     its tallies (summed on the client) and what was written (None when no row passed the cuts)."""
     table = _checked(read_partition(source, use_threads=False), source)  # one thread: workers are the parallelism
-    problems, new = label_columns({c: table.column(c).to_numpy() for c in NEEDED if c in table.column_names},
-                                  args.scheme, args.min_snr, args.split)  # fmt: skip
+    problems, new = label_columns({c: table.column(c).to_numpy() for c in NEEDED}, args.scheme, args.min_snr,
+                                  args.split)  # fmt: skip
     n = np.bincount(problems.astype(np.intp) * 8, minlength=8)  # rows by problem (labelled ones at 0)
     n[: len(CLASS_CATEGORIES)] = np.bincount(new["bpt_class"], minlength=len(CLASS_CATEGORIES))  # ... by class
     keys = np.flatnonzero(n)
@@ -147,11 +147,15 @@ def _checked(table: pa.Table, source: Path) -> pa.Table:
     if missing or bad:
         problems = [f"no column {c!r}" for c in dict.fromkeys(missing)]
         problems += [f"column {c!r} is not integers in every row" for c in bad]
-        raise WorkspaceError(
-            f"{source}: {'; '.join(problems)}, which ingest always writes; re-run `agnsurvey ingest` "
-            "(the same inputs give the same rows and cube rows)"
-        )
+        raise _reingest(source, f"{'; '.join(problems)}, which ingest always writes")
     return table
+
+
+def _reingest(source: Path, problem: str) -> WorkspaceError:
+    """The error for a catalog partition ingest would not have written."""
+    return WorkspaceError(
+        f"{source}: {problem}; re-run `agnsurvey ingest` (the same inputs give the same rows and cube rows)"
+    )
 
 
 def _nan_for_null(table: pa.Table, source: Path) -> pa.Table:
@@ -162,10 +166,7 @@ def _nan_for_null(table: pa.Table, source: Path) -> pa.Table:
         if not column.null_count:
             continue
         if not pa.types.is_floating(field.type):
-            raise WorkspaceError(
-                f"{source}: column {field.name!r} has empty values, which ingest never writes; "
-                "re-run `agnsurvey ingest` (the same inputs give the same rows and cube rows)"
-            )
+            raise _reingest(source, f"column {field.name!r} has empty values, which ingest never writes")
         table = table.set_column(i, field, pc.fill_null(column, pa.scalar(np.nan, field.type)))
     return table
 

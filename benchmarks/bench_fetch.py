@@ -67,11 +67,12 @@ from distributed import Client, LocalCluster
 from pipeline.config import FetchArgs, IngestArgs, LabelArgs, SkyArgs
 from pipeline.cutouts import ClientSettings, cutout_url, decode_jpeg, fetch_many, pixscale_for, resize
 from pipeline.fetch import fetch
-from pipeline.ingest import ingest, read_catalog
-from pipeline.label import label, read_labels
+from pipeline.ingest import ingest
+from pipeline.label import label
 from pipeline.synthetic.catalog import SKY_FITS, make_sky
 from storage.cube import STATUS_CODES, CubeLayout, create_cube, open_cube
 from storage.hats_catalog import write_frame
+from storage.tables import read_catalog, read_labels
 
 SKY_SEED = 0
 SIZE = 250  # pixels requested (the paper's)

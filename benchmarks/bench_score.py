@@ -81,8 +81,8 @@ def cube_catalog(ws: Path, n: int) -> None:
     import numpy as np
     import pandas as pd
 
-    from pipeline.healpix import healpix29
     from storage.hats_catalog import write_frame
+    from storage.healpix import healpix29
 
     rng = np.random.default_rng(0)
     ra, dec = rng.uniform(0, 360, n), rng.uniform(-10, 10, n)

@@ -39,9 +39,9 @@ import keras
 import numpy as np
 
 from pipeline.errors import DataError, WorkspaceError
-from pipeline.label import read_labels
 from pipeline.splits import SPLITS
 from storage.cube import STATUS_CODES, Cube, open_cube
+from storage.tables import read_labels
 from storage.workspace import Workspace
 
 

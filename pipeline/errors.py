@@ -1,10 +1,17 @@
-"""One exception type per domain; the CLI catches :class:`AgnSurveyError` and prints the message."""
+"""One exception type per domain; the CLI catches :class:`AgnSurveyError` and prints the message.
+
+The base and :class:`WorkspaceError` are defined in :mod:`storage.errors` (storage raises them and
+never imports ``pipeline``); they are re-exported here, so every error is imported from one place.
+"""
 
 from collections.abc import Callable
 
+from storage.errors import AgnSurveyError, WorkspaceError
 
-class AgnSurveyError(Exception):
-    """Base class: the message says what went wrong and what to do next."""
+__all__ = [
+    "AgnSurveyError", "CatalogError", "ConfigError", "DataError", "FetchError", "Interrupted", "ScoreError",
+    "TrainingError", "WorkspaceError",
+]  # fmt: skip
 
 
 class ConfigError(AgnSurveyError):
@@ -13,10 +20,6 @@ class ConfigError(AgnSurveyError):
 
 class CatalogError(AgnSurveyError):
     """An input catalog cannot be read, or lacks a column a stage needs."""
-
-
-class WorkspaceError(AgnSurveyError):
-    """A workspace lacks the output of an earlier stage."""
 
 
 class FetchError(AgnSurveyError):

@@ -46,13 +46,10 @@ from pipeline.cutouts import (
     run_async,
 )
 from pipeline.errors import FetchError, Interrupted, WorkspaceError
-from pipeline.ingest import read_catalog
-from pipeline.label import read_labels
 from pipeline.stage import locked, writing
 from storage.cube import (
     FINAL_CODES,
     STATUS_CODES,
-    STATUS_NAMES,
     Cube,
     CubeLayout,
     create_cube,
@@ -60,7 +57,8 @@ from storage.cube import (
     status_counts,
 )
 from storage.manifest import Manifest, atomic_file
-from storage.workspace import Workspace, as_workspace
+from storage.tables import read_labels, read_positions
+from storage.workspace import Workspace
 
 FAILURE_COLUMNS = ["cube_row", "objid", "reason", "attempts", "http_status"]
 FAILURE_TYPES = {"cube_row": "int64", "objid": "int64", "reason": "str", "attempts": "int64", "http_status": "int64"}
@@ -123,17 +121,6 @@ def fetch_shard(job: ShardJob) -> ShardResult:
         cube.write_shard(job.shard, images, status)
     result.seconds = time.monotonic() - start
     return result
-
-
-def read_fetch_inputs(ws: Workspace, extra: tuple[str, ...] = ()) -> pd.DataFrame:
-    """cube_row, objid, ra, dec, radius_arcsec (and ``extra`` columns) of every catalog galaxy, in
-    cube order."""
-    if not ws.catalog.exists() or not any(ws.catalog.iterdir()):
-        raise WorkspaceError(f"{ws.root} has no ingested catalog; run `agnsurvey ingest CATALOG --workspace {ws.root}`")
-    catalog = read_catalog(ws, columns=["cube_row", "objid", "ra", "dec", "radius_arcsec", *extra])
-    if not np.array_equal(catalog["cube_row"].to_numpy(), np.arange(len(catalog))):
-        raise WorkspaceError(f"{ws.catalog}: cube_row is not 0..N-1; re-run `agnsurvey ingest`")
-    return catalog
 
 
 def selected_rows(args: FetchArgs, catalog: pd.DataFrame) -> tuple[str, np.ndarray]:
@@ -288,7 +275,7 @@ def _fetch(args: FetchArgs, client: Client | None, on_shard: Callable[[int], Non
            max_tasks: int | None) -> Manifest:  # fmt: skip
     ws = args.workspace
     with locked(ws, "catalog", shared=True), locked(ws, "labels", shared=True):  # not while being replaced
-        labels = read_fetch_inputs(ws)
+        labels = read_positions(ws)
         which, wanted = selected_rows(args, labels)
     manifest = Manifest(stage="fetch", parameters=_parameters(args))
     manifest.inputs = [{"path": str(ws.catalog), "rows": len(labels), "rows_wanted": which,
@@ -420,9 +407,3 @@ def _parameters(args: FetchArgs) -> dict:
         "give_up_window": args.give_up_window,
         "give_up_fraction": args.give_up_fraction,
     }
-
-
-def read_cube_status(workspace: Workspace | str | Path) -> pd.Series:
-    """Status name of every cube row (index: cube_row)."""
-    cube = open_cube(as_workspace(workspace).cube, mode="r")
-    return pd.Series([STATUS_NAMES[int(c)] for c in cube.status_codes()], name="status")

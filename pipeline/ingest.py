@@ -12,7 +12,7 @@ The graph, task by task (work units are input chunks, then HEALPix partitions):
    do not overlap (a catalog in id order), else found by merging the chunks' sorted ids; the runs
    are then asked where they are (the first occurrence in input order is kept). The runs' sorted
    HEALPix indices (8 bytes a row, read by the client; counted run by run, never merged)
-   partition the sky adaptively (:func:`pipeline.healpix.adaptive_partitions`):
+   partition the sky adaptively (:func:`storage.healpix.adaptive_partitions`):
    HEALPix pixels of mixed orders with at most ``max_rows`` rows each.
 3. merge: consecutive partitions are grouped (about two groups per worker thread, at most
    ``MERGE_ROWS`` rows each); a group's task reads its slice of every sorted run (less the
@@ -62,19 +62,17 @@ from pipeline.catalog import (
 )
 from pipeline.config import IngestArgs
 from pipeline.errors import CatalogError
-from pipeline.healpix import HEALPIX_ORDER, adaptive_partitions, healpix29, pixel_bounds, rows_in_ranges
 from pipeline.stage import writing
 from storage.hats_catalog import (
     Written,
-    check_table,
     finish_catalog,
     pixel_path,
     preload_hats,
-    read_table,
     write_partition,
 )
+from storage.healpix import HEALPIX_ORDER, adaptive_partitions, healpix29, pixel_bounds, rows_in_ranges
 from storage.manifest import Manifest, atomic_file, block_digest, checksum_blocks, combine_digests
-from storage.workspace import Workspace, as_workspace, atomic_directory
+from storage.workspace import atomic_directory
 
 DROP_BAD_COORDINATES = "bad_coordinates"
 DROP_DUPLICATE_ID = "duplicate_objid"
@@ -466,15 +464,3 @@ def parameters(args: IngestArgs) -> dict:
 def partitioning_digest(partitions: list[tuple[int, int]]) -> str:
     """SHA-256 of the partition list: outputs keyed by partition (scores) must match it."""
     return hashlib.sha256(json.dumps(sorted(partitions)).encode()).hexdigest()
-
-
-def read_catalog(workspace: Workspace | str | Path, columns: list[str] | None = None) -> pd.DataFrame:
-    """The ingested catalog (or ``columns`` of it) as one pandas DataFrame in cube_row order (small
-    catalogs, notebooks, tests; ``lsdb.open_catalog(WS/catalog)`` for large ones)."""
-    ws = as_workspace(workspace)
-    check_table(ws.catalog, f"`agnsurvey ingest CATALOG --workspace {ws.root}`")
-    wanted = None if columns is None else list(dict.fromkeys([*columns, "cube_row"]))
-    frame = read_table(ws.catalog, wanted).sort_values("cube_row").reset_index(drop=True)
-    if "source_id" in frame:
-        frame["source_id"] = frame["source_id"].astype("string")  # text ids: pandas' nullable strings
-    return frame if columns is None else frame[list(columns)]

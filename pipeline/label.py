@@ -35,11 +35,10 @@ from storage.hats_catalog import (
     pixel_path,
     preload_hats,
     read_partition,
-    read_table,
     write_partition,
 )
 from storage.manifest import Manifest
-from storage.workspace import Workspace, as_workspace, atomic_directory
+from storage.workspace import atomic_directory
 
 PROBLEMS: tuple[str, ...] = ("non-finite", "non-positive", "low S/N")  # most severe first
 LABEL_COLUMNS = ("log_nii_ha", "log_oiii_hb", "bpt_class", "label", "split")
@@ -281,13 +280,3 @@ def _by_line(dropped: pd.Series) -> dict[str, int]:
 def parameters(args: LabelArgs) -> dict:
     """The settings the labels depend on, as the manifest records them."""
     return {"scheme": args.scheme, "min_snr": args.min_snr, "split": list(args.split)}
-
-
-def read_labels(workspace: Workspace | str | Path, columns: list[str] | None = None) -> pd.DataFrame:
-    """All labels (or ``columns`` of them) as one pandas DataFrame, in cube_row order."""
-    ws = as_workspace(workspace)
-    if not ws.labels.exists():
-        raise WorkspaceError(f"{ws.root} has no labels; run `agnsurvey label --workspace {ws.root}` first")
-    check_table(ws.labels, f"`agnsurvey ingest` and `agnsurvey label --workspace {ws.root}`")
-    wanted = None if columns is None else list(dict.fromkeys([*columns, "cube_row"]))
-    return read_table(ws.labels, wanted).sort_values("cube_row").reset_index(drop=True)

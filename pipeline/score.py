@@ -54,14 +54,12 @@ from cluster.client import progress_enabled
 from pipeline.catalog import canonical_frame, inspect_all, plan_chunks, read_raw, rows_before
 from pipeline.config import IngestArgs, ScoreArgs
 from pipeline.errors import CatalogError, ScoreError, WorkspaceError
-from pipeline.healpix import pixel_bounds
 from pipeline.stage import locked, writing
 from storage.cube import FINAL_STATUSES, STATUS_NAMES, open_cube, status_rank
 from storage.hats_catalog import (
     DATASET,
     check_table,
     clear_metadata,
-    data_files,
     describe_files,
     finish_catalog,
     is_hats,
@@ -69,7 +67,9 @@ from storage.hats_catalog import (
     pixel_relpath,
     table_columns,
 )
+from storage.healpix import pixel_bounds
 from storage.manifest import Manifest, atomic_file, file_checksum
+from storage.tables import read_positions, score_files
 from storage.workspace import Workspace
 
 PART_NAME = "part-{:05d}.parquet"
@@ -349,20 +349,13 @@ def _fingerprint(args: ScoreArgs, model: ModelInfo, source: dict) -> dict:
             "source": json.loads(json.dumps(source, default=str))}  # fmt: skip
 
 
-def _part_files(scores: Path) -> list[Path]:
-    """Every score part under ``scores`` (HATS data files, or ``part-*.parquet`` of images)."""
-    if not scores.exists():
-        return []
-    return sorted([*scores.glob("part-*.parquet"), *(data_files(scores) if (scores / DATASET).is_dir() else [])])
-
-
 def _existing_parts(scores: Path, fingerprint: dict, restart: bool) -> set[str]:
     """Keys (paths under ``scores``) of the complete parts already written with ``fingerprint``;
     other scores are refused (or removed with ``restart``)."""
     if restart and scores.exists():
         shutil.rmtree(scores)
     done = set()
-    for path in _part_files(scores):
+    for path in score_files(scores):
         try:
             meta = json.loads((pq.read_schema(path).metadata or {})[METADATA_KEY])
         except (KeyError, ValueError, OSError, pa.ArrowException):
@@ -494,11 +487,9 @@ def _rows_key(source: dict) -> dict:
 
 def _cube_catalog(ws: Workspace) -> pd.DataFrame:
     """objid, [source_id], ra, dec, cube_row, _healpix_29 of the catalog, in cube order."""
-    from pipeline.fetch import read_fetch_inputs
-
     check_table(ws.catalog, f"`agnsurvey ingest CATALOG --workspace {ws.root}`")
     text_ids = ("source_id",) if "source_id" in table_columns(ws.catalog) else ()
-    frame = read_fetch_inputs(ws, extra=("_healpix_29", *text_ids))
+    frame = read_positions(ws, extra=("_healpix_29", *text_ids))
     if not frame["_healpix_29"].is_monotonic_increasing:  # parts are cut from cube rows by HEALPix range
         raise WorkspaceError(f"{ws.catalog}: cube_row is not in sky order; re-run `agnsurvey ingest`")
     return frame[[c for c in ("objid", "source_id", "ra", "dec", "cube_row", "_healpix_29") if c in frame]]
@@ -636,7 +627,7 @@ def _finish(manifest: Manifest, args: ScoreArgs, model: ModelInfo, frame: pd.Dat
             existing: set[str], fetched: Manifest | None, seconds: float, fingerprint: dict) -> Manifest:  # fmt: skip
     ws = args.workspace
     _existing_parts(ws.scores, fingerprint, restart=False)  # no part of another model, threshold or catalog
-    files = _part_files(ws.scores)
+    files = score_files(ws.scores)
     written = pd.concat([pd.read_parquet(p, columns=["status", "label"]) for p in files]) if files else None
     status = written["status"] if written is not None else pd.Series([], dtype=str)
     if len(status) != len(frame):
@@ -678,18 +669,3 @@ def _finish(manifest: Manifest, args: ScoreArgs, model: ModelInfo, frame: pd.Dat
     manifest.finish()
     ws.write_manifest("score", manifest.to_dict())
     return manifest
-
-
-def read_scores(workspace: Workspace | str | Path) -> pd.DataFrame:
-    """Every scored row (small catalogs, notebooks, tests; ``lsdb.open_catalog(WS/scores)`` for
-    large ones): in sky order from a cube, in catalog order from ``--images``."""
-    from storage.workspace import as_workspace
-
-    scores = as_workspace(workspace).scores
-    files = _part_files(scores)
-    if not files:
-        raise WorkspaceError(f"{scores} holds no scores; run `agnsurvey score`")
-    frame = pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
-    if "_healpix_29" in frame:
-        frame = frame.sort_values("_healpix_29", kind="stable").reset_index(drop=True)
-    return frame

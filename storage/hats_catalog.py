@@ -27,8 +27,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from pipeline.errors import WorkspaceError
-from pipeline.healpix import HEALPIX_ORDER, adaptive_partitions, healpix29
+from storage.errors import WorkspaceError
+from storage.healpix import HEALPIX_ORDER, adaptive_partitions, healpix29
 
 DATASET = "dataset"
 SKYMAP_ORDER = 8  # skymap.fits: rows per order-8 pixel (~0.05 square degrees), as LSDB writes by default

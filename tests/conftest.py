@@ -141,7 +141,7 @@ def serve_in_thread(handler, path: str = "/viewer/cutout.jpg"):
 def sky_positions(n: int, seed: int = 0, ra: tuple = (0.0, 360.0), dec: tuple = (-10.0, 10.0)):
     """n positions (degrees) in sky order (sorted on the order-29 HEALPix index), as ingest numbers
     cube rows: row i of a hand-made catalog comes before row i + 1."""
-    from pipeline.healpix import healpix29
+    from storage.healpix import healpix29
 
     rng = np.random.default_rng(seed)
     r, d = rng.uniform(*ra, n), rng.uniform(*dec, n)

@@ -9,8 +9,8 @@ from conftest import decode_rows, training_workspace, write_table
 
 from pipeline.dataset import CubeBatches, augment, class_weights, dihedral, plan_epoch, select_rows
 from pipeline.errors import WorkspaceError
-from pipeline.label import read_labels
 from storage.cube import open_cube
+from storage.tables import read_labels
 from storage.workspace import Workspace
 
 

@@ -14,8 +14,8 @@ from PIL import Image
 
 from pipeline.config import FetchArgs
 from pipeline.errors import FetchError, WorkspaceError
-from pipeline.fetch import fetch, read_cube_status
-from pipeline.ingest import read_catalog
+from pipeline.fetch import fetch
+from storage.tables import read_catalog, read_cube_status
 
 DEMO = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "convnet_demo" / "train"
 

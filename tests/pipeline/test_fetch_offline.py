@@ -22,13 +22,14 @@ from distributed import Client, LocalCluster
 from pipeline.config import FetchArgs, IngestArgs, LabelArgs, SkyArgs
 from pipeline.cutouts import decode_jpeg, resize
 from pipeline.errors import FetchError
-from pipeline.fetch import fetch, read_cube_status
+from pipeline.fetch import fetch
 from pipeline.ingest import ingest
 from pipeline.label import label
 from pipeline.synthetic.catalog import SKY_FITS, make_sky
 from pipeline.synthetic.server import ServerConfig, build_server_config, serve_in_background
 from pipeline.synthetic.skyindex import SkyIndex
 from storage.hats_catalog import partition_files
+from storage.tables import read_cube_status
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZE, IMAGE = 64, 32

@@ -13,8 +13,9 @@ from conftest import nsa_rows, rows_frame, write_nsa_fits
 
 from pipeline.config import IngestArgs
 from pipeline.errors import CatalogError
-from pipeline.ingest import ingest, read_catalog
+from pipeline.ingest import ingest
 from storage.hats_catalog import partition_files
+from storage.tables import read_catalog
 from storage.workspace import Workspace
 
 

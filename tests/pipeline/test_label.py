@@ -13,8 +13,9 @@ from conftest import nsa_rows, write_nsa_fits
 from pipeline.config import IngestArgs, LabelArgs
 from pipeline.errors import CatalogError, WorkspaceError
 from pipeline.ingest import ingest
-from pipeline.label import label, read_labels
+from pipeline.label import label
 from storage.hats_catalog import partition_files
+from storage.tables import read_labels
 from storage.workspace import Workspace
 
 

@@ -33,9 +33,10 @@ from pandas.testing import assert_frame_equal, assert_series_equal
 
 from pipeline.config import IngestArgs, LabelArgs
 from pipeline.errors import CatalogError
-from pipeline.ingest import ingest, read_catalog
-from pipeline.label import label, read_labels
+from pipeline.ingest import ingest
+from pipeline.label import label
 from storage.hats_catalog import partition_files
+from storage.tables import read_catalog, read_labels
 from storage.workspace import Workspace
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -16,8 +16,9 @@ from conftest import nsa_rows, rows_frame, write_nsa_fits
 from distributed import Client, LocalCluster, WorkerPlugin
 
 from pipeline.config import IngestArgs, LabelArgs
-from pipeline.ingest import ingest, read_catalog
-from pipeline.label import label, read_labels
+from pipeline.ingest import ingest
+from pipeline.label import label
+from storage.tables import read_catalog, read_labels
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,12 +14,13 @@ from distributed import Client, LocalCluster
 from pipeline.config import FetchArgs, ScoreArgs, SkyArgs
 from pipeline.cutouts import resize
 from pipeline.errors import CatalogError, ScoreError
-from pipeline.score import load_counts, read_scores, score
+from pipeline.score import load_counts, score
 from pipeline.synthetic.catalog import SKY_V1_FITS, make_sky
 from pipeline.synthetic.server import build_server_config, serve_in_background
 from pipeline.synthetic.skyindex import SkyIndex
 from storage.cube import open_cube
 from storage.manifest import file_checksum
+from storage.tables import read_scores
 
 DEMO = Path(__file__).resolve().parents[3] / "shared" / "data" / "convnet_demo"
 IMAGE = 32

@@ -24,10 +24,10 @@ from pipeline.cli import main
 from pipeline.config import EvaluateArgs, TrainArgs
 from pipeline.errors import DataError, TrainingError, WorkspaceError
 from pipeline.evaluate import evaluate
-from pipeline.label import read_labels
 from pipeline.train import read_state, train
 from storage.cube import open_cube
 from storage.hats_catalog import data_files
+from storage.tables import read_labels
 
 ROOT = Path(__file__).resolve().parents[2]
 QUIET = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}

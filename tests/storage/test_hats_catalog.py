@@ -13,10 +13,11 @@ from conftest import nsa_rows, rows_frame
 
 from pipeline.config import IngestArgs, LabelArgs
 from pipeline.errors import CatalogError, WorkspaceError
-from pipeline.healpix import adaptive_partitions, healpix29
-from pipeline.ingest import ingest, read_catalog
+from pipeline.ingest import ingest
 from pipeline.label import label
 from storage.hats_catalog import partition_files, pixel_path, write_frame, write_partition
+from storage.healpix import adaptive_partitions, healpix29
+from storage.tables import read_catalog
 
 
 def clustered_positions(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

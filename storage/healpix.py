@@ -1,4 +1,5 @@
-"""HEALPix nested indices of sky positions (the HATS ``_healpix_29`` sort key)."""
+"""HEALPix nested indices of sky positions (the HATS ``_healpix_29`` sort key) and adaptive HEALPix
+partitions: the layout of every workspace table (storage), which the catalog phase sorts by."""
 
 from __future__ import annotations
 

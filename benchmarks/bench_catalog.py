@@ -20,7 +20,7 @@ on the same machine and the same files:
    with the pipeline's writer settings (columns nullable, as pandas writes them).
 4. **hats-import**: the peer importer, FITS → HATS catalog (the 13 columns, the same partition
    threshold) with ``pipeline_with_client`` on the same cluster: what ``ingest`` alone replaces.
-5. **BPT kernel**: ``pipeline.bpt.bpt_class`` (and ``log_ratios`` + ``bpt_class``) on 10M points in
+5. **BPT kernel**: ``pipeline.catalog.bpt.bpt_class`` (and ``log_ratios`` + ``bpt_class``) on 10M points in
    one thread: rows/s per core.
 
 Why: the stages are meant to be I/O bound (aims at 10M rows: ingest + label >= 0.5 x "floor x2",
@@ -63,11 +63,12 @@ from dask.utils import key_split
 from distributed import Client, get_task_stream
 
 from cluster.client import Local, connect
-from pipeline import bpt
-from pipeline.catalog import native_copies
-from pipeline.config import IngestArgs, LabelArgs, SkyArgs
-from pipeline.ingest import ingest
-from pipeline.label import label
+from pipeline.catalog import bpt
+from pipeline.catalog.args import IngestArgs, LabelArgs
+from pipeline.catalog.ingest import ingest
+from pipeline.catalog.label import label
+from pipeline.catalog.readers.fits import native_copies
+from pipeline.synthetic.args import SkyArgs
 from pipeline.synthetic.catalog import SKY_FITS, SKY_MANIFEST, SKY_PARQUET, make_sky
 from storage.hats_catalog import declared_not_null, read_table
 

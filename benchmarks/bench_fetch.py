@@ -4,7 +4,7 @@ Every method is aimed at the same offline cutout server (``agnsurvey sky serve``
 Surveys viewer's URL API on 127.0.0.1) with a fixed injected latency per answer (default 50 ms, a
 plausible round trip to the real service), in ONE run on the same machine and the same images:
 
-1. **agnsurvey client**: :func:`pipeline.cutouts.fetch_many` alone (one asyncio loop, one aiohttp
+1. **agnsurvey client**: :func:`pipeline.images.client.fetch_many` alone (one asyncio loop, one aiohttp
    session, decode + validate + resize 250 → 128 px in the loop) at concurrency 1, 8, 32, 64, 128
    with the politeness rate limit effectively off (1e6 requests/s). With latency L and C requests
    in flight, the ideal is C / L images/s; the measurement says how close the client gets.
@@ -64,11 +64,15 @@ import psutil
 from _machine import machine_info, print_table, summary_row, usable_cores, write_results
 from distributed import Client, LocalCluster
 
-from pipeline.config import FetchArgs, IngestArgs, LabelArgs, SkyArgs
-from pipeline.cutouts import ClientSettings, cutout_url, decode_jpeg, fetch_many, pixscale_for, resize
-from pipeline.fetch import fetch
-from pipeline.ingest import ingest
-from pipeline.label import label
+from pipeline.catalog.args import IngestArgs, LabelArgs
+from pipeline.catalog.ingest import ingest
+from pipeline.catalog.label import label
+from pipeline.images.args import FetchArgs
+from pipeline.images.client import ClientSettings, fetch_many
+from pipeline.images.decode import decode_jpeg, resize
+from pipeline.images.fetch import fetch
+from pipeline.images.requests import cutout_url, pixscale_for
+from pipeline.synthetic.args import SkyArgs
 from pipeline.synthetic.catalog import SKY_FITS, make_sky
 from storage.cube import STATUS_CODES, CubeLayout, create_cube, open_cube
 from storage.hats_catalog import write_frame
@@ -304,7 +308,7 @@ def warm_up(urls: list[str], server: Server) -> dict[str, Any]:
     failed = [o.reason for o in outcomes if o.status != "ok"]
     if failed:
         raise RuntimeError(f"warm-up: {len(failed)} of {len(urls)} cutouts failed, e.g. {failed[0]}")
-    # fetch() first probes the service with one tiny cutout (pipeline.cutouts.probe): warm that too
+    # fetch() first probes the service with one tiny cutout (pipeline.images.client.probe): warm that too
     with urllib.request.urlopen(cutout_url(server.url, 180.0, 30.0, 8, 1.0, LAYER), timeout=30) as r:
         r.read()
     stats = server.stats()

@@ -42,7 +42,7 @@ BATCH = 256
 def model_directory(path: Path, image_size: int) -> Path:
     """The paper's CNN (untrained: the rate does not depend on the weights), saved as train does,
     with a threshold.json as evaluate writes it."""
-    from pipeline.model import build_model
+    from pipeline.learn.model import build_model
     from storage.manifest import file_checksum
 
     path.mkdir(parents=True, exist_ok=True)
@@ -92,8 +92,8 @@ def cube_catalog(ws: Path, n: int) -> None:
 
 
 def score_cube(model_dir: Path, ws: Path, client: Any) -> dict[str, Any]:
-    from pipeline.config import ScoreArgs
-    from pipeline.score import score
+    from pipeline.score.args import ScoreArgs
+    from pipeline.score.score import score
 
     out = {}
     for run in ("cold", "warm"):
@@ -109,12 +109,16 @@ def stream(model_dir: Path, data: Path, galaxies: int, latency: float, rate: flo
     """Fetch alone, then fetch + score from nothing, against one offline server."""
     import dask
 
-    from pipeline.config import FetchArgs, IngestArgs, ScoreArgs, SkyArgs
-    from pipeline.fetch import fetch
-    from pipeline.ingest import ingest
-    from pipeline.score import score
+    from pipeline.catalog.args import IngestArgs
+    from pipeline.catalog.ingest import ingest
+    from pipeline.images.args import FetchArgs
+    from pipeline.images.fetch import fetch
+    from pipeline.score.args import ScoreArgs
+    from pipeline.score.score import score
+    from pipeline.synthetic.args import SkyArgs
     from pipeline.synthetic.catalog import SKY_FITS, make_sky
-    from pipeline.synthetic.server import build_server_config, serve_in_background
+    from pipeline.synthetic.server import serve_in_background
+    from pipeline.synthetic.server_config import build_server_config
 
     with dask.config.set(scheduler="synchronous"):
         make_sky(SkyArgs(out=data / "sky", n=galaxies, seed=7))

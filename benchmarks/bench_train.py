@@ -7,7 +7,7 @@ backend at import), on the same cube:
 1. **ceiling**: ``model.fit`` on the same batches already in memory (a ``PyDataset`` over a list:
    Keras' own input path, no reading, shuffling or augmentation): what the device can do with this
    model and batch size.
-2. **pipeline**: ``model.fit`` on :class:`pipeline.dataset.CubeBatches` over the Zarr cube on disk
+2. **pipeline**: ``model.fit`` on :class:`pipeline.learn.batches.CubeBatches` over the Zarr cube on disk
    (random block order, shuffle buffer, flips/rotations, reader threads, prefetch), as ``train``
    runs it. ``x ceiling`` = pipeline / ceiling: how much of the device the reader keeps busy.
 3. **reader alone**: the same batches, no model: the reader's own rate (its ceiling on this CPU).
@@ -56,7 +56,7 @@ def make_cube(path: Path, n: int, image_size: int = 128, seed: int = 0) -> dict[
     import numpy as np
     import pandas as pd
 
-    from pipeline.splits import SPLITS, split_codes
+    from pipeline.catalog.splits import SPLITS, split_codes
     from storage.cube import CubeLayout, create_cube
     from storage.hats_catalog import write_frame
 
@@ -107,8 +107,9 @@ def measure_backend(ws: Path, steps: int, batch_size: int, buffer: int, model_na
     """In this process (its backend already chosen): ceiling, pipeline and reader-alone rates."""
     import keras
 
-    from pipeline.dataset import CubeBatches, Rows, select_rows
-    from pipeline.model import build_model
+    from pipeline.learn.batches import CubeBatches
+    from pipeline.learn.model import build_model
+    from pipeline.learn.rows import Rows, select_rows
     from storage.workspace import Workspace
 
     rows = select_rows(Workspace(ws))["train"]

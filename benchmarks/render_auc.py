@@ -8,7 +8,7 @@ something to learn and cannot be perfect. This script checks where that puts a m
    line fluxes finite and > 0, the first ``--n`` of them;
 2. the label of the paper's BPT rule, with x = log10([NII]/Hα), y = log10([OIII]/Hβ):
    AGN = 1 unless (y < 0.61 / (x - 0.05) + 1.3 and x < -0.1), star-forming = 0
-   (checked against :func:`pipeline.bpt.bpt_class`, scheme "paper");
+   (checked against :func:`pipeline.catalog.bpt.bpt_class`, scheme "paper");
 3. each galaxy rendered at 250 × 250 pixels and the standard scale (PETROTH90 × 1.5 × 2 / 250
    arcsec/pixel, no neighbours), its appearance weight from
    :func:`~pipeline.synthetic.render.agn_weight_from_fluxes`, then resized to ``--px`` pixels with
@@ -59,7 +59,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from pipeline import bpt
+from pipeline.catalog import bpt
 from pipeline.synthetic.catalog import generate_rows
 from pipeline.synthetic.render import SKY_COUNTS, Galaxy, agn_weight_from_fluxes, render_field
 
@@ -105,7 +105,7 @@ def paper_label(ha: np.ndarray, nii: np.ndarray, hb: np.ndarray, oiii: np.ndarra
     label = (~star_forming).astype(np.int32)
     reference = bpt.bpt_class(x, y, scheme="paper") == bpt.AGN
     if not np.array_equal(label.astype(bool), reference):
-        raise RuntimeError("the paper rule here disagrees with pipeline.bpt.bpt_class(scheme='paper')")
+        raise RuntimeError("the paper rule here disagrees with pipeline.catalog.bpt.bpt_class(scheme='paper')")
     return label
 
 

@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import config as cfg
+from pipeline.catalog.args import IngestArgs, LabelArgs
+from pipeline.catalog.schema import CANONICAL_COLUMNS, ID_KINDS, SCHEMES
 from pipeline.errors import AgnSurveyError, ConfigError
+from pipeline.images.args import FETCH_ROWS, FetchArgs
+from pipeline.learn.args import MODEL_NAMES, EvaluateArgs, TrainArgs
+from pipeline.score.args import ScoreArgs
+from pipeline.synthetic.args import SkyArgs
 from storage.manifest import Manifest
 
 EXIT_OK, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 2, 3, 130
@@ -148,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         "else the CPU); with --cluster or --workers, one training process per Dask worker (data-parallel, JAX).",
     )
     _workspace_arg(train)
-    train.add_argument("--model", choices=cfg.MODEL_NAMES, help="architecture: paper (default, the paper's CNN) or "
+    train.add_argument("--model", choices=MODEL_NAMES, help="architecture: paper (default, the paper's CNN) or "
                        "resnet18 (the stronger baseline)")  # fmt: skip
     train.add_argument("--name", help="model directory WS/models/NAME (default: the model's name)")
     train.add_argument("--epochs", type=int, help="epochs in all (default 10); more than done continues training")
@@ -320,7 +326,7 @@ def _catalog_args(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="CANONICAL=SOURCE",
         help="map a source column to a canonical one (repeatable), e.g. --column ha_flux=h_alpha_flux; "
-        f"canonical names: {', '.join(cfg.CANONICAL_COLUMNS)}",
+        f"canonical names: {', '.join(CANONICAL_COLUMNS)}",
     )
     parser.add_argument(
         "--radius-column",
@@ -330,7 +336,7 @@ def _catalog_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hdu", type=int, help="FITS extension holding the table (default: the first table, HDU 1)")
     parser.add_argument(
         "--id-kind",
-        choices=cfg.ID_KINDS,
+        choices=ID_KINDS,
         help="string: keep ids exactly as text (source_id; objid = their stable hash), e.g. for unsigned 64-bit "
         "ids above 2^63-1; int: every id must be an integer; auto (default): by the column's type",
     )
@@ -364,7 +370,7 @@ def _fetch_args(parser: argparse.ArgumentParser, url_required: bool = True, rest
     if url_required:
         parser.add_argument(
             "--rows",
-            choices=cfg.FETCH_ROWS,
+            choices=FETCH_ROWS,
             help="catalog rows to fetch: labelled (default when WS/labels/ exists), all (default otherwise: "
             "scoring needs no labels); the others stay pending",
         )
@@ -373,7 +379,7 @@ def _fetch_args(parser: argparse.ArgumentParser, url_required: bool = True, rest
 def _label_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scheme",
-        choices=cfg.SCHEMES,
+        choices=SCHEMES,
         help="paper (default): SF iff below Kauffmann 2003 and x < -0.1; kewley2001: the maximum-starburst "
         "line; three-class: SF / composite / AGN",
     )
@@ -413,13 +419,14 @@ def parse_columns(pairs: Sequence[str]) -> dict[str, str]:
 def _sky_make(ns: argparse.Namespace, raw: dict, client: ClientFactory) -> list[Manifest]:
     from pipeline.synthetic.catalog import make_sky
 
-    args = cfg.build(cfg.SkyArgs, raw, "sky", out=ns.out, n=ns.n, seed=ns.seed, partition_rows=ns.partition_rows,
+    args = cfg.build(SkyArgs, raw, "sky", out=ns.out, n=ns.n, seed=ns.seed, partition_rows=ns.partition_rows,
                      layout=ns.layout)  # fmt: skip
     return [_print_summary("sky make", make_sky(args, client=client()))]
 
 
 def _sky_serve(ns: argparse.Namespace, raw: dict, client: ClientFactory) -> list[Manifest]:
-    from pipeline.synthetic.server import build_server_config, serve
+    from pipeline.synthetic.server import serve
+    from pipeline.synthetic.server_config import build_server_config
 
     keys = ("host", "port", "tolerance_arcsec", "seed", "executor", "latency_s", "jitter_s", "error_rate",
             "throttle_rate", "throttle_burst", "retry_after_s", "truncate_rate", "truncate_mode", "hang_rate",
@@ -434,9 +441,9 @@ def _sky_serve(ns: argparse.Namespace, raw: dict, client: ClientFactory) -> list
     return []
 
 
-def _ingest_args(ns: argparse.Namespace, raw: dict, inputs: Sequence[str]) -> cfg.IngestArgs:
+def _ingest_args(ns: argparse.Namespace, raw: dict, inputs: Sequence[str]) -> IngestArgs:
     return cfg.build(
-        cfg.IngestArgs,
+        IngestArgs,
         raw,
         "ingest",
         workspace=ns.workspace,
@@ -451,9 +458,9 @@ def _ingest_args(ns: argparse.Namespace, raw: dict, inputs: Sequence[str]) -> cf
     )
 
 
-def _label_args_from(ns: argparse.Namespace, raw: dict) -> cfg.LabelArgs:
+def _label_args_from(ns: argparse.Namespace, raw: dict) -> LabelArgs:
     return cfg.build(
-        cfg.LabelArgs,
+        LabelArgs,
         raw,
         "label",
         workspace=ns.workspace,
@@ -464,9 +471,9 @@ def _label_args_from(ns: argparse.Namespace, raw: dict) -> cfg.LabelArgs:
     )
 
 
-def _fetch_args_from(ns: argparse.Namespace, raw: dict, cutout_url: str | None = None) -> cfg.FetchArgs:
+def _fetch_args_from(ns: argparse.Namespace, raw: dict, cutout_url: str | None = None) -> FetchArgs:
     return cfg.build(
-        cfg.FetchArgs,
+        FetchArgs,
         raw,
         "fetch",
         workspace=ns.workspace,
@@ -484,34 +491,34 @@ def _fetch_args_from(ns: argparse.Namespace, raw: dict, cutout_url: str | None =
 
 
 def _fetch(ns: argparse.Namespace, raw: dict, client: ClientFactory) -> list[Manifest]:
-    from pipeline.fetch import fetch
+    from pipeline.images.fetch import fetch
 
     args = _fetch_args_from(ns, raw)
     return [_print_summary("fetch", fetch(args, client=client()))]
 
 
 def _ingest(ns: argparse.Namespace, raw: dict, client: ClientFactory) -> list[Manifest]:
-    from pipeline.ingest import ingest
+    from pipeline.catalog.ingest import ingest
 
     args = _ingest_args(ns, raw, ns.catalogs)
     return [_print_summary("ingest", ingest(args, client=client()))]
 
 
 def _label(ns: argparse.Namespace, raw: dict, client: ClientFactory) -> list[Manifest]:
-    from pipeline.label import label
+    from pipeline.catalog.label import label
 
     args = _label_args_from(ns, raw)
     return [_print_summary("label", label(args, client=client()))]
 
 
 def _train(ns: argparse.Namespace, raw: dict, client: ClientFactory) -> list[Manifest]:
-    from pipeline.quiet_import import import_keras
+    from pipeline.learn.quiet_import import import_keras
 
     import_keras()
-    from pipeline.train import train
+    from pipeline.learn.train import train
 
     args = cfg.build(
-        cfg.TrainArgs, raw, "train", workspace=ns.workspace, model=ns.model, name=ns.name, epochs=ns.epochs,
+        TrainArgs, raw, "train", workspace=ns.workspace, model=ns.model, name=ns.name, epochs=ns.epochs,
         batch_size=ns.batch_size, lr=ns.lr, precision=ns.precision, devices=ns.devices, accelerator=ns.accelerator,
         composites=ns.composites, class_weight=ns.class_weight, augment=ns.augment, shuffle_buffer=ns.shuffle_buffer,
         seed=ns.seed, restart=ns.restart,
@@ -523,17 +530,17 @@ def _train(ns: argparse.Namespace, raw: dict, client: ClientFactory) -> list[Man
 
 
 def _evaluate(ns: argparse.Namespace, raw: dict, client: ClientFactory) -> list[Manifest]:
-    from pipeline.quiet_import import import_keras
+    from pipeline.learn.quiet_import import import_keras
 
     import_keras()
-    from pipeline.evaluate import evaluate
+    from pipeline.learn.evaluate import evaluate
 
-    args = cfg.build(cfg.EvaluateArgs, raw, "evaluate", workspace=ns.workspace, model=ns.model,
+    args = cfg.build(EvaluateArgs, raw, "evaluate", workspace=ns.workspace, model=ns.model,
                      threshold_policy=ns.threshold_policy, tta=ns.tta)  # fmt: skip
     return [_print_summary("evaluate", evaluate(args))]
 
 
-def _score_args(ns: argparse.Namespace, raw: dict) -> cfg.ScoreArgs:
+def _score_args(ns: argparse.Namespace, raw: dict) -> ScoreArgs:
     """The score stage's arguments; its cutouts are fetched with the [fetch] settings and flags."""
     fetch_table = raw.get("fetch", {})
     url = ns.cutout_url or fetch_table.get("cutout_url")
@@ -546,7 +553,7 @@ def _score_args(ns: argparse.Namespace, raw: dict) -> cfg.ScoreArgs:
     if "radius_column" in ingest_table:  # cutouts framed as the training ones were
         score_table = {"radius_column": ingest_table["radius_column"], **score_table}
     return cfg.build(
-        cfg.ScoreArgs, {**raw, "score": {**score_table, "columns": columns}}, "score", workspace=ns.workspace,
+        ScoreArgs, {**raw, "score": {**score_table, "columns": columns}}, "score", workspace=ns.workspace,
         model=ns.model, inputs=tuple(ns.catalogs) or None, columns=parse_columns(ns.column) or None,
         radius_column=ns.radius_column, format=ns.format, hdu=ns.hdu, id_kind=ns.id_kind, images=ns.images,
         threshold=ns.threshold, batch_size=ns.batch_size, tta=ns.tta, restart=ns.restart, fetch=fetch_args,
@@ -554,7 +561,7 @@ def _score_args(ns: argparse.Namespace, raw: dict) -> cfg.ScoreArgs:
 
 
 def _score(ns: argparse.Namespace, raw: dict, client: ClientFactory) -> list[Manifest]:
-    from pipeline.score import score
+    from pipeline.score.score import score
 
     args = _score_args(ns, raw)
     return [_print_summary("score", score(args, client=client(), report=_print_summary))]
@@ -588,7 +595,7 @@ def _demo(ns: argparse.Namespace, raw: dict, connect: ClientFactory) -> list[Man
 
 def _run_pipeline(args: cfg.RunArgs, connect: ClientFactory) -> list[Manifest]:
     """Run every stage of ``args`` on the cluster, then print the run's table."""
-    from pipeline.quiet_import import import_keras
+    from pipeline.learn.quiet_import import import_keras
     from pipeline.run import run_pipeline
 
     import_keras()  # train and evaluate run in this process

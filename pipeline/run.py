@@ -26,20 +26,20 @@ import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pipeline.catalog import file_stats
-from pipeline.config import OFFLINE_URL, FetchArgs, IngestArgs, LabelArgs, RunArgs, SkyArgs
+from pipeline.catalog.args import IngestArgs, LabelArgs
+from pipeline.catalog.label import parameters as label_parameters
+from pipeline.catalog.sources import file_stats
+from pipeline.config import OFFLINE_URL, RunArgs
 from pipeline.errors import WorkspaceError
-from pipeline.label import parameters as label_parameters
-from pipeline.stage import writing
+from pipeline.images.args import FetchArgs
+from pipeline.stage import Report, writing
+from pipeline.synthetic.args import SkyArgs
 from pipeline.synthetic.catalog import SKY_FITS, SKY_MANIFEST
 from storage.hats_catalog import is_hats
 from storage.manifest import Manifest, file_checksum, read_manifest
 from storage.workspace import Workspace
-
-if TYPE_CHECKING:
-    from pipeline.score import Report
 
 Inputs = dict[str, dict[str, Any]]
 
@@ -210,7 +210,7 @@ class _Pipeline:
         return is_hats(self.ws.catalog)  # a catalog from before tables were HATS is ingested again
 
     def _ingest(self, before: dict, fingerprint: str, tokens: list) -> Manifest:
-        from pipeline.ingest import ingest
+        from pipeline.catalog.ingest import ingest
 
         return ingest(self.args.ingest, client=self.client)
 
@@ -221,7 +221,7 @@ class _Pipeline:
         return is_hats(self.ws.labels)
 
     def _label(self, before: dict, fingerprint: str, tokens: list) -> Manifest:
-        from pipeline.label import label
+        from pipeline.catalog.label import label
 
         return label(self.args.label, client=self.client)
 
@@ -233,7 +233,7 @@ class _Pipeline:
         return self.ws.cube.exists() and not made.get("unfinished")
 
     def _fetch(self, before: dict, fingerprint: str, tokens: list) -> Manifest:
-        from pipeline.fetch import fetch
+        from pipeline.images.fetch import fetch
 
         return fetch(dataclasses.replace(self.args.fetch, cutout_url=self._cutout_url()), client=self.client)
 
@@ -242,7 +242,8 @@ class _Pipeline:
         if self.args.fetch.cutout_url != OFFLINE_URL:
             return self.args.fetch.cutout_url
         if not self.server_url:
-            from pipeline.synthetic.server import build_server_config, serve_in_background
+            from pipeline.synthetic.server import serve_in_background
+            from pipeline.synthetic.server_config import build_server_config
 
             inputs = self.args.ingest.inputs
             config = build_server_config(self.args.serve, catalog=tuple(inputs))
@@ -252,7 +253,7 @@ class _Pipeline:
         return self.server_url
 
     def _train_settings(self) -> tuple[dict, list]:
-        from pipeline.train import RESUMABLE, data_fingerprint
+        from pipeline.learn.train import RESUMABLE, data_fingerprint
 
         a = self.args.train
         ignored = {"workspace", *RESUMABLE} - {"epochs"}  # devices, readers, ...: the same model, sooner or later
@@ -263,7 +264,7 @@ class _Pipeline:
         return (self.ws.models / self.args.train.name / "model.keras").exists()
 
     def _train(self, before: dict, fingerprint: str, tokens: list) -> Manifest:
-        from pipeline.train import train
+        from pipeline.learn.train import train
 
         def but_epochs(settings: dict) -> dict:
             return {k: v for k, v in settings.items() if k != "epochs"}
@@ -284,7 +285,7 @@ class _Pipeline:
         return (self.ws.models / self.args.evaluate.model / "threshold.json").exists()
 
     def _evaluate(self, before: dict, fingerprint: str, tokens: list) -> Manifest:
-        from pipeline.evaluate import evaluate
+        from pipeline.learn.evaluate import evaluate
 
         return evaluate(self.args.evaluate)
 
@@ -298,7 +299,7 @@ class _Pipeline:
         return self.ws.scores.exists() and not made.get("unfinished")
 
     def _score(self, before: dict, fingerprint: str, tokens: list) -> Manifest:
-        from pipeline.score import score
+        from pipeline.score.score import score
 
         fetch = dataclasses.replace(self.args.fetch, cutout_url=self._cutout_url())
         changed = bool(before) and before.get("fingerprint") != fingerprint  # another model, threshold or data

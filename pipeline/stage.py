@@ -3,11 +3,15 @@ into one clear :class:`~pipeline.errors.Interrupted` that says what was kept."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from typing import Any
 
 from pipeline.errors import Interrupted, WorkspaceError
+from storage.manifest import Manifest
 from storage.workspace import Workspace, WorkspaceBusy
+
+Report = Callable[[str, Manifest], Any]  # told of each stage's manifest as it finishes (the CLI prints it)
 
 
 @contextmanager

@@ -167,7 +167,7 @@ def training_workspace(ws: Path, n: int = 400, image_size: int = 16, seed: int =
     every image encodes the row (channel 0: row % 256, channel 1: row // 256) and the rest of the
     image is one flat value, so any flip or rotation keeps the code readable at every corner;
     ``learnable`` instead draws AGN bright and SF dim, noisy (a model can learn it)."""
-    from pipeline.splits import SPLITS, split_codes
+    from pipeline.catalog.splits import SPLITS, split_codes
     from storage.cube import CubeLayout, create_cube
 
     rng = np.random.default_rng(seed)

@@ -47,8 +47,8 @@ from astropy.io import fits
 from distributed import Client
 
 from cluster.client import compute
-from pipeline.config import SkyArgs
 from pipeline.errors import ConfigError
+from pipeline.synthetic.args import SkyArgs
 from pipeline.synthetic.footprint import footprint_area_deg2, in_footprint
 from storage.manifest import Manifest, atomic_file, file_checksum, write_json_atomic
 

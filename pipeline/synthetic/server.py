@@ -22,7 +22,8 @@ between them by the endpoint URL alone (``CutoutServer.url``: ``http://HOST:PORT
   The JPEG is ``encode_jpeg(render_field(target, neighbours, ra, dec, size, pixscale), quality)``:
   the same request always gives the same bytes.
 
-Fault injection (:class:`Faults`, all off by default), decided per request in this order:
+Fault injection (:class:`~pipeline.synthetic.server_config.Faults`, all off by default), decided per
+request in this order:
 
 1. ``max_concurrent``: a request arriving while that many are being handled is answered at once
    with 503 and ``Retry-After`` (rejected, not queued; rejected requests do not count as in flight);
@@ -42,390 +43,49 @@ Fault injection (:class:`Faults`, all off by default), decided per request in th
 The random decisions (3, 4, 6 and the jitter) are a hash of (seed, the request's query, how many
 times that query was asked before): reproducible whatever the order of concurrent requests, and a
 retry of a failed request draws afresh. Every request is logged (:attr:`CutoutServer.requests`,
-:class:`RequestRecord`) and counted (:attr:`CutoutServer.stats`, also ``GET /_offline/stats``).
+:class:`~pipeline.synthetic.viewer_api.RequestRecord`) and counted (:attr:`CutoutServer.stats`,
+also ``GET /_offline/stats``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
 import json
-import math
 import multiprocessing
 import os
 import signal
 import sys
 import threading
 import time
-from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterator, Mapping
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, TextIO
-from urllib.parse import parse_qsl, urlencode
+from typing import Any, TextIO
+from urllib.parse import urlencode
 
-import numpy as np
 from aiohttp import web
 
 from pipeline.errors import ConfigError
 from pipeline.synthetic.footprint import in_footprint
-from pipeline.synthetic.render import Galaxy, encode_jpeg, render_field
+from pipeline.synthetic.server_config import ServerConfig
 from pipeline.synthetic.skyindex import SkyIndex
-
-CUTOUT_PATH = "/viewer/cutout.jpg"
-CUTOUT_PATHS: tuple[str, ...] = (CUTOUT_PATH, "/viewer/jpeg-cutout")
-STATS_PATH = "/_offline/stats"
-REAL_CUTOUT_URL = "https://www.legacysurvey.org/viewer/cutout.jpg"
-DEFAULT_SIZE = 256
-MAX_SIZE = 3000
-DEFAULT_PIXSCALE = 0.262  # arcsec/pixel, the Legacy Surveys' native scale
-DEFAULT_LAYER = "ls-dr10"
-
-TruncateMode = Literal["body", "close"]
-ExecutorKind = Literal["thread", "process"]
-FaultName = Literal["overload", "throttle", "hang", "error", "truncate"]
-
-
-# --------------------------------------------------------------------------------------------------
-# Configuration
-
-
-@dataclass(frozen=True)
-class Faults:
-    """Injected faults, all off by default (see the module docstring for the order and meaning).
-
-    Times in seconds, rates as fractions of requests in [0, 1], ``throttle_rate`` in requests/s.
-    """
-
-    latency_s: float = 0.0
-    jitter_s: float = 0.0
-    error_rate: float = 0.0
-    throttle_rate: float | None = None
-    throttle_burst: int | None = None  # bucket depth; None: max(1, ceil(throttle_rate))
-    retry_after_s: float = 1.0  # sent on 429 and overload 503; an integer unless given a fraction
-    truncate_rate: float = 0.0
-    truncate_mode: TruncateMode = "body"
-    hang_rate: float = 0.0
-    hang_s: float = 300.0
-    max_concurrent: int | None = None
-
-    def __post_init__(self) -> None:
-        for key in ("latency_s", "jitter_s", "retry_after_s"):
-            _non_negative(f"faults.{key}", getattr(self, key))
-        for key in ("error_rate", "truncate_rate", "hang_rate"):
-            value = getattr(self, key)
-            if not _is_number(value) or not 0.0 <= value <= 1.0:
-                raise ConfigError(f"faults.{key} must be a fraction in [0, 1] (got {value!r}); 0 turns it off")
-        if self.throttle_rate is not None and (not _is_number(self.throttle_rate) or not self.throttle_rate > 0):
-            raise ConfigError(
-                f"faults.throttle_rate must be > 0 requests/s (got {self.throttle_rate!r}); omit it for no throttling"
-            )
-        if self.throttle_burst is not None:
-            _positive_int("faults.throttle_burst", self.throttle_burst)
-            if self.throttle_rate is None:
-                raise ConfigError("faults.throttle_burst needs faults.throttle_rate (the bucket's refill rate)")
-        if self.truncate_mode not in ("body", "close"):
-            raise ConfigError(f"faults.truncate_mode must be 'body' or 'close' (got {self.truncate_mode!r})")
-        if not _is_number(self.hang_s) or not self.hang_s > 0:
-            raise ConfigError(f"faults.hang_s must be > 0 seconds (got {self.hang_s!r})")
-        if self.max_concurrent is not None:
-            _positive_int("faults.max_concurrent", self.max_concurrent)
-
-    @property
-    def burst(self) -> int:
-        """Depth of the throttle's token bucket."""
-        if self.throttle_burst is not None:
-            return self.throttle_burst
-        return max(1, math.ceil(self.throttle_rate or 1.0))
-
-    @property
-    def random(self) -> bool:
-        """Whether any decision needs a random draw (and so the per-query attempt count)."""
-        return bool(self.error_rate or self.truncate_rate or self.hang_rate or self.jitter_s)
-
-    def active(self) -> dict[str, Any]:
-        """The faults that are on, as config keys and values."""
-        defaults = Faults()
-        return {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if getattr(self, f.name) != getattr(defaults, f.name)
-        }
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """The offline cutout server: what it serves, where, and how badly.
-
-    ``catalog``: catalog file(s) as for ``agnsurvey ingest`` (ignored when ``CutoutServer`` is given
-    an index). ``port`` 0 picks a free port (read it from ``CutoutServer.url``).
-    ``tolerance_arcsec``: how far a request may lie from a galaxy and still be that galaxy's cutout.
-    ``workers``/``executor``: the render pool (threads, or spawned processes for throughput).
-    ``cache_mb``: LRU cache of encoded JPEGs (retries and repeats are not re-rendered).
-    ``max_neighbours``: at most this many neighbours drawn, nearest first (huge fields stay cheap).
-    ``log_limit``: request log length kept (oldest dropped); None keeps all.
-    """
-
-    catalog: Path | str | tuple[str, ...] | None = None
-    host: str = "127.0.0.1"
-    port: int = 0
-    tolerance_arcsec: float = 3.0
-    jpeg_quality: int = 90
-    faults: Faults = field(default_factory=Faults)
-    seed: int = 0
-    layers: tuple[str, ...] | None = None
-    columns: Mapping[str, str] | None = None
-    radius_column: str = "PETROTH90"
-    workers: int | None = None
-    executor: ExecutorKind = "thread"
-    cache_mb: float = 64.0
-    max_neighbours: int = 200
-    log_limit: int | None = 100_000
-
-    def __post_init__(self) -> None:
-        if isinstance(self.faults, Mapping):
-            object.__setattr__(self, "faults", _faults_from(self.faults))
-        elif not isinstance(self.faults, Faults):
-            raise ConfigError(f"serve.faults must be a table of fault settings (got {type(self.faults).__name__})")
-        if isinstance(self.catalog, list):
-            object.__setattr__(self, "catalog", tuple(str(c) for c in self.catalog))
-        if isinstance(self.layers, list | str):
-            layers = (self.layers,) if isinstance(self.layers, str) else tuple(self.layers)
-            object.__setattr__(self, "layers", layers)
-        if not isinstance(self.host, str) or not self.host:
-            raise ConfigError(f"serve.host must be a host name or address (got {self.host!r}), e.g. 127.0.0.1")
-        if not isinstance(self.port, int) or isinstance(self.port, bool) or not 0 <= self.port <= 65535:
-            raise ConfigError(f"serve.port must be 0 (any free port) or 1-65535 (got {self.port!r})")
-        if not _is_number(self.tolerance_arcsec) or not self.tolerance_arcsec > 0:
-            raise ConfigError(f"serve.tolerance_arcsec must be > 0 arcsec (got {self.tolerance_arcsec!r})")
-        if not isinstance(self.jpeg_quality, int) or not 1 <= self.jpeg_quality <= 100:
-            raise ConfigError(f"serve.jpeg_quality must be an integer 1-100 (got {self.jpeg_quality!r}); 90 is usual")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ConfigError(f"serve.seed must be an integer >= 0 (got {self.seed!r})")
-        if self.workers is not None:
-            _positive_int("serve.workers", self.workers)
-        if self.executor not in ("thread", "process"):
-            raise ConfigError(f"serve.executor must be 'thread' or 'process' (got {self.executor!r})")
-        _non_negative("serve.cache_mb", self.cache_mb)
-        if not isinstance(self.max_neighbours, int) or self.max_neighbours < 0:
-            raise ConfigError(f"serve.max_neighbours must be an integer >= 0 (got {self.max_neighbours!r})")
-        if self.log_limit is not None and (not isinstance(self.log_limit, int) or self.log_limit < 0):
-            raise ConfigError(
-                f"serve.log_limit must be an integer >= 0, or omitted to keep all (got {self.log_limit!r})"
-            )
-
-
-FAULT_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Faults))
-CONFIG_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ServerConfig))
-
-
-def build_server_config(section: Mapping[str, Any] | None = None, **overrides: Any) -> ServerConfig:
-    """A :class:`ServerConfig` from a config file's ``[serve]`` table (``faults`` a sub-table) and
-    command-line values; an override may name a ServerConfig key or a Faults key, and None means
-    "not given" (the file's or the default value stays).
-    """
-    values = dict(section or {})
-    faults = dict(values.pop("faults", None) or {})
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if key in FAULT_KEYS:
-            faults[key] = value
-        elif key in CONFIG_KEYS and key != "faults":
-            values[key] = value
-        else:
-            raise ConfigError(f"unknown server setting {key!r}; known: {', '.join(CONFIG_KEYS + FAULT_KEYS)}")
-    unknown = sorted(set(values) - set(CONFIG_KEYS))
-    if unknown:
-        raise ConfigError(f"[serve]: unknown key {unknown[0]!r}; known keys: {', '.join(CONFIG_KEYS)}")
-    return ServerConfig(**values, faults=_faults_from(faults))
-
-
-def _faults_from(values: Mapping[str, Any]) -> Faults:
-    unknown = sorted(set(values) - set(FAULT_KEYS))
-    if unknown:
-        raise ConfigError(f"[serve.faults]: unknown key {unknown[0]!r}; known keys: {', '.join(FAULT_KEYS)}")
-    return Faults(**values)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _non_negative(key: str, value: Any) -> None:
-    if not _is_number(value) or value < 0:
-        raise ConfigError(f"{key} must be a number >= 0 (got {value!r})")
-
-
-def _positive_int(key: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{key} must be a positive integer (got {value!r})")
-
-
-# --------------------------------------------------------------------------------------------------
-# Request log and counters
-
-
-@dataclass(frozen=True, slots=True)
-class RequestRecord:
-    """One request as the server saw it. Times are ``time.monotonic()`` of the server process.
-
-    ``status`` None: no answer (hung then dropped, or the client went away). ``fault``: the injected
-    fault, if any ("overload", "throttle", "hang", "error", "truncate"). ``outcome``: what a 200
-    carried ("galaxy", "empty", "outside") or "bad_request". ``delay_s``: injected latency + jitter.
-    ``bytes``: body bytes sent. ``in_flight``: requests being handled at arrival, this one included.
-    """
-
-    seq: int
-    t_start: float
-    t_end: float
-    path: str
-    query: str
-    status: int | None
-    fault: FaultName | None
-    outcome: str | None
-    objid: int | None
-    size: int | None
-    bytes: int
-    delay_s: float
-    in_flight: int
-    retry_after: str | None = None
-
-    @property
-    def params(self) -> dict[str, str]:
-        """The query parameters (the first of repeated ones, as the handler reads them)."""
-        out: dict[str, str] = {}
-        for key, value in parse_qsl(self.query, keep_blank_values=True):
-            out.setdefault(key, value)
-        return out
-
-
-@dataclass
-class ServerStats:
-    """Counters since start: requests, answers by status, faults and outcomes by name, bytes, timing."""
-
-    requests: int = 0
-    status: Counter = field(default_factory=Counter)
-    faults: Counter = field(default_factory=Counter)
-    outcomes: Counter = field(default_factory=Counter)
-    delayed: int = 0
-    bytes_sent: int = 0
-    renders: int = 0
-    render_s: float = 0.0
-    cache_hits: int = 0
-    size_clipped: int = 0
-    max_in_flight: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        for key in ("status", "faults", "outcomes"):
-            out[key] = {str(k): v for k, v in sorted(getattr(self, key).items(), key=lambda kv: str(kv[0]))}
-        out["render_s"] = round(self.render_s, 4)
-        return out
-
-
-# --------------------------------------------------------------------------------------------------
-# Parsing and rendering (pure; the render runs in a pool)
-
-
-class BadRequest(ValueError):
-    """A cutout query the service refuses with HTTP 400 (the message is the response body)."""
-
-
-@dataclass(frozen=True)
-class CutoutQuery:
-    ra: float  # degrees, [0, 360)
-    dec: float  # degrees
-    size: int  # pixels, after the cap
-    pixscale: float  # arcsec/pixel
-    layer: str
-    clipped: bool  # size was above MAX_SIZE
-
-
-def parse_query(query: Mapping[str, str], layers: tuple[str, ...] | None = None) -> CutoutQuery:
-    """Validate a cutout query as the real service does; raise :class:`BadRequest` with the reason."""
-
-    def number(name: str, default: float | None) -> float:
-        text = query.get(name, "").strip()
-        if not text:
-            if default is None:
-                raise BadRequest(f"missing required parameter {name}= (degrees)")
-            return default
-        try:
-            value = float(text)
-        except ValueError:
-            raise BadRequest(f"parameter {name}={text!r} is not a number") from None
-        if not math.isfinite(value):
-            raise BadRequest(f"parameter {name}={text!r} is not a finite number")
-        return value
-
-    ra = number("ra", None) % 360.0
-    ra = 0.0 if ra >= 360.0 else ra  # (-1e-17) % 360 == 360.0
-    dec = number("dec", None)
-    if not -90.0 <= dec <= 90.0:
-        raise BadRequest(f"parameter dec={dec!r} is outside [-90, 90]")
-    size_text = query.get("size", "").strip()
-    try:
-        size = int(size_text) if size_text else DEFAULT_SIZE
-    except ValueError:
-        raise BadRequest(f"parameter size={size_text!r} is not an integer (pixels)") from None
-    if size <= 0:
-        raise BadRequest(f"parameter size={size} must be a positive number of pixels")
-    pixscale = number("pixscale", DEFAULT_PIXSCALE)
-    if pixscale <= 0:
-        raise BadRequest(f"parameter pixscale={pixscale!r} must be > 0 (arcsec/pixel)")
-    layer = query.get("layer", "").strip() or DEFAULT_LAYER
-    if layers is not None and layer not in layers:
-        raise BadRequest(f"unknown layer {layer!r}; known layers: {', '.join(layers)}")
-    return CutoutQuery(ra, dec, min(size, MAX_SIZE), pixscale, layer, size > MAX_SIZE)
-
-
-def render_cutout(
-    target: Galaxy | None,
-    neighbours: tuple[Galaxy, ...],
-    ra: float,
-    dec: float,
-    size: int,
-    pixscale: float,
-    quality: int,
-) -> tuple[bytes, float]:
-    """(JPEG bytes, seconds spent) of one field: ``encode_jpeg(render_field(...), quality)``."""
-    t0 = time.perf_counter()
-    image = render_field(target, list(neighbours), ra, dec, size, pixscale)
-    return encode_jpeg(image, quality=quality), time.perf_counter() - t0
-
-
-@lru_cache(maxsize=16)
-def black_jpeg(size: int, quality: int) -> bytes:
-    """The all-black square JPEG served outside the footprint."""
-    return encode_jpeg(np.zeros((size, size, 3), dtype=np.uint8), quality=quality)
-
-
-def retry_after_value(seconds: float) -> str:
-    """Retry-After header value: integer seconds (HTTP) unless a fraction was configured."""
-    return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
-
-
-class _TokenBucket:
-    def __init__(self, rate: float, burst: int):
-        self.rate, self.burst = rate, float(burst)
-        self.tokens, self.last = float(burst), time.monotonic()
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-
-# --------------------------------------------------------------------------------------------------
-# The server
+from pipeline.synthetic.viewer_api import (
+    CUTOUT_PATH,
+    CUTOUT_PATHS,
+    STATS_PATH,
+    BadRequest,
+    CutoutQuery,
+    RequestRecord,
+    ServerStats,
+    TokenBucket,
+    black_jpeg,
+    parse_query,
+    render_cutout,
+    retry_after_value,
+)
 
 
 class CutoutServer:
@@ -451,7 +111,7 @@ class CutoutServer:
         self._in_flight = 0
         self._attempts: dict[int, int] = {}
         faults = self.config.faults
-        self._bucket = _TokenBucket(faults.throttle_rate, faults.burst) if faults.throttle_rate else None
+        self._bucket = TokenBucket(faults.throttle_rate, faults.burst) if faults.throttle_rate else None
         self._cache: OrderedDict[tuple, bytes] = OrderedDict()
         self._cache_bytes = 0
 
@@ -708,10 +368,6 @@ class CutoutServer:
         if resp is None:
             return web.Response(status=204)  # never reaches the client: its connection is closed
         return resp
-
-
-# --------------------------------------------------------------------------------------------------
-# The command
 
 
 def serve(config: ServerConfig, url_file: Path | str | None = None, out: TextIO | None = None) -> ServerStats:

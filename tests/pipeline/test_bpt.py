@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.bpt import bpt_class, kauffmann2003, kewley2001, log_ratios, training_label
+from pipeline.catalog.bpt import bpt_class, kauffmann2003, kewley2001, log_ratios, training_label
 
 SF, COMP, AGN = 0, 1, 2
 

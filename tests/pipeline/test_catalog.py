@@ -9,8 +9,10 @@ import pytest
 from astropy.io import fits
 from conftest import nsa_rows, rows_frame, write_nsa_fits
 
-from pipeline import catalog
-from pipeline.catalog import inspect_all, plan_chunks, read_chunk, stable_id_hash
+from pipeline.catalog.canonical import stable_id_hash
+from pipeline.catalog.readers import csv
+from pipeline.catalog.readers import fits as fits_reader
+from pipeline.catalog.sources import inspect_all, plan_chunks, read_chunk
 from pipeline.errors import CatalogError
 
 
@@ -50,7 +52,7 @@ def test_parquet_and_csv_read_like_fits(tmp_path, nsa_fits):
 def test_csv_byte_ranges_cover_every_row_once(tmp_path, monkeypatch):
     rows = nsa_rows(3000)
     rows_frame(rows).to_csv(tmp_path / "cat.csv", index=False)
-    monkeypatch.setattr(catalog, "CSV_CHUNK_BYTES", 4096)  # many chunks, cut mid-line
+    monkeypatch.setattr(csv, "CSV_CHUNK_BYTES", 4096)  # many chunks, cut mid-line
     (source,) = inspect_all([str(tmp_path / "cat.csv")])
     chunks = plan_chunks(source, 1000)
     assert len(chunks) > 20
@@ -206,7 +208,7 @@ def test_fits_columns_copied_block_by_block_equal_the_file(tmp_path, monkeypatch
     rows = nsa_rows(4500, seed=3)
     rows["WIDE"] = np.arange(4500 * 3, dtype=np.float32).reshape(4500, 3)
     path = write_nsa_fits(tmp_path / "blocks.fits", rows, {"WIDE": "3E"})
-    monkeypatch.setattr(catalog, "COPY_BLOCK_BYTES", 1)  # the smallest block: 1,024 rows
+    monkeypatch.setattr(fits_reader, "COPY_BLOCK_BYTES", 1)  # the smallest block: 1,024 rows
     (source,) = inspect_all([str(path)])
     frame = pd.concat([read_chunk(c) for c in plan_chunks(source, 1700)], ignore_index=True)
     np.testing.assert_array_equal(frame["objid"], rows["NSAID"].astype(np.int64))
@@ -214,7 +216,7 @@ def test_fits_columns_copied_block_by_block_equal_the_file(tmp_path, monkeypatch
     np.testing.assert_array_equal(frame["hb_flux_err"], rows["HBFLUXERR"])
     with fits.open(path) as hdul:
         data = hdul[1].data
-        copies = catalog.native_copies({n: data.field(n)[100:4400] for n in ("WIDE", "DEC")}, data.dtype.itemsize)
+        copies = fits_reader.native_copies({n: data.field(n)[100:4400] for n in ("WIDE", "DEC")}, data.dtype.itemsize)
     np.testing.assert_array_equal(copies["WIDE"], rows["WIDE"][100:4400])
     np.testing.assert_array_equal(copies["DEC"], rows["DEC"][100:4400])
     assert all(c.dtype.isnative and c.flags.c_contiguous for c in copies.values())
@@ -224,7 +226,7 @@ def test_csv_string_ids_keep_leading_zeros_in_every_chunk(tmp_path, monkeypatch)
     rows = rows_frame(nsa_rows(400)).drop(columns="NSAID")
     rows["name"] = [f"{i:05d}" if i % 50 else f"X{i:04d}" for i in range(400)]  # numeric-looking, mostly
     rows.to_csv(tmp_path / "ids.csv", index=False)
-    monkeypatch.setattr(catalog, "CSV_CHUNK_BYTES", 2048)
+    monkeypatch.setattr(csv, "CSV_CHUNK_BYTES", 2048)
     frame = read_all(str(tmp_path / "ids.csv"), columns={"objid": "name"})
     assert list(frame["source_id"]) == list(rows["name"])
 
@@ -269,7 +271,7 @@ def _csv_with_id(tmp_path, row: int, value: str, n: int = 3000) -> Path:
 @pytest.mark.parametrize("row", [10, 2950])  # inside the type sample / in the last of many chunks
 @pytest.mark.parametrize("value", ["abc", "1.5", ""])
 def test_a_bad_integer_id_is_one_error_naming_row_and_value(tmp_path, monkeypatch, row, value):
-    monkeypatch.setattr(catalog, "CSV_CHUNK_BYTES", 8192)
+    monkeypatch.setattr(csv, "CSV_CHUNK_BYTES", 8192)
     path = _csv_with_id(tmp_path, row, value)
     problem = "is empty (or an NA marker such as n/a or NaN)" if value == "" else f"holds {value!r}, not an integer"
     with pytest.raises(CatalogError) as err:
@@ -377,7 +379,7 @@ def test_csv_with_multiline_quoted_fields_reads_what_pandas_reads(tmp_path, monk
     table.to_csv(path, index=False)
     if stray_quote:  # a quote inside an unquoted field: legal for the parser, but counting quotes misleads
         path.write_text(path.read_text().replace("J000003+", 'J000003"+', 1))
-    monkeypatch.setattr(catalog, "CSV_CHUNK_BYTES", 4096)
+    monkeypatch.setattr(csv, "CSV_CHUNK_BYTES", 4096)
     (source,) = inspect_all([str(path)])
     chunks = plan_chunks(source, 1000)
     assert len(chunks) == 1 if stray_quote else len(chunks) > 10

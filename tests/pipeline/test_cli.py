@@ -137,9 +137,9 @@ def test_a_bad_scheduler_file_is_one_line(tmp_path, capsys, content, problem):
 
 
 def test_missing_line_columns_are_named_at_ingest_and_at_label(tmp_path, capsys):
-    from pipeline.config import LabelArgs
+    from pipeline.catalog.args import LabelArgs
+    from pipeline.catalog.label import label
     from pipeline.errors import CatalogError
-    from pipeline.label import label
 
     rows = nsa_rows(50)
     del rows["HBFLUX"], rows["O3FLUX"]

@@ -2,7 +2,8 @@
 
 import pytest
 
-from pipeline.config import IngestArgs, LabelArgs, build, load_config
+from pipeline.catalog.args import IngestArgs, LabelArgs
+from pipeline.config import build, load_config
 from pipeline.errors import ConfigError
 
 

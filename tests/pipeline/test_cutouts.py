@@ -10,18 +10,10 @@ from aiohttp import web
 from conftest import serve_in_thread
 from PIL import Image
 
-from pipeline.cutouts import (
-    ClientSettings,
-    check_cutout_url,
-    cutout_url,
-    decode_jpeg,
-    fetch_many,
-    is_constant,
-    pixscale_for,
-    resize,
-    retry_after_seconds,
-)
 from pipeline.errors import FetchError
+from pipeline.images.client import ClientSettings, fetch_many, retry_after_seconds
+from pipeline.images.decode import decode_jpeg, is_constant, resize
+from pipeline.images.requests import check_cutout_url, cutout_url, pixscale_for
 
 
 def jpeg(array: np.ndarray, quality: int = 95) -> bytes:
@@ -168,7 +160,7 @@ def test_probe_refuses_a_wrong_endpoint():
     async def handler(request):
         return web.Response(status=404, text="Not Found")
 
-    from pipeline.cutouts import probe
+    from pipeline.images.client import probe
 
     with serve_in_thread(handler) as (url, _), pytest.raises(FetchError, match=r"answered HTTP 404 .*endpoint path"):
         asyncio.run(probe(url))

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from conftest import decode_rows, training_workspace, write_table
 
-from pipeline.dataset import CubeBatches, augment, class_weights, dihedral, plan_epoch, select_rows
 from pipeline.errors import WorkspaceError
+from pipeline.learn.augment import augment, dihedral
+from pipeline.learn.batches import CubeBatches, plan_epoch
+from pipeline.learn.rows import class_weights, select_rows
 from storage.cube import open_cube
 from storage.tables import read_labels
 from storage.workspace import Workspace
@@ -125,7 +127,7 @@ def test_unpadded_batches_end_short_and_padding_is_never_blank(tmp_path):
 
 
 def test_a_read_error_is_raised_and_the_next_request_starts_again(tmp_path, monkeypatch):
-    import pipeline.dataset as dataset
+    from pipeline.learn import batches as dataset
 
     training_workspace(tmp_path, n=200)
     rows, batches = reader(tmp_path, shuffle=True)

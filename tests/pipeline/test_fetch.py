@@ -12,9 +12,9 @@ from aiohttp import web
 from conftest import serve_in_thread, write_table
 from PIL import Image
 
-from pipeline.config import FetchArgs
 from pipeline.errors import FetchError, WorkspaceError
-from pipeline.fetch import fetch
+from pipeline.images.args import FetchArgs
+from pipeline.images.fetch import fetch
 from storage.tables import read_catalog, read_cube_status
 
 DEMO = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "convnet_demo" / "train"
@@ -208,7 +208,7 @@ def test_empty_catalog_and_missing_labels_are_clear_errors(tmp_path):
 
 
 def test_tasks_at_once_never_exceed_the_request_slots(tmp_path):
-    from pipeline.fetch import tasks_at_once
+    from pipeline.images.fetch import tasks_at_once
 
     args = FetchArgs(workspace=tmp_path, cutout_url="http://h/c.jpg", concurrency=4)
     assert tasks_at_once(args, n_jobs=50, threads=16) == 4
@@ -358,7 +358,7 @@ def test_failed_rows_give_exit_code_3_after_writing_what_succeeded(tmp_path, cap
 
 def test_a_failure_never_overwrites_an_ok_row(tmp_path):
     """A shard task planned from a stale status (another run fetched those rows meanwhile)."""
-    from pipeline.fetch import ShardJob, fetch_shard, plan_jobs
+    from pipeline.images.fetch import ShardJob, fetch_shard, plan_jobs
     from storage.cube import open_cube
 
     labels = write_labels(tmp_path, np.linspace(150, 151, 8), np.full(8, 2.0), np.full(8, 10.0))

@@ -19,14 +19,17 @@ import zarr
 from conftest import kill_a_worker_running
 from distributed import Client, LocalCluster
 
-from pipeline.config import FetchArgs, IngestArgs, LabelArgs, SkyArgs
-from pipeline.cutouts import decode_jpeg, resize
+from pipeline.catalog.args import IngestArgs, LabelArgs
+from pipeline.catalog.ingest import ingest
+from pipeline.catalog.label import label
 from pipeline.errors import FetchError
-from pipeline.fetch import fetch
-from pipeline.ingest import ingest
-from pipeline.label import label
+from pipeline.images.args import FetchArgs
+from pipeline.images.decode import decode_jpeg, resize
+from pipeline.images.fetch import fetch
+from pipeline.synthetic.args import SkyArgs
 from pipeline.synthetic.catalog import SKY_FITS, make_sky
-from pipeline.synthetic.server import ServerConfig, build_server_config, serve_in_background
+from pipeline.synthetic.server import serve_in_background
+from pipeline.synthetic.server_config import ServerConfig, build_server_config
 from pipeline.synthetic.skyindex import SkyIndex
 from storage.hats_catalog import partition_files
 from storage.tables import read_cube_status
@@ -135,8 +138,8 @@ def test_sigkill_then_resume_gives_the_uninterrupted_cube(sky, tmp_path):
         fetch(args_for(whole, server.url, shard_images=16, inner_images=8))
         script = textwrap.dedent(
             f"""
-            from pipeline.config import FetchArgs
-            from pipeline.fetch import fetch
+            from pipeline.images.args import FetchArgs
+            from pipeline.images.fetch import fetch
             fetch(FetchArgs(workspace={str(killed)!r}, cutout_url={server.url!r}, size={SIZE}, image_size={IMAGE},
                             shard_images=16, inner_images=8, rate=60.0, concurrency=4))
             """

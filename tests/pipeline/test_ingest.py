@@ -11,9 +11,9 @@ import pytest
 from astropy_healpix import HEALPix
 from conftest import nsa_rows, rows_frame, write_nsa_fits
 
-from pipeline.config import IngestArgs
+from pipeline.catalog.args import IngestArgs
+from pipeline.catalog.ingest import ingest
 from pipeline.errors import CatalogError
-from pipeline.ingest import ingest
 from storage.hats_catalog import partition_files
 from storage.tables import read_catalog
 from storage.workspace import Workspace
@@ -155,7 +155,7 @@ def test_repeated_ids_are_found_whether_the_chunks_are_in_id_order_or_not(tmp_pa
     """Chunks whose id ranges do not overlap are only searched within (the read tasks report their
     repeats; no chunk's ids are read back); chunks whose ranges overlap, if only at one id, have
     their ids merged. Either way the first occurrence is kept."""
-    from pipeline.ingest import Spilled
+    from pipeline.catalog.ingest import Spilled
 
     rows = nsa_rows(600, seed=8)
     ids = np.arange(1000, 1600)
@@ -178,7 +178,7 @@ def test_repeated_ids_are_found_whether_the_chunks_are_in_id_order_or_not(tmp_pa
 
 
 def test_repeated_ids_of_sorted_runs():
-    from pipeline.ingest import repeated_ids
+    from pipeline.catalog.ingest import repeated_ids
 
     rng = np.random.default_rng(7)
     for _ in range(50):

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from conftest import nsa_rows, write_nsa_fits
 
-from pipeline.config import IngestArgs, LabelArgs
+from pipeline.catalog.args import IngestArgs, LabelArgs
+from pipeline.catalog.ingest import ingest
+from pipeline.catalog.label import label
 from pipeline.errors import CatalogError, WorkspaceError
-from pipeline.ingest import ingest
-from pipeline.label import label
 from storage.hats_catalog import partition_files
 from storage.tables import read_labels
 from storage.workspace import Workspace
@@ -27,7 +27,7 @@ def ingested(tmp_path, rows, name="cat.fits", **kw):
 
 
 def expected_paper_class(ha, nii, hb, oiii):
-    """Independent of pipeline.bpt: the paper's rule written out per galaxy."""
+    """Independent of pipeline.catalog.bpt: the paper's rule written out per galaxy."""
     out = {}
     for i, (a, n, b, o) in enumerate(zip(ha, nii, hb, oiii, strict=True)):
         x, y = np.log10(float(n) / float(a)), np.log10(float(o) / float(b))
@@ -226,9 +226,10 @@ def test_label_never_reads_a_catalog_that_is_being_replaced(tmp_path, mode):
 
 
 def test_catalog_and_fetch_workers_never_import_a_deep_learning_framework():
-    """Splits live in pipeline.splits (numpy), not beside the Keras reader: a label or fetch task
+    """Splits live in pipeline.catalog.splits (numpy), not beside the Keras reader: a label or fetch task
     must not pay seconds and hundreds of MB to import TensorFlow or JAX."""
-    code = ("import sys, pipeline.ingest, pipeline.label, pipeline.fetch, pipeline.splits; "
+    code = ("import sys, pipeline.catalog.ingest, pipeline.catalog.label, pipeline.images.fetch, "
+            "pipeline.catalog.splits; "
             "print([m for m in ('keras', 'tensorflow', 'jax') if m in sys.modules])")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from pipeline import metrics
+from pipeline.learn import metrics
 
 
 @pytest.fixture(params=[0, 1, 2])

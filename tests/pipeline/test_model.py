@@ -4,9 +4,9 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.config import MODEL_NAMES, TrainArgs
 from pipeline.errors import ConfigError
-from pipeline.model import MODELS, PAPER_PARAMETERS, build_model
+from pipeline.learn.args import MODEL_NAMES, TrainArgs
+from pipeline.learn.model import MODELS, PAPER_PARAMETERS, build_model
 
 
 def test_paper_architecture_layer_by_layer():

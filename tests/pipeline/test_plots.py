@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from pipeline import plots
+from pipeline.catalog import bpt_plots as plots
 
 
 def test_counts_match_histogram2d():

@@ -2,7 +2,7 @@
 
 Every expected value here is computed independently in this file: the source files are read with
 astropy / pandas, and the BPT rules (Kauffmann 2003, Kewley 2001, the paper's x < -0.1 cut) are
-written out below rather than imported from ``pipeline.bpt``. The per-file LCS counts and the ECO
+written out below rather than imported from ``pipeline.catalog.bpt``. The per-file LCS counts and the ECO
 classification of Polimera come from the data's own documentation. The data is never copied into
 the project; without the folder every test is skipped.
 """
@@ -31,10 +31,10 @@ from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
 from pandas.testing import assert_frame_equal, assert_series_equal
 
-from pipeline.config import IngestArgs, LabelArgs
+from pipeline.catalog.args import IngestArgs, LabelArgs
+from pipeline.catalog.ingest import ingest
+from pipeline.catalog.label import label
 from pipeline.errors import CatalogError
-from pipeline.ingest import ingest
-from pipeline.label import label
 from storage.hats_catalog import partition_files
 from storage.tables import read_catalog, read_labels
 from storage.workspace import Workspace
@@ -444,8 +444,8 @@ def test_eco_ingest_string_ids_hash_stably(eco_ingested, eco_source, tmp_path):
     other = tmp_path / "again"
     code = (
         "import sys, dask\n"
-        "from pipeline.config import IngestArgs\n"
-        "from pipeline.ingest import ingest\n"
+        "from pipeline.catalog.args import IngestArgs\n"
+        "from pipeline.catalog.ingest import ingest\n"
         "with dask.config.set(scheduler='synchronous'):\n"
         f"    ingest(IngestArgs(workspace=sys.argv[1], inputs=(sys.argv[2],), columns={ECO_COLUMNS!r}))\n"
     )

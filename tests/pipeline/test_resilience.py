@@ -15,9 +15,9 @@ import pytest
 from conftest import nsa_rows, rows_frame, write_nsa_fits
 from distributed import Client, LocalCluster, WorkerPlugin
 
-from pipeline.config import IngestArgs, LabelArgs
-from pipeline.ingest import ingest
-from pipeline.label import label
+from pipeline.catalog.args import IngestArgs, LabelArgs
+from pipeline.catalog.ingest import ingest
+from pipeline.catalog.label import label
 from storage.tables import read_catalog, read_labels
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +33,7 @@ def test_sigkill_during_ingest_keeps_previous_catalog_and_rerun_completes(tmp_pa
     script = textwrap.dedent(
         f"""
         import time, dask
-        from pipeline import ingest as stage
+        from pipeline.catalog import ingest as stage
         real = stage.write_partition
         def slow(*a, **k):
             written = real(*a, **k)
@@ -165,8 +165,8 @@ import json, sys
 from pathlib import Path
 import pandas as pd
 from pipeline.cli import main
-from pipeline.config import IngestArgs
-from pipeline.ingest import ingest
+from pipeline.catalog.args import IngestArgs
+from pipeline.catalog.ingest import ingest
 ws, small, big = sys.argv[1:4]
 ingest(IngestArgs(workspace=ws, inputs=[small]))
 before = pd.read_parquet(Path(ws) / "catalog" / "dataset")
@@ -253,9 +253,9 @@ def test_an_error_inside_a_dask_task_is_one_clear_line(tmp_path):
     script = textwrap.dedent(
         """
         import sys
-        from pipeline import catalog
+        from pipeline.catalog.readers import csv
         from pipeline.cli import main
-        catalog.CSV_CHUNK_BYTES = 16384  # many chunks: the bad row is in the last, read by a worker
+        csv.CSV_CHUNK_BYTES = 16384  # many chunks: the bad row is in the last, read by a worker
         sys.exit(main(["--quiet", "--workers", "2", "ingest", sys.argv[1], "--workspace", sys.argv[2]]))
         """
     )

@@ -11,12 +11,16 @@ import pytest
 from conftest import kill_a_worker_running, training_workspace, write_table
 from distributed import Client, LocalCluster
 
-from pipeline.config import FetchArgs, ScoreArgs, SkyArgs
-from pipeline.cutouts import resize
 from pipeline.errors import CatalogError, ScoreError
-from pipeline.score import load_counts, score
+from pipeline.images.args import FetchArgs
+from pipeline.images.decode import resize
+from pipeline.score.args import ScoreArgs
+from pipeline.score.model import load_counts
+from pipeline.score.score import score
+from pipeline.synthetic.args import SkyArgs
 from pipeline.synthetic.catalog import SKY_V1_FITS, make_sky
-from pipeline.synthetic.server import build_server_config, serve_in_background
+from pipeline.synthetic.server import serve_in_background
+from pipeline.synthetic.server_config import build_server_config
 from pipeline.synthetic.skyindex import SkyIndex
 from storage.cube import open_cube
 from storage.manifest import file_checksum

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from pipeline.splits import assign_split, unit_hash
+from pipeline.catalog.splits import assign_split, unit_hash
 
 
 def test_split_depends_only_on_the_id():

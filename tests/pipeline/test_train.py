@@ -21,10 +21,11 @@ from distributed import Client, LocalCluster
 
 from cluster.multiworker import TrainingProcessError
 from pipeline.cli import main
-from pipeline.config import EvaluateArgs, TrainArgs
 from pipeline.errors import DataError, TrainingError, WorkspaceError
-from pipeline.evaluate import evaluate
-from pipeline.train import read_state, train
+from pipeline.learn.args import EvaluateArgs, TrainArgs
+from pipeline.learn.evaluate import evaluate
+from pipeline.learn.modeldir import read_state
+from pipeline.learn.train import train
 from storage.cube import open_cube
 from storage.hats_catalog import data_files
 from storage.tables import read_labels
@@ -155,16 +156,16 @@ def small(tmp_path, n=260, **kwargs):
 
 def test_training_asks_the_reader_for_its_batches_in_order(tmp_path, monkeypatch):
     """Batches out of order would be rebuilt from scattered reads (what Keras' own shuffling does)."""
-    import pipeline.dataset as dataset
+    from pipeline.learn import batches
 
     made = []
-    init = dataset.CubeBatches.__init__
+    init = batches.CubeBatches.__init__
 
     def recording(self, *args, **kwargs):
         init(self, *args, **kwargs)
         made.append(self)
 
-    monkeypatch.setattr(dataset.CubeBatches, "__init__", recording)
+    monkeypatch.setattr(batches.CubeBatches, "__init__", recording)
     ws = small(tmp_path)
     train(TrainArgs(workspace=ws, epochs=2, batch_size=16))
     shuffled = [b for b in made if b.shuffle]

@@ -11,10 +11,10 @@ import pytest
 from astropy_healpix import HEALPix
 from conftest import nsa_rows, rows_frame
 
-from pipeline.config import IngestArgs, LabelArgs
+from pipeline.catalog.args import IngestArgs, LabelArgs
+from pipeline.catalog.ingest import ingest
+from pipeline.catalog.label import label
 from pipeline.errors import CatalogError, WorkspaceError
-from pipeline.ingest import ingest
-from pipeline.label import label
 from storage.hats_catalog import partition_files, pixel_path, write_frame, write_partition
 from storage.healpix import adaptive_partitions, healpix29
 from storage.tables import read_catalog

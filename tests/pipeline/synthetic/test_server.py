@@ -23,19 +23,15 @@ from astropy.coordinates import SkyCoord
 from astropy.table import Table
 from PIL import Image
 
-from pipeline.config import SkyArgs
 from pipeline.errors import ConfigError
+from pipeline.synthetic.args import SkyArgs
 from pipeline.synthetic.catalog import SKY_FITS, SKY_PARQUET, make_sky
 from pipeline.synthetic.footprint import in_footprint
 from pipeline.synthetic.render import Galaxy, agn_weight_from_fluxes, encode_jpeg, render_field
-from pipeline.synthetic.server import (
-    MAX_SIZE,
-    CutoutServer,
-    Faults,
-    ServerConfig,
-    build_server_config,
-)
+from pipeline.synthetic.server import CutoutServer
+from pipeline.synthetic.server_config import Faults, ServerConfig, build_server_config
 from pipeline.synthetic.skyindex import SkyIndex
+from pipeline.synthetic.viewer_api import MAX_SIZE
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -460,7 +456,7 @@ def test_process_pool_renders_the_same(sky: Path, truth: pd.DataFrame):
 def test_serve_command_prints_url_and_stops_on_sigint(sky: Path, tmp_path: Path):
     url_file = tmp_path / "url.txt"
     code = (
-        "from pipeline.synthetic.server import ServerConfig, serve; "
+        "from pipeline.synthetic.server import serve; from pipeline.synthetic.server_config import ServerConfig; "
         f"serve(ServerConfig(catalog={str(sky / SKY_PARQUET)!r}), url_file={str(url_file)!r})"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -16,8 +16,8 @@ from astropy.io import fits
 from astropy.table import Table
 from distributed import Client, LocalCluster
 
-from pipeline.config import SkyArgs
 from pipeline.errors import ConfigError
+from pipeline.synthetic.args import SkyArgs
 from pipeline.synthetic.catalog import SKY_FITS, SKY_PARQUET, iau_names, make_sky
 from pipeline.synthetic.footprint import in_footprint
 

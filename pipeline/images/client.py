@@ -1,9 +1,8 @@
-"""Cutouts: the request (URL, pixscale), an async fetch client, and decode + resize.
+"""The async cutout client: many cutout URLs in, one validated, resized image (or a reason) out per URL.
 
-The request follows the Legacy Surveys viewer API: ``<cutout-url>?ra=&dec=&size=&pixscale=&layer=``
-with ``pixscale = radius * scale * 2 / size`` arcsec/pixel (``scale`` 1.5: the field spans three
-90 %-light radii). URLs carry RA/Dec to 6 decimals (degrees; 0.004 arcsec) and pixscale to 5
-decimals (arcsec/pixel). The real service and the offline sky differ only in the base URL.
+The requests are built by :mod:`pipeline.images.requests` (the viewer's URL API); the answers are
+decoded by :mod:`pipeline.images.decode`. The real service and the offline sky differ only in the
+base URL.
 
 The client (:func:`fetch_many`) runs in one asyncio loop with one aiohttp session: at most
 ``concurrency`` requests in flight, request starts spaced by a rate limit (requests/s), retries
@@ -27,86 +26,22 @@ import concurrent.futures
 import contextlib
 import datetime
 import email.utils
-import io
 import math
 import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from pipeline.errors import FetchError
+from pipeline.images.decode import decode_jpeg, is_constant, resize
+from pipeline.images.requests import cutout_url
 
 OK, NO_COVERAGE, FAILED, PENDING = "ok", "no_coverage", "failed", "pending"
 RETRYABLE_HTTP = frozenset({500, 502, 503, 504, 520, 522, 524})
-
-
-def pixscale_for(
-    radius_arcsec: np.ndarray, size: int, scale: float = 1.5, bounds: tuple[float, float] = (0.01, 20.0)
-) -> tuple[np.ndarray, np.ndarray]:
-    """(pixscale arcsec/pixel, usable) for radii in arcsec: ``radius * scale * 2 / size``, clipped to
-    ``bounds``; a radius that is not finite and > 0 is unusable (pixscale NaN)."""
-    radius = np.asarray(radius_arcsec, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        usable = np.isfinite(radius) & (radius > 0)
-    pixscale = np.where(usable, np.clip(radius * scale * 2.0 / size, *bounds), np.nan)
-    return pixscale, usable
-
-
-def cutout_url(base: str, ra: float, dec: float, size: int, pixscale: float, layer: str) -> str:
-    """The viewer URL of one cutout (RA/Dec degrees to 6 decimals, pixscale arcsec/pixel to 5)."""
-    query = urlencode(
-        {"ra": f"{ra:.6f}", "dec": f"{dec:.6f}", "size": size, "pixscale": f"{pixscale:.5f}", "layer": layer}
-    )
-    return f"{base}?{query}"
-
-
-def check_cutout_url(url: str) -> str:
-    """Raise :class:`FetchError` unless ``url`` is an http(s) URL with a host and no query."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise FetchError(
-            f"cutout URL {url!r} is not an http(s) URL; give the endpoint, e.g. "
-            "https://www.legacysurvey.org/viewer/cutout.jpg or http://127.0.0.1:PORT/viewer/cutout.jpg"
-        )
-    if parts.query or parts.fragment:
-        raise FetchError(f"cutout URL {url!r} must not carry a query; agnsurvey adds ra, dec, size, pixscale, layer")
-    return url
-
-
-def decode_jpeg(body: bytes, size: int) -> np.ndarray:
-    """RGB uint8 (size, size, 3) from JPEG bytes; ValueError saying what is wrong otherwise
-    ("not an image", "a PNG image, not a JPEG", "corrupt or truncated JPEG", "shape ...")."""
-    try:
-        with Image.open(io.BytesIO(body)) as img:
-            if img.format != "JPEG":
-                raise ValueError(f"a {img.format} image, not a JPEG")
-            img.load()
-            rgb = img.convert("RGB")
-    except UnidentifiedImageError:
-        raise ValueError("not an image") from None
-    except (OSError, SyntaxError):
-        raise ValueError("corrupt or truncated JPEG") from None
-    if rgb.size != (size, size):
-        raise ValueError(f"shape {rgb.size[1]}x{rgb.size[0]}, asked for {size}x{size}")
-    return np.asarray(rgb)
-
-
-def resize(image: np.ndarray, image_size: int) -> np.ndarray:
-    """Antialiased (Lanczos) resize of an RGB uint8 image to (image_size, image_size, 3)."""
-    if image.shape[0] == image_size and image.shape[1] == image_size:
-        return image
-    return np.asarray(Image.fromarray(image).resize((image_size, image_size), Image.Resampling.LANCZOS))
-
-
-def is_constant(image: np.ndarray) -> bool:
-    """True for an image with one value everywhere (the all-black answer outside the footprint)."""
-    return bool(image.min() == image.max())
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import metrics, plots
-from pipeline.config import EvaluateArgs, parse_policy
-from pipeline.dataset import Rows, select_rows
 from pipeline.errors import DataError, WorkspaceError
+from pipeline.learn import metrics, plots
+from pipeline.learn.args import EvaluateArgs, parse_policy
+from pipeline.learn.rows import Rows, select_rows
 from pipeline.stage import locked, writing
 from storage.cube import open_cube
 from storage.manifest import Manifest, atomic_file, file_checksum, write_json_atomic
@@ -54,7 +54,7 @@ def _evaluate(args: EvaluateArgs) -> Manifest:
             f"{directory} has no trained model{hint}; run `agnsurvey train --workspace {ws.root} --name {args.model}` "
             "first, or pass --model NAME"
         )
-    from pipeline.train import _load, read_json
+    from pipeline.learn.modeldir import load_model, read_json
 
     trained_with = read_json(directory / "args.json")["arguments"]
     splits = select_rows(ws, trained_with.get("composites", "exclude"))
@@ -67,7 +67,7 @@ def _evaluate(args: EvaluateArgs) -> Manifest:
                 "are needed to choose a threshold and measure; fetch more cutouts or ingest a larger catalog"
             )
 
-    model = _load(model_path)
+    model = load_model(model_path)
     cube = open_cube(ws.cube, mode="r")
     expects = tuple(model.inputs[0].shape[1:3])
     if expects != (cube.layout.image_size,) * 2:
@@ -80,7 +80,7 @@ def _evaluate(args: EvaluateArgs) -> Manifest:
                                                       "tta": args.tta})  # fmt: skip
     manifest.inputs = [{"path": str(model_path), "checksum": file_checksum(model_path)}]
 
-    from pipeline.inference import predict_rows
+    from pipeline.learn.inference import predict_rows
 
     n_val = len(splits["val"])  # val and test in one pass over the cube
     scores = predict_rows(model, cube, np.r_[splits["val"].cube_row, splits["test"].cube_row], args.batch_size,
@@ -125,7 +125,7 @@ def _evaluate(args: EvaluateArgs) -> Manifest:
 def _check_unseen(directory: Path, splits: dict[str, Rows]) -> None:
     """Refuse to choose a threshold or measure on galaxies the model trained on (the labels were
     remade with another split or scheme since): its numbers would be optimistic."""
-    from pipeline.train import TRAINED_ON
+    from pipeline.learn.modeldir import TRAINED_ON
 
     path = directory / TRAINED_ON
     if not path.exists():
@@ -159,7 +159,7 @@ def measure(splits: dict[str, Rows], p_val: np.ndarray, p_test: np.ndarray, thre
 
 
 def _training_summary(directory: Path, arguments: dict) -> dict[str, Any]:
-    from pipeline.train import read_state
+    from pipeline.learn.modeldir import read_state
 
     state = read_state(directory)
     seconds = sum(h.get("seconds") or 0 for h in state["history"])

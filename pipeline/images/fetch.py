@@ -5,7 +5,7 @@ The cube has one row per ingested catalog row (``cube_row``); ``rows`` chooses w
 workspace keeps its cube: images depend only on position and radius.
 
 Work units are the cube's shards: one task owns one shard (``shard_images`` consecutive rows), runs
-one asyncio loop with one aiohttp session (:func:`pipeline.cutouts.fetch_many`) for the rows of its
+one asyncio loop with one aiohttp session (:func:`pipeline.images.client.fetch_many`) for the rows of its
 shard that have no final status, and writes the shard's pixels and then its status, each in one
 atomic write. No two tasks touch the same storage object; ``ok`` always means the pixels are
 there. Totals for concurrency and request rate are shared out over the tasks that run at once.
@@ -33,19 +33,10 @@ import pandas as pd
 from distributed import Client, as_completed
 
 from cluster.client import progress_enabled
-from pipeline.config import FetchArgs
-from pipeline.cutouts import (
-    PENDING,
-    ClientSettings,
-    FailureWindow,
-    check_cutout_url,
-    cutout_url,
-    fetch_many,
-    pixscale_for,
-    probe,
-    run_async,
-)
 from pipeline.errors import FetchError, Interrupted, WorkspaceError
+from pipeline.images.args import FetchArgs
+from pipeline.images.client import PENDING, ClientSettings, FailureWindow, fetch_many, probe, run_async
+from pipeline.images.requests import check_cutout_url, cutout_url, pixscale_for
 from pipeline.stage import locked, writing
 from storage.cube import (
     FINAL_CODES,

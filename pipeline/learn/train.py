@@ -34,18 +34,14 @@ from typing import Any
 import numpy as np
 
 from cluster.devices import DeviceError, Processes
-from pipeline.config import TrainArgs
 from pipeline.errors import DataError, TrainingError, WorkspaceError
+from pipeline.learn.args import TrainArgs
+from pipeline.learn.modeldir import TRAINED_ON, epoch_line, load_model, model_dir, read_json, read_state
 from pipeline.stage import writing
 from storage.manifest import Manifest, atomic_file, write_json_atomic
 
-TRAINED_ON = "train_objid.npy"  # ids of the galaxies a model trained on
 MIN_ROWS_PER_CLASS = 5  # in each of train and val: fewer cannot train or measure anything
 RESUMABLE = {"epochs", "devices", "accelerator", "readers", "prefetch", "restart"}  # may change between runs
-
-
-def model_dir(args: TrainArgs) -> Path:
-    return args.workspace.models / str(args.name)
 
 
 def train(args: TrainArgs, client: Any = None) -> Manifest:
@@ -74,7 +70,8 @@ def train(args: TrainArgs, client: Any = None) -> Manifest:
 
             (model_dir(args) / "model.keras").unlink(missing_ok=True)
             spec = dataclasses.asdict(args) | {"workspace": str(ws.root)}
-            run_in_every_worker(client, "pipeline.train", spec, model_dir(args), watch=lambda: _print_new_epochs(args))
+            run_in_every_worker(client, "pipeline.learn.train", spec, model_dir(args),
+                                watch=lambda: _print_new_epochs(args))
         seconds = time.monotonic() - started
         return _finish(args, manifest, splits, seconds)
 
@@ -95,7 +92,7 @@ def _worker_count(client: Any) -> int:
 
 def _check_data(args: TrainArgs, processes: int) -> tuple[dict, str]:
     """The splits, after checking there is enough of each class; and their fingerprint."""
-    from pipeline.dataset import select_rows
+    from pipeline.learn.rows import select_rows
 
     splits = select_rows(args.workspace, args.composites)
     for name in ("train", "val"):
@@ -178,30 +175,6 @@ def _discard(directory: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def read_state(directory: Path) -> dict[str, Any]:
-    """``{"epochs_done": k, "checkpoint": path or None, "history": [...]}`` of a model directory."""
-    path = directory / "state.json"
-    if not path.exists():
-        return {"epochs_done": 0, "checkpoint": None, "history": []}
-    state = read_json(path)
-    if not isinstance(state, dict) or not {"epochs_done", "checkpoint", "history"} <= set(state):
-        raise TrainingError(f"{path} is not a training state; pass --restart to train anew")
-    return state
-
-
-def read_json(path: Path) -> Any:
-    """A model directory's JSON file, or a clear error when it is damaged."""
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise TrainingError(f"{path} is missing; train the model again (`agnsurvey train --restart`)") from None
-    except ValueError:
-        raise TrainingError(f"{path} is damaged (not JSON); pass --restart to train anew") from None
-
-
-# --- one training process ------------------------------------------------------------------------
-
-
 def fit(args: TrainArgs, processes: Processes | None = None) -> None:
     """Train in this process (process ``processes.index`` of several, or alone), resuming from the
     model directory's state. Process 0 (or the only one) writes checkpoints and history."""
@@ -210,7 +183,8 @@ def fit(args: TrainArgs, processes: Processes | None = None) -> None:
     devices.prepare(args.accelerator, args.devices, processes)
     import keras
 
-    from pipeline.dataset import CubeBatches, class_weights, select_rows
+    from pipeline.learn.batches import CubeBatches
+    from pipeline.learn.rows import class_weights, select_rows
 
     where = devices.placement(args.accelerator, args.devices, processes)
     if args.batch_size % where.total:
@@ -247,15 +221,15 @@ def _fit(args: TrainArgs, processes: Processes | None, where: Any, state: dict[s
     import keras
 
     from cluster import devices
-    from pipeline.callbacks import Checkpoint, Progress, SetEpoch, save_atomic
-    from pipeline.model import build_model
+    from pipeline.learn.callbacks import Checkpoint, Progress, SetEpoch, save_atomic
+    from pipeline.learn.model import build_model
 
     writer = processes is None or processes.index == 0
     directory = model_dir(args)
     image_size = train_batches.cube.layout.image_size
     with devices.distributed(where):
         if state["checkpoint"]:
-            model = _load(directory / state["checkpoint"])
+            model = load_model(directory / state["checkpoint"])
         else:
             model = build_model(args.model, image_size)
             model.compile(
@@ -277,27 +251,6 @@ def _fit(args: TrainArgs, processes: Processes | None, where: Any, state: dict[s
         model.fit(train_batches, validation_data=val_batches, epochs=args.epochs, initial_epoch=state["epochs_done"],
                   callbacks=callbacks, verbose=0, shuffle=False)  # fmt: skip
         save_atomic(model, directory / "model.keras", writer)
-
-
-def _load(path: Path) -> Any:
-    """A checkpoint or model, or a clear error when it is missing or damaged."""
-    import keras
-
-    try:
-        return keras.saving.load_model(path)
-    except (ValueError, OSError) as exc:
-        raise TrainingError(f"{path} cannot be loaded ({str(exc).splitlines()[0][:120]}); pass --restart to train "
-                            "anew") from None  # fmt: skip
-
-
-def epoch_line(epoch: int, epochs: int, logs: dict, seconds: float) -> str:
-    """``epoch 3/10  loss 0.5123  ...  (12.3 s)``: one finished epoch."""
-    parts = [f"epoch {epoch}/{epochs}"]
-    for key in ("loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc"):
-        if key in logs:
-            parts.append(f"{key} {float(logs[key]):.4f}")
-    rate = logs.get("images_per_second")
-    return "  ".join(parts) + f"  ({seconds:.1f} s" + (f", {rate:,.0f} train img/s)" if rate else ")")
 
 
 _shown_epochs: dict[Path, int] = {}

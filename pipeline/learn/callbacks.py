@@ -109,7 +109,7 @@ class Progress(EpochClock):
               f"  loss {loss:.4f}  {rate:,.0f} img/s", end="", file=sys.stderr, flush=True)  # fmt: skip
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        from pipeline.train import epoch_line
+        from pipeline.learn.modeldir import epoch_line
 
         if self.show:
             print(file=sys.stderr)

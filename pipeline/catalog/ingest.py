@@ -49,10 +49,11 @@ from dask import delayed
 from distributed import Client
 
 from cluster.client import compute
-from pipeline.catalog import (
+from pipeline.catalog.args import IngestArgs
+from pipeline.catalog.canonical import canonical_columns
+from pipeline.catalog.sources import (
     CatalogSource,
     Chunk,
-    canonical_columns,
     inspect_all,
     map_lines_hint,
     missing_lines_text,
@@ -60,7 +61,6 @@ from pipeline.catalog import (
     read_raw,
     rows_before,
 )
-from pipeline.config import IngestArgs
 from pipeline.errors import CatalogError
 from pipeline.stage import writing
 from storage.hats_catalog import (

@@ -21,11 +21,12 @@ from dask import delayed
 from distributed import Client
 
 from cluster.client import compute
-from pipeline import bpt, plots
-from pipeline.catalog import ERROR_COLUMNS, LINE_COLUMNS, map_lines_hint, missing_lines_text, nsa_v1_message
-from pipeline.config import LabelArgs
+from pipeline.catalog import bpt, bpt_plots
+from pipeline.catalog.args import LabelArgs
+from pipeline.catalog.schema import ERROR_COLUMNS, LINE_COLUMNS
+from pipeline.catalog.sources import map_lines_hint, missing_lines_text, nsa_v1_message
+from pipeline.catalog.splits import SPLITS, split_codes
 from pipeline.errors import CatalogError, WorkspaceError
-from pipeline.splits import SPLITS, split_codes
 from pipeline.stage import writing
 from storage.hats_catalog import (
     Written,
@@ -119,7 +120,7 @@ def _label_partition_file(source: Path, out: Path, order: int, pixel: int,
     rows = np.flatnonzero(problems == 0)
     counts = None  # the BPT plots' histograms: only when they are drawn
     if args.plots:
-        counts = plots.bpt_hist_counts(new["log_nii_ha"], new["log_oiii_hb"], new["label"])
+        counts = bpt_plots.bpt_hist_counts(new["log_nii_ha"], new["log_oiii_hb"], new["label"])
     if not rows.size:
         return summary, counts, None
     kept = _nan_for_null(table.take(pa.array(rows)).replace_schema_metadata(None), source)
@@ -259,8 +260,8 @@ def _label(args: LabelArgs, client: Client | None) -> Manifest:
     manifest.extra["problems_by_line"] = _by_line(dropped)
     manifest.outputs = {"labels": str(ws.labels), "format": "HATS (lsdb.open_catalog)", "partitions": len(written)}
     if args.plots and manifest.rows_out:
-        hist = plots.sum_counts([t[1] for t in tallies])
-        manifest.outputs["plots"] = [str(p) for p in plots.bpt_histograms(hist, ws.reports, args.scheme)]
+        hist = bpt_plots.sum_counts([t[1] for t in tallies])
+        manifest.outputs["plots"] = [str(p) for p in bpt_plots.bpt_histograms(hist, ws.reports, args.scheme)]
     manifest.finish()
     ws.write_manifest("label", manifest.to_dict())
     return manifest

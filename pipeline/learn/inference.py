@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from pipeline.dataset import dihedral
+from pipeline.learn.augment import dihedral
 from storage.cube import Cube
 
 

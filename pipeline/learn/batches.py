@@ -1,8 +1,5 @@
-"""Training data: which galaxies, and a batch reader over the image cube that keeps a device busy.
-
-Rows (:func:`select_rows`): cube status ``ok`` and label 0 (star-forming) or 1 (AGN); composites
-(label -1) are left out, or counted as AGN with ``composites="agn"``. The split comes from the
-labels (a hash of ``objid``, :mod:`pipeline.splits`).
+"""The batch reader over the image cube that keeps a device busy (the rows come from
+:func:`pipeline.learn.rows.select_rows`).
 
 The reader (:class:`CubeBatches`) never holds the cube in memory. Each epoch it reads the cube in
 contiguous blocks of rows (the fast way to read Zarr: see DESIGN.md), in a new random block order,
@@ -38,69 +35,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pipeline.errors import DataError, WorkspaceError
-from pipeline.splits import SPLITS
-from storage.cube import STATUS_CODES, Cube, open_cube
-from storage.tables import read_labels
-from storage.workspace import Workspace
-
-
-@dataclass(frozen=True)
-class Rows:
-    """The galaxies of one split: cube rows (ascending), labels (0 SF, 1 AGN) and ids."""
-
-    cube_row: np.ndarray
-    label: np.ndarray
-    objid: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.cube_row)
-
-    def counts(self) -> tuple[int, int]:
-        """(star-forming, AGN) rows."""
-        n_agn = int(self.label.sum())
-        return len(self) - n_agn, n_agn
-
-
-def select_rows(ws: Workspace, composites: str = "exclude") -> dict[str, Rows]:
-    """Per split, the labelled galaxies whose cutout is ``ok``. Checks that the cube belongs to the
-    labels' catalog (same ids at the same rows)."""
-    if not ws.cube.exists():
-        raise WorkspaceError(f"{ws.root} has no image cube; run `agnsurvey fetch --workspace {ws.root}` first")
-    labels = read_labels(ws, columns=["objid", "label", "split"])
-    cube = open_cube(ws.cube, mode="r")
-    rows = labels["cube_row"].to_numpy()
-    if rows.size and (rows.max() >= cube.layout.n or not np.array_equal(cube.objids()[rows], labels["objid"])):
-        raise WorkspaceError(
-            f"{ws.cube} holds another catalog's cutouts than {ws.labels}; run `agnsurvey fetch --workspace "
-            f"{ws.root} --restart`"
-        )
-    ok = cube.status_codes()[rows] == STATUS_CODES["ok"]
-    label = labels["label"].to_numpy().astype(np.int64)
-    if composites == "agn":
-        label = np.where(label == -1, 1, label)
-    keep = ok & (label >= 0)
-    out = {}
-    for name in SPLITS:
-        chosen = keep & (labels["split"].astype(str).to_numpy() == name)
-        out[name] = Rows(rows[chosen], label[chosen].astype(np.float32), labels["objid"].to_numpy()[chosen])
-    return out
-
-
-def dihedral(images: np.ndarray, k: int) -> np.ndarray:
-    """Transform ``k`` (0..7) of the square's symmetry group on (n, S, S, C) images: k % 4
-    quarter turns, then a left-right flip when k >= 4. Galaxies have no preferred orientation."""
-    out = np.rot90(images, k % 4, axes=(1, 2))
-    return out[:, :, ::-1] if k >= 4 else out
-
-
-def augment(images: np.ndarray, transforms: np.ndarray) -> np.ndarray:
-    """Each image i transformed by ``dihedral(·, transforms[i])``, in place where possible."""
-    for k in range(1, 8):
-        chosen = np.flatnonzero(transforms == k)
-        if chosen.size:
-            images[chosen] = dihedral(images[chosen], k)
-    return images
+from pipeline.errors import DataError
+from pipeline.learn.augment import augment
+from pipeline.learn.rows import Rows
+from storage.cube import Cube, open_cube
 
 
 @dataclass(frozen=True)
@@ -437,12 +375,3 @@ class _Stream:
             n -= len(part)
             parts.append(part)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
-def class_weights(rows: Rows, policy: str) -> tuple[float, float]:
-    """Weights of (SF, AGN): 1 each, or ``balanced``: n / (2 n_class), so both classes weigh the same."""
-    if policy != "balanced":
-        return 1.0, 1.0
-    n_sf, n_agn = rows.counts()
-    n = n_sf + n_agn
-    return n / (2 * max(n_sf, 1)), n / (2 * max(n_agn, 1))

@@ -44,7 +44,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, ClassVar, Literal, get_args, get_origin
 
 from pipeline import validate
 from pipeline.catalog.args import IngestArgs, LabelArgs
@@ -61,6 +61,8 @@ class ClusterConfig:
     """Where the Dask graphs run. ``spec``: local, local:N, local-cuda, slurm, tcp://host:port or a
     scheduler file; ``n_workers`` and ``threads_per_worker`` size a local cluster; ``slurm``: the
     ``[cluster.slurm]`` table (queue, account, walltime, cores, memory, processes, jobs, ...)."""
+
+    SECTION: ClassVar[str] = "cluster"  # its table in the TOML config
 
     spec: str = "local"
     n_workers: int | None = None
@@ -135,10 +137,10 @@ def run_args(
         raise ConfigError("run needs a workspace: give --workspace DIR or workspace = \"DIR\" in the config file")
     over = {name: {k: v for k, v in sections.get(name, {}).items() if v is not None} for name in RUN_STAGES}
     inputs = tuple(catalogs or ()) or tuple(raw.get("ingest", {}).get("inputs", ()))
-    sky = None if inputs else build(SkyArgs, raw, "sky", out=ws.root / "sky", **over["sky"])
+    sky = None if inputs else build(SkyArgs, raw, out=ws.root / "sky", **over["sky"])
     inputs = inputs or (str(ws.root / "sky" / "nsa_sky.fits"),)
-    ingest = build(IngestArgs, raw, "ingest", workspace=ws, **{**over["ingest"], "inputs": inputs})
-    label = build(LabelArgs, raw, "label", workspace=ws, **over["label"])
+    ingest = build(IngestArgs, raw, workspace=ws, **{**over["ingest"], "inputs": inputs})
+    label = build(LabelArgs, raw, workspace=ws, **over["label"])
     table = raw.get("fetch", {})
     fetch_over = dict(over["fetch"])
     if not (fetch_over.get("cutout_url") or table.get("cutout_url")):
@@ -146,13 +148,13 @@ def run_args(
     if fetch_over.get("cutout_url", table.get("cutout_url")) == OFFLINE_URL:
         fetch_over.setdefault("rate", table.get("rate", OFFLINE_RATE))
         fetch_over.setdefault("concurrency", table.get("concurrency", OFFLINE_CONCURRENCY))
-    fetch = build(FetchArgs, raw, "fetch", workspace=ws, **fetch_over)
-    train = build(TrainArgs, raw, "train", workspace=ws, **over["train"])
-    evaluate = build(EvaluateArgs, raw, "evaluate", workspace=ws, **{**over["evaluate"], "model": train.name})
+    fetch = build(FetchArgs, raw, workspace=ws, **fetch_over)
+    train = build(TrainArgs, raw, workspace=ws, **over["train"])
+    evaluate = build(EvaluateArgs, raw, workspace=ws, **{**over["evaluate"], "model": train.name})
     scored = None
     if score if score is not None else "score" in raw:
         model = str(ws.models / train.name)
-        scored = build(ScoreArgs, raw, "score", workspace=ws, **{**over["score"], "model": model, "fetch": fetch})
+        scored = build(ScoreArgs, raw, workspace=ws, **{**over["score"], "model": model, "fetch": fetch})
         if scored.inputs and not scored.images and fetch.cutout_url == OFFLINE_URL:
             raise ConfigError("score.inputs with the offline sky server: it serves only the run's own catalog; "
                               "give fetch.cutout_url, or score.images for local files")  # fmt: skip
@@ -164,28 +166,20 @@ def run_args(
                    "score"), restart=bool(restart))  # fmt: skip
 
 
-SECTIONS: dict[str, type] = {
-    "cluster": ClusterConfig,
-    "sky": SkyArgs,
-    "ingest": IngestArgs,
-    "label": LabelArgs,
-    "fetch": FetchArgs,
-    "train": TrainArgs,
-    "evaluate": EvaluateArgs,
-    "score": ScoreArgs,
-}
+ARGUMENTS: tuple[type, ...] = (ClusterConfig, SkyArgs, IngestArgs, LabelArgs, FetchArgs, TrainArgs, EvaluateArgs,
+                                ScoreArgs)  # fmt: skip
+SECTIONS: dict[str, type] = {cls.SECTION: cls for cls in ARGUMENTS}  # each class names its own table
 TOP_LEVEL_KEYS = {"workspace"}
 RUN_TABLE = {"until": str}  # [run]: the last stage `agnsurvey run` executes
-INTERNAL_KEYS = {"workspace", "out", "fetch"}  # set by the command line or from other tables
-
-
 SELF_CHECKED_TABLES = {"serve"}  # validated by its own builder (pipeline.synthetic.server_config.build_server_config)
 
 
-RENAMED_KEYS = {
-    "ingest.shard_rows": " (renamed: the catalog is a HATS catalog now, cut into HEALPix partitions of at most "
-    "ingest.max_rows rows)",
-}
+def file_keys(cls: type) -> dict[str, Any]:
+    """The keys a config file may set in ``cls``'s table, with their types: its fields, less
+    ``workspace`` (top level) and those the class says are set elsewhere (``INTERNAL``)."""
+    internal = {"workspace", *getattr(cls, "INTERNAL", ())}
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name not in internal}
 
 
 def load_config(path: Path | str | None) -> dict[str, Any]:
@@ -205,13 +199,13 @@ def load_config(path: Path | str | None) -> dict[str, Any]:
         if key in SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(f"{path}: [{key}] must be a table")
-            hints = typing.get_type_hints(SECTIONS[key])
+            hints = file_keys(SECTIONS[key])
             for sub, subvalue in value.items():
-                if sub not in hints or sub in INTERNAL_KEYS:
-                    allowed = sorted(set(hints) - INTERNAL_KEYS)
-                    renamed = RENAMED_KEYS.get(f"{key}.{sub}", "")
+                if sub not in hints:
+                    renamed = getattr(SECTIONS[key], "RENAMED", {}).get(sub)
+                    renamed = f" (renamed: {renamed})" if renamed else ""
                     raise ConfigError(f"{path}: unknown key {key}.{sub}{renamed}; known keys of [{key}]: "
-                                      f"{', '.join(allowed)}")  # fmt: skip
+                                      f"{', '.join(sorted(hints))}")  # fmt: skip
                 _check_type(f"{key}.{sub}", subvalue, hints[sub], path)
         elif key == "run":
             if not isinstance(value, dict) or set(value) - set(RUN_TABLE) or not all(map(_is_str, value.values())):
@@ -274,12 +268,13 @@ def _describe(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
-def build(cls: type, raw: Mapping[str, Any], section: str, **overrides: Any) -> Any:
-    """Construct a stage's argument dataclass from the config's ``[section]`` table plus CLI values.
+def build(cls: type, raw: Mapping[str, Any], section: str | None = None, **overrides: Any) -> Any:
+    """Construct a stage's argument dataclass from the config's ``[section]`` table (default: the
+    class's own, ``cls.SECTION``) plus CLI values.
 
     Command-line values that are None (flag not given) leave the file's or the default value.
     """
-    values = dict(raw.get(section, {}))
+    values = dict(raw.get(section or cls.SECTION, {}))
     if "workspace" in {f.name for f in dataclasses.fields(cls)} and "workspace" in raw:
         values.setdefault("workspace", raw["workspace"])
     for key, value in overrides.items():

@@ -16,7 +16,6 @@ the cutout settings). Labelling may change: it never invalidates a cutout.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -28,33 +27,39 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.catalog import ingest, label
 from pipeline.catalog.args import IngestArgs, LabelArgs
-from pipeline.catalog.label import parameters as label_parameters
 from pipeline.catalog.sources import file_stats
 from pipeline.config import OFFLINE_URL, RunArgs
 from pipeline.errors import WorkspaceError
+from pipeline.images import fetch
 from pipeline.images.args import FetchArgs
-from pipeline.stage import Report, writing
+from pipeline.learn import evaluate, train
+from pipeline.score import score
+from pipeline.stage import Report, Step, writing
+from pipeline.synthetic import catalog as sky
 from pipeline.synthetic.args import SkyArgs
 from pipeline.synthetic.catalog import SKY_FITS, SKY_MANIFEST
-from storage.hats_catalog import is_hats
-from storage.manifest import Manifest, file_checksum, read_manifest
+from storage.manifest import Manifest, read_manifest
 from storage.workspace import Workspace
+
+STEPS: dict[str, Step] = {step.name: step for step in (sky.STEP, ingest.STEP, label.STEP, fetch.STEP, train.STEP,
+                                                      evaluate.STEP, score.STEP)}  # fmt: skip
 
 Inputs = dict[str, dict[str, Any]]
 
 
-def run_inputs(sky: SkyArgs | None, ingest: IngestArgs, label: LabelArgs, fetch: FetchArgs) -> Inputs:
+def run_inputs(sky_args: SkyArgs | None, ingest_args: IngestArgs, label_args: LabelArgs,
+               fetch_args: FetchArgs) -> Inputs:  # fmt: skip
     """What a run's outputs depend on, one table per part: the source (offline sky or catalog
     files), and the ingest, label and cube settings (not politeness or the service's address)."""
-    source = {"n": sky.n, "seed": sky.seed} if sky else file_stats(ingest.inputs)
+    source = {"n": sky_args.n, "seed": sky_args.seed} if sky_args else file_stats(ingest_args.inputs)
     return {
         "source": source,
-        "ingest": {k: getattr(ingest, k) for k in ("columns", "radius_column", "format", "hdu", "id_kind")},
-        "label": label_parameters(label),
-        "cube": {k: getattr(fetch, k) for k in ("layer", "size", "image_size", "radius_scale", "shard_images",
-                                               "inner_images")} | {"pixscale_bounds": list(fetch.pixscale_bounds)},
-    }  # fmt: skip
+        "ingest": ingest.order_settings(ingest_args),
+        "label": label.parameters(label_args),
+        "cube": fetch.cube_settings(fetch_args),
+    }
 
 
 def check_run_inputs(ws: Workspace, inputs: Inputs, restart: bool) -> None:
@@ -120,124 +125,78 @@ def _inputs_from_manifests(ws: Workspace) -> Inputs | None:
 
 @dataclass
 class StageRun:
-    """What one stage of a run did: ran it (``manifest``) or found it current (``why`` says so)."""
+    """What one stage of a run did: ran it (``manifest``) or found it current (``why`` says so);
+    ``result``, ``images`` and ``rows``: what its manifest says, for the run's table (a phrase, the
+    images it holds, its rows out)."""
 
     name: str
     ran: bool
     manifest: Manifest | None
     seconds: float
     why: str = ""
-
-
-POLITENESS = ("cutout_url", "concurrency", "rate", "retries", "timeout_s", "deadline_s", "give_up_window",
-              "give_up_fraction", "restart")  # fmt: skip
+    result: str = ""
+    images: int | None = None
+    rows: int | None = None
 
 
 def run_pipeline(args: RunArgs, client: Any = None, report: Report | None = None) -> list[StageRun]:
     """Run ``args.stages`` in order on ``client`` (None: in this process), skipping current ones;
     ``report(stage, manifest)`` is called as each stage finishes (the CLI prints a summary)."""
     ws = args.workspace
-    report = report or (lambda stage, manifest: None)
     kept = "every stage that finished is complete; the one that was running kept its previous output"
     with writing(ws, "run", "run", kept=kept), ExitStack() as stack:
         check_run_inputs(ws, run_inputs(args.sky, args.ingest, args.label, args.fetch), restart=args.restart)
-        pipeline = _Pipeline(args, client, report, stack)
+        pipeline = _Pipeline(args, client, report or (lambda stage, manifest: None), stack)
         return [pipeline.stage(name) for name in args.stages]
 
 
 class _Pipeline:
-    """The state of one run: the chain of fingerprints, the offline server (started when needed)."""
+    """The state of one run (the :class:`~pipeline.stage.RunContext` its stages see): the chain of
+    fingerprints, what run.json recorded, the offline server (started when a stage needs it)."""
 
     def __init__(self, args: RunArgs, client: Any, report: Report, stack: ExitStack):
-        self.args, self.client, self.report, self.stack = args, client, report, stack
-        self.ws = args.workspace
-        self.recorded: dict[str, dict] = (self.ws.read_manifest("run") or {}).get("stages", {})
+        self.args, self.client, self._report, self.stack = args, client, report, stack
+        self.workspace = args.workspace
+        self.recorded: dict[str, dict] = (self.workspace.read_manifest("run") or {}).get("stages", {})
         self.upstream = ""  # the token of the stage before: its fingerprint and when its output was made
         self.server_url = ""
 
     def stage(self, name: str) -> StageRun:
-        settings, tokens = getattr(self, f"_{name}_settings")()
+        """Ask the stage's step whether its output is current for these settings; run it if not."""
+        step, stage_args = STEPS[name], getattr(self.args, name)
+        settings, tokens = step.settings(stage_args, self)
         fingerprint = _digest({"settings": settings, "upstream": tokens})
         before = self.recorded.get(name, {})
-        made = self.ws.read_manifest(manifest_name(self.args, name)) or {}
+        made = self.workspace.read_manifest(step.manifest_name(stage_args)) or {}
         current = (before.get("fingerprint") == fingerprint and before.get("started_at") == made.get("started_at")
-                   and getattr(self, f"_{name}_complete")(made))  # fmt: skip
+                   and step.complete(stage_args, self, made))  # fmt: skip
         if current:
             self.upstream = _digest([fingerprint, before.get("started_at")])
-            return StageRun(name, False, None, 0.0, "current: same inputs and settings, outputs complete")
+            return StageRun(name, False, None, 0.0, "current: same inputs and settings, outputs complete",
+                            *step.describe(made))  # fmt: skip
         started = time.monotonic()
         if before.get("attempt") == fingerprint:  # an earlier attempt of these settings was cut short: continue it
             before = {}
         else:
             self._record(name, {**before, "attempt": fingerprint})
-        manifest = getattr(self, f"_{name}")(before, fingerprint, tokens)
-        self.report(name if name != "sky" else "sky make", manifest)
+        manifest = step.execute(stage_args, self, before, fingerprint, tokens)
+        self.report(step.title or name, manifest)
         seconds = time.monotonic() - started
         if not manifest.unfinished:
             self._record(name, {"fingerprint": fingerprint, "started_at": manifest.started_at,
                                 "settings": settings, "upstream": tokens})  # fmt: skip
         self.upstream = _digest([fingerprint, manifest.started_at])
-        return StageRun(name, True, manifest, seconds)
+        return StageRun(name, True, manifest, seconds, "", *step.describe(manifest.to_dict()))
+
+    def report(self, stage: str, manifest: Manifest) -> None:
+        self._report(stage, manifest)
 
     def _record(self, name: str, entry: dict) -> None:
         self.recorded[name] = json.loads(json.dumps(entry, default=str))
-        run = self.ws.read_manifest("run") or {}
-        self.ws.write_manifest("run", {**run, "stages": self.recorded})
+        run = self.workspace.read_manifest("run") or {}
+        self.workspace.write_manifest("run", {**run, "stages": self.recorded})
 
-    # --- what each stage depends on, whether its output is complete, and running it
-
-    def _sky_settings(self) -> tuple[dict, list]:
-        return {"n": self.args.sky.n, "seed": self.args.sky.seed}, []
-
-    def _sky_complete(self, made: dict) -> bool:
-        return (self.args.sky.out / SKY_FITS).exists()
-
-    def _sky(self, before: dict, fingerprint: str, tokens: list) -> Manifest:
-        from pipeline.synthetic.catalog import make_sky
-
-        manifest = make_sky(self.args.sky, client=self.client)
-        self.ws.write_manifest("sky", manifest.to_dict())
-        return manifest
-
-    def _ingest_settings(self) -> tuple[dict, list]:
-        a = self.args.ingest
-        return {k: getattr(a, k) for k in ("columns", "radius_column", "format", "hdu", "id_kind")}, [
-            file_stats(a.inputs),
-            self.upstream,
-        ]
-
-    def _ingest_complete(self, made: dict) -> bool:
-        return is_hats(self.ws.catalog)  # a catalog from before tables were HATS is ingested again
-
-    def _ingest(self, before: dict, fingerprint: str, tokens: list) -> Manifest:
-        from pipeline.catalog.ingest import ingest
-
-        return ingest(self.args.ingest, client=self.client)
-
-    def _label_settings(self) -> tuple[dict, list]:
-        return label_parameters(self.args.label), [self.upstream]
-
-    def _label_complete(self, made: dict) -> bool:
-        return is_hats(self.ws.labels)
-
-    def _label(self, before: dict, fingerprint: str, tokens: list) -> Manifest:
-        from pipeline.catalog.label import label
-
-        return label(self.args.label, client=self.client)
-
-    def _fetch_settings(self) -> tuple[dict, list]:
-        f = self.args.fetch
-        return {k: v for k, v in dataclasses.asdict(f).items() if k not in POLITENESS + ("workspace",)}, [self.upstream]
-
-    def _fetch_complete(self, made: dict) -> bool:
-        return self.ws.cube.exists() and not made.get("unfinished")
-
-    def _fetch(self, before: dict, fingerprint: str, tokens: list) -> Manifest:
-        from pipeline.images.fetch import fetch
-
-        return fetch(dataclasses.replace(self.args.fetch, cutout_url=self._cutout_url()), client=self.client)
-
-    def _cutout_url(self) -> str:
+    def cutout_url(self) -> str:
         """The run's cutout service: the configured one, or an offline sky server for its catalog."""
         if self.args.fetch.cutout_url != OFFLINE_URL:
             return self.args.fetch.cutout_url
@@ -252,70 +211,11 @@ class _Pipeline:
             self.server_url = server.url
         return self.server_url
 
-    def _train_settings(self) -> tuple[dict, list]:
-        from pipeline.learn.train import RESUMABLE, data_fingerprint
-
-        a = self.args.train
-        ignored = {"workspace", *RESUMABLE} - {"epochs"}  # devices, readers, ...: the same model, sooner or later
-        settings = {k: v for k, v in dataclasses.asdict(a).items() if k not in ignored}
-        return settings, [data_fingerprint(a)]  # the data's content: an identical relabel retrains nothing
-
-    def _train_complete(self, made: dict) -> bool:
-        return (self.ws.models / self.args.train.name / "model.keras").exists()
-
-    def _train(self, before: dict, fingerprint: str, tokens: list) -> Manifest:
-        from pipeline.learn.train import train
-
-        def but_epochs(settings: dict) -> dict:
-            return {k: v for k, v in settings.items() if k != "epochs"}
-
-        now = self._train_settings()[0]
-        other = bool(before) and (but_epochs(before.get("settings") or {}) != but_epochs(now)
-                                  or before.get("upstream") != json.loads(json.dumps(tokens)))  # fmt: skip
-        if other:  # this run trained it with other settings or data: the config changed, so train anew
-            print(f"\ntrain: settings or data changed since {self.ws.models / self.args.train.name} was trained; "
-                  "training anew")  # fmt: skip
-        return train(dataclasses.replace(self.args.train, restart=bool(other)))
-
-    def _evaluate_settings(self) -> tuple[dict, list]:
-        e = self.args.evaluate
-        return {"policy": e.threshold_policy, "tta": e.tta}, [self.upstream, _model_checksum(self.ws, e.model)]
-
-    def _evaluate_complete(self, made: dict) -> bool:
-        return (self.ws.models / self.args.evaluate.model / "threshold.json").exists()
-
-    def _evaluate(self, before: dict, fingerprint: str, tokens: list) -> Manifest:
-        from pipeline.learn.evaluate import evaluate
-
-        return evaluate(self.args.evaluate)
-
-    def _score_settings(self) -> tuple[dict, list]:
-        s = self.args.score
-        speed = ("workspace", "fetch", "restart", "batch_size")  # these change no score
-        settings = {k: v for k, v in dataclasses.asdict(s).items() if k not in speed}
-        return settings, [self.upstream, self.recorded.get("fetch", {}).get("started_at")]
-
-    def _score_complete(self, made: dict) -> bool:
-        return self.ws.scores.exists() and not made.get("unfinished")
-
-    def _score(self, before: dict, fingerprint: str, tokens: list) -> Manifest:
-        from pipeline.score.score import score
-
-        fetch = dataclasses.replace(self.args.fetch, cutout_url=self._cutout_url())
-        changed = bool(before) and before.get("fingerprint") != fingerprint  # another model, threshold or data
-        args = dataclasses.replace(self.args.score, fetch=fetch, restart=changed)
-        return score(args, client=self.client, report=self.report)
-
 
 def manifest_name(args: RunArgs, stage: str) -> str:
     """The name of the manifest ``stage`` writes in ``WS/manifests/`` (train's names its model)."""
-    return f"train-{args.train.name}" if stage == "train" else stage
+    return STEPS[stage].manifest_name(getattr(args, stage))
 
 
 def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _model_checksum(ws: Workspace, name: str) -> str:
-    path = ws.models / name / "model.keras"
-    return file_checksum(path) if path.exists() else ""

@@ -1,11 +1,14 @@
-"""What every stage does around its work: hold the writer's lock of its output, and turn Ctrl-C
-into one clear :class:`~pipeline.errors.Interrupted` that says what was kept."""
+"""What every stage shares: it holds the writer's lock of its output and turns Ctrl-C into one clear
+:class:`~pipeline.errors.Interrupted` that says what was kept (:func:`writing`); and it tells
+``agnsurvey run`` when its output is current and how to run it (:class:`Step`), so the run asks
+the stages instead of knowing them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from pipeline.errors import Interrupted, WorkspaceError
 from storage.manifest import Manifest
@@ -48,3 +51,52 @@ def locked(ws: Workspace, output: str, shared: bool = False) -> Iterator[None]:
         if held:  # refused inside the block, by another lock: not ours to translate
             raise
         raise WorkspaceError(str(exc)) from None
+
+
+class RunContext(Protocol):
+    """What a stage's :class:`Step` may ask of the ``agnsurvey run`` it is part of."""
+
+    workspace: Workspace
+    client: Any  # the cluster's Dask client (None: in this process)
+    upstream: str  # a token of the stage before: its fingerprint and when its output was made
+    recorded: Mapping[str, dict]  # per stage, what run.json holds of its last complete run
+
+    def report(self, stage: str, manifest: Manifest) -> None:
+        """Tell the user (the CLI prints a summary) that ``stage`` finished."""
+
+    def cutout_url(self) -> str:
+        """The run's cutout service: the configured one, or an offline sky server started for it."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """How ``agnsurvey run`` drives one stage, as the stage's module defines it (its ``STEP``).
+
+    ``settings(args, run)`` → (settings, upstream tokens): what the stage's output depends on; the
+    run fingerprints both, and a stage whose fingerprint and manifest match its last complete run
+    is skipped if ``complete(args, run, made)`` (``made``: the manifest the stage wrote) says its
+    output is whole. ``execute(args, run, before, fingerprint, tokens)`` runs it and returns its
+    manifest (``before``: run.json's entry of its last complete run; ``{}`` when there is none or
+    an attempt with these settings was cut short). ``manifest(args)`` names the manifest it writes
+    in ``WS/manifests/`` (default: ``name``); ``title`` is its name in reports; ``result(m)`` is one
+    phrase of its manifest ``m`` for the run's table, and ``images`` says that ``m`` counts images.
+    ``args`` is the stage's own argument object (:class:`~pipeline.catalog.args.IngestArgs`, ...).
+    """
+
+    name: str
+    settings: Callable[[Any, RunContext], tuple[dict, list]]
+    complete: Callable[[Any, RunContext, dict], bool]
+    execute: Callable[[Any, RunContext, dict, str, list], Manifest]
+    manifest: Callable[[Any], str] | None = None
+    title: str = ""
+    result: Callable[[dict], str] | None = None
+    images: bool = False
+
+    def manifest_name(self, args: Any) -> str:
+        return self.manifest(args) if self.manifest else self.name
+
+    def describe(self, manifest: Mapping[str, Any]) -> tuple[str, int | None, int | None]:
+        """(result phrase, images ok, rows out) of one of this stage's manifests, for the run's table."""
+        images = manifest.get("extra", {}).get("status", {}).get("ok") if self.images else None
+        rows = manifest.get("rows_out")
+        return (self.result(manifest) if self.result else ""), images, rows if isinstance(rows, int) else None

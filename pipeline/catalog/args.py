@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pipeline import validate
 from pipeline.catalog.schema import CANONICAL_COLUMNS, ID_KINDS, SCHEMES, IdKind, Scheme
@@ -26,6 +26,11 @@ class IngestArgs:
     text (``source_id``, hashed into ``objid``), ``int`` requires exact integers, ``auto`` goes by
     the column's type.
     """
+
+    SECTION: ClassVar[str] = "ingest"  # its table in the TOML config
+    RENAMED: ClassVar[Mapping[str, str]] = {  # old keys, and what became of them
+        "shard_rows": "the catalog is a HATS catalog now, cut into HEALPix partitions of at most ingest.max_rows rows",
+    }
 
     workspace: Workspace
     inputs: tuple[str, ...]
@@ -66,6 +71,8 @@ class LabelArgs:
     ``min_snr``: every one of the four lines needs flux/err >= min_snr (None: no S/N cut).
     ``split``: train / val / test fractions, assigned by a hash of ``objid``.
     """
+
+    SECTION: ClassVar[str] = "label"  # its table in the TOML config
 
     workspace: Workspace
     scheme: Scheme = "paper"

@@ -54,6 +54,7 @@ from pipeline.catalog.canonical import canonical_columns
 from pipeline.catalog.sources import (
     CatalogSource,
     Chunk,
+    file_stats,
     inspect_all,
     map_lines_hint,
     missing_lines_text,
@@ -62,10 +63,11 @@ from pipeline.catalog.sources import (
     rows_before,
 )
 from pipeline.errors import CatalogError
-from pipeline.stage import writing
+from pipeline.stage import Step, writing
 from storage.hats_catalog import (
     Written,
     finish_catalog,
+    is_hats,
     pixel_path,
     preload_hats,
     write_partition,
@@ -464,3 +466,22 @@ def parameters(args: IngestArgs) -> dict:
 def partitioning_digest(partitions: list[tuple[int, int]]) -> str:
     """SHA-256 of the partition list: outputs keyed by partition (scores) must match it."""
     return hashlib.sha256(json.dumps(sorted(partitions)).encode()).hexdigest()
+
+
+ORDER_SETTINGS = ("columns", "radius_column", "format", "hdu", "id_kind")  # what decides the rows and their order
+
+
+def order_settings(args: IngestArgs) -> dict:
+    """The settings the catalog's rows and their order (hence ``cube_row``) depend on; not how rows
+    are cut into partitions or read in chunks."""
+    return {k: getattr(args, k) for k in ORDER_SETTINGS}
+
+
+# --- as a stage of `agnsurvey run` ------------------------------------------------------------------
+
+STEP = Step(
+    "ingest",
+    settings=lambda args, run: (order_settings(args), [file_stats(args.inputs), run.upstream]),
+    complete=lambda args, run, made: is_hats(args.workspace.catalog),  # a catalog from before HATS: ingested again
+    execute=lambda args, run, before, fingerprint, tokens: ingest(args, client=run.client),
+)

@@ -27,11 +27,12 @@ from pipeline.catalog.schema import ERROR_COLUMNS, LINE_COLUMNS
 from pipeline.catalog.sources import map_lines_hint, missing_lines_text, nsa_v1_message
 from pipeline.catalog.splits import SPLITS, split_codes
 from pipeline.errors import CatalogError, WorkspaceError
-from pipeline.stage import writing
+from pipeline.stage import Step, writing
 from storage.hats_catalog import (
     Written,
     check_table,
     finish_catalog,
+    is_hats,
     partition_files,
     pixel_path,
     preload_hats,
@@ -281,3 +282,14 @@ def _by_line(dropped: pd.Series) -> dict[str, int]:
 def parameters(args: LabelArgs) -> dict:
     """The settings the labels depend on, as the manifest records them."""
     return {"scheme": args.scheme, "min_snr": args.min_snr, "split": list(args.split)}
+
+
+# --- as a stage of `agnsurvey run` ------------------------------------------------------------------
+
+STEP = Step(
+    "label",
+    settings=lambda args, run: (parameters(args), [run.upstream]),
+    complete=lambda args, run, made: is_hats(args.workspace.labels),
+    execute=lambda args, run, before, fingerprint, tokens: label(args, client=run.client),
+    result=lambda m: ", ".join(f"{k} {v:,}" for k, v in (m.get("extra", {}).get("classes") or {}).items()),
+)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import ClassVar, Literal, get_args
 
 from pipeline import validate
 from pipeline.errors import ConfigError
@@ -29,6 +29,8 @@ class FetchArgs:
     rows to request: ``labelled`` (those in ``WS/labels/``), ``all``, or ``auto`` (labelled when
     labels exist, else all); the others stay pending. ``restart`` discards an existing cube.
     """
+
+    SECTION: ClassVar[str] = "fetch"  # its table in the TOML config
 
     workspace: Workspace
     cutout_url: str

@@ -21,6 +21,7 @@ rows not done stay ``pending``, and the manifest's ``unfinished`` says why and w
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -37,7 +38,7 @@ from pipeline.errors import FetchError, Interrupted, WorkspaceError
 from pipeline.images.args import FetchArgs
 from pipeline.images.client import PENDING, ClientSettings, FailureWindow, fetch_many, probe, run_async
 from pipeline.images.requests import check_cutout_url, cutout_url, pixscale_for
-from pipeline.stage import locked, writing
+from pipeline.stage import RunContext, Step, locked, writing
 from storage.cube import (
     FINAL_CODES,
     STATUS_CODES,
@@ -398,3 +399,29 @@ def _parameters(args: FetchArgs) -> dict:
         "give_up_window": args.give_up_window,
         "give_up_fraction": args.give_up_fraction,
     }
+
+
+# --- as a stage of `agnsurvey run` ------------------------------------------------------------------
+
+POLITENESS = ("cutout_url", "concurrency", "rate", "retries", "timeout_s", "deadline_s", "give_up_window",
+              "give_up_fraction", "restart")  # how the cutouts are asked for: no pixel depends on these  # fmt: skip
+
+
+def cube_settings(args: FetchArgs) -> dict:
+    """The settings a cube's pixels and layout depend on (a cube made with others is another cube)."""
+    keys = ("layer", "size", "image_size", "radius_scale", "shard_images", "inner_images")
+    return {k: getattr(args, k) for k in keys} | {"pixscale_bounds": list(args.pixscale_bounds)}
+
+
+def _fetch_for_run(args: FetchArgs, run: RunContext, before: dict, fingerprint: str, tokens: list) -> Manifest:
+    return fetch(dataclasses.replace(args, cutout_url=run.cutout_url()), client=run.client)
+
+
+STEP = Step(
+    "fetch",
+    settings=lambda args, run: ({k: v for k, v in dataclasses.asdict(args).items()
+                                 if k not in (*POLITENESS, "workspace")}, [run.upstream]),  # fmt: skip
+    complete=lambda args, run, made: args.workspace.cube.exists() and not made.get("unfinished"),
+    execute=_fetch_for_run,
+    images=True,
+)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import ClassVar, Literal, get_args
 
 from pipeline import validate
 from pipeline.errors import ConfigError
@@ -35,6 +35,8 @@ class TrainArgs:
     threads read ahead; ``prefetch`` batches wait ready. ``seed`` fixes initial weights, data
     order and augmentation. ``restart`` discards an existing model directory.
     """
+
+    SECTION: ClassVar[str] = "train"  # its table in the TOML config
 
     workspace: Workspace
     model: str = "paper"
@@ -82,6 +84,8 @@ class EvaluateArgs:
     (max balanced accuracy), ``youden`` (max TPR - FPR), ``f1`` (max F1), ``purity:P`` (lowest
     threshold whose AGN precision >= P), ``fixed:T``. ``tta``: average the 8 flips/rotations.
     """
+
+    SECTION: ClassVar[str] = "evaluate"  # its table in the TOML config
 
     workspace: Workspace
     model: str = "paper"

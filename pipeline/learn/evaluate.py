@@ -21,7 +21,7 @@ from pipeline.errors import DataError, WorkspaceError
 from pipeline.learn import metrics, plots
 from pipeline.learn.args import EvaluateArgs, parse_policy
 from pipeline.learn.rows import Rows, select_rows
-from pipeline.stage import locked, writing
+from pipeline.stage import RunContext, Step, locked, writing
 from storage.cube import open_cube
 from storage.manifest import Manifest, atomic_file, file_checksum, write_json_atomic
 
@@ -267,3 +267,32 @@ def report_markdown(result: dict[str, Any], figures: dict[str, Path]) -> str:
     ]
     lines += [f"![{name}]({path.name})" for name, path in figures.items()]
     return "\n".join(lines) + "\n"
+
+
+# --- as a stage of `agnsurvey run` ------------------------------------------------------------------
+
+
+def _run_settings(args: EvaluateArgs, run: RunContext) -> tuple[dict, list]:
+    """The threshold policy and TTA, and the model's checksum: a retrained model is evaluated again."""
+    path = args.workspace.models / args.model / "model.keras"
+    checksum = file_checksum(path) if path.exists() else ""
+    return {"policy": args.threshold_policy, "tta": args.tta}, [run.upstream, checksum]
+
+
+def _result(manifest: dict) -> str:
+    extra = manifest.get("extra", {})
+    test, paper = extra.get("test") or {}, extra.get("paper") or {}
+    if not test:
+        return ""
+    return (f"test AUC {test.get('roc_auc', 0):.3f} (paper {paper.get('roc_auc', '?')}), accuracy "
+            f"{test.get('accuracy', 0):.3f} (paper {paper.get('accuracy', '?')}), threshold "
+            f"{extra.get('threshold', 0):.3f}")  # fmt: skip
+
+
+STEP = Step(
+    "evaluate",
+    settings=_run_settings,
+    complete=lambda args, run, made: (args.workspace.models / args.model / "threshold.json").exists(),
+    execute=lambda args, run, before, fingerprint, tokens: evaluate(args),
+    result=_result,
+)

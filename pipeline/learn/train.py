@@ -37,7 +37,7 @@ from cluster.devices import DeviceError, Processes
 from pipeline.errors import DataError, TrainingError, WorkspaceError
 from pipeline.learn.args import TrainArgs
 from pipeline.learn.modeldir import TRAINED_ON, epoch_line, load_model, model_dir, read_json, read_state
-from pipeline.stage import writing
+from pipeline.stage import RunContext, Step, writing
 from storage.manifest import Manifest, atomic_file, write_json_atomic
 
 MIN_ROWS_PER_CLASS = 5  # in each of train and val: fewer cannot train or measure anything
@@ -307,6 +307,47 @@ def _process_main(payload: str) -> int:
         sys.stderr.flush()
         os._exit(1)
     return 0
+
+
+# --- as a stage of `agnsurvey run` ------------------------------------------------------------------
+
+
+def _run_settings(args: TrainArgs, run: RunContext) -> tuple[dict, list]:
+    """The model's settings (not those a resumed run may change, but ``epochs``: more continue), and
+    its data's content: an identical relabel retrains nothing."""
+    ignored = {"workspace", *RESUMABLE} - {"epochs"}  # devices, readers, ...: the same model, sooner or later
+    settings = {k: v for k, v in dataclasses.asdict(args).items() if k not in ignored}
+    return settings, [data_fingerprint(args)]
+
+
+def _train_for_run(args: TrainArgs, run: RunContext, before: dict, fingerprint: str, tokens: list) -> Manifest:
+    """Resume or continue the run's model; train anew if this run trained it with other settings or data."""
+
+    def but_epochs(settings: dict) -> dict:
+        return {k: v for k, v in settings.items() if k != "epochs"}
+
+    now = _run_settings(args, run)[0]
+    other = bool(before) and (but_epochs(before.get("settings") or {}) != but_epochs(now)
+                              or before.get("upstream") != json.loads(json.dumps(tokens)))  # fmt: skip
+    if other:  # this run trained it with other settings or data: the config changed, so train anew
+        print(f"\ntrain: settings or data changed since {model_dir(args)} was trained; training anew")
+    return train(dataclasses.replace(args, restart=bool(other)))
+
+
+def _result(manifest: dict) -> str:
+    extra = manifest.get("extra", {})
+    final = extra.get("final") or {}
+    return f"{extra.get('epochs_done')} epochs, val AUC {final['val_auc']:.3f}" if "val_auc" in final else ""
+
+
+STEP = Step(
+    "train",
+    settings=_run_settings,
+    complete=lambda args, run, made: (model_dir(args) / "model.keras").exists(),
+    execute=_train_for_run,
+    manifest=lambda args: f"train-{args.name}",
+    result=_result,
+)
 
 
 if __name__ == "__main__":

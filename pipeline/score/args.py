@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pipeline import validate
 from pipeline.catalog.schema import CANONICAL_COLUMNS, ID_KINDS, IdKind
@@ -27,6 +27,9 @@ class ScoreArgs:
     on a GPU, 256 on a CPU). ``tta``: average the 8 flips/rotations. ``restart``: discard earlier
     scores (needed to score with another model, threshold or catalog).
     """
+
+    SECTION: ClassVar[str] = "score"  # its table in the TOML config
+    INTERNAL: ClassVar[tuple[str, ...]] = ("fetch",)  # built from the [fetch] table
 
     workspace: Workspace
     model: str

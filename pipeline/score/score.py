@@ -63,7 +63,7 @@ from pipeline.score.sources import (
     prepare_source,
     scoring_workspace,
 )
-from pipeline.stage import Report, locked, writing
+from pipeline.stage import Report, RunContext, Step, locked, writing
 from storage.cube import open_cube, status_rank
 from storage.hats_catalog import (
     DATASET,
@@ -248,3 +248,32 @@ def _finish(manifest: Manifest, args: ScoreArgs, model: ModelInfo, frame: pd.Dat
     manifest.finish()
     ws.write_manifest("score", manifest.to_dict())
     return manifest
+
+
+# --- as a stage of `agnsurvey run` ------------------------------------------------------------------
+
+SPEED = ("workspace", "fetch", "restart", "batch_size")  # how fast scores are made: no score depends on these
+
+
+def _score_for_run(args: ScoreArgs, run: RunContext, before: dict, fingerprint: str, tokens: list) -> Manifest:
+    """Score with the run's cutout service; earlier scores of another model, threshold or data are
+    replaced (the config changed)."""
+    fetch = dataclasses.replace(args.fetch, cutout_url=run.cutout_url())
+    changed = bool(before) and before.get("fingerprint") != fingerprint
+    return score(dataclasses.replace(args, fetch=fetch, restart=changed), client=run.client, report=run.report)
+
+
+def _result(manifest: dict) -> str:
+    labels = manifest.get("extra", {}).get("labels") or {}
+    return f"{labels.get('agn', 0):,} AGN, {labels.get('sf', 0):,} SF" if labels else ""
+
+
+STEP = Step(
+    "score",
+    settings=lambda args, run: ({k: v for k, v in dataclasses.asdict(args).items() if k not in SPEED},
+                                [run.upstream, run.recorded.get("fetch", {}).get("started_at")]),  # fmt: skip
+    complete=lambda args, run, made: args.workspace.scores.exists() and not made.get("unfinished"),
+    execute=_score_for_run,
+    result=_result,
+    images=True,
+)

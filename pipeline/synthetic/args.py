@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pipeline import validate
 from pipeline.errors import ConfigError
@@ -14,6 +14,9 @@ from pipeline.errors import ConfigError
 class SkyArgs:
     """The offline NSA-like catalog: ``n`` galaxies from ``seed``, written to ``out``; ``layout``
     ``v0`` (NSA v0_1_2: FITS + Parquet with emission lines) or ``v1`` (NSA v1_0_1 names, no lines)."""
+
+    SECTION: ClassVar[str] = "sky"  # its table in the TOML config
+    INTERNAL: ClassVar[tuple[str, ...]] = ("out",)  # set by the command line, not the file
 
     out: Path
     n: int = 20_000

@@ -48,6 +48,7 @@ from distributed import Client
 
 from cluster.client import compute
 from pipeline.errors import ConfigError
+from pipeline.stage import RunContext, Step
 from pipeline.synthetic.args import SkyArgs
 from pipeline.synthetic.footprint import footprint_area_deg2, in_footprint
 from storage.manifest import Manifest, atomic_file, file_checksum, write_json_atomic
@@ -587,3 +588,21 @@ def _check_fits(path: Path, n: int) -> None:
         data = hdul["NSA"].data
         if len(data) != n or int(data["NSAID"][0]) != 0 or int(data["NSAID"][-1]) != n - 1:
             raise RuntimeError(f"{path}: written table does not read back as {n} rows; the file is corrupt")
+
+
+# --- as a stage of `agnsurvey run` ------------------------------------------------------------------
+
+
+def _make_for_run(args: SkyArgs, run: RunContext, before: dict, fingerprint: str, tokens: list) -> Manifest:
+    manifest = make_sky(args, client=run.client)
+    run.workspace.write_manifest("sky", manifest.to_dict())
+    return manifest
+
+
+STEP = Step(
+    "sky",
+    settings=lambda args, run: ({"n": args.n, "seed": args.seed}, []),
+    complete=lambda args, run, made: (args.out / SKY_FITS).exists(),
+    execute=_make_for_run,
+    title="sky make",
+)

@@ -11,7 +11,8 @@ import pytest
 import zarr
 from conftest import nsa_rows, write_nsa_fits
 
-from pipeline.cli import main, parse_columns
+from pipeline.cli import main
+from pipeline.cli.options import parse_columns
 from pipeline.errors import ConfigError
 
 
@@ -58,8 +59,8 @@ def test_an_interrupt_python_drops_is_raised_again(tmp_path):
     script = textwrap.dedent(
         """
         import os, signal, time
-        from pipeline import cli
-        signal.signal(signal.SIGINT, cli._on_signal)
+        from pipeline.cli import interrupts
+        signal.signal(signal.SIGINT, interrupts.on_signal)
         try:
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(5)
@@ -203,10 +204,10 @@ def test_run_refuses_a_workspace_made_from_other_inputs_but_relabels_without_ref
 
 
 AFTER_AN_INTERRUPT = """
-from pipeline.cli import _children_stopped_if_interrupted
+from pipeline.cli.interrupts import children_stopped_if_interrupted
 from cluster.client import connect
 try:
-    with _children_stopped_if_interrupted(), connect("local:1") as client:  # as main() nests them
+    with children_stopped_if_interrupted(), connect("local:1") as client:  # as main() nests them
         assert client.submit(sum, [1, 2]).result() == 3
         raise KeyboardInterrupt
 except KeyboardInterrupt:

@@ -7,10 +7,10 @@ import tomllib
 import pytest
 
 from pipeline.cli import main
+from pipeline.cli.templates import write_init_config
 from pipeline.config import load_config, run_args
 from pipeline.errors import ConfigError
 from pipeline.run import run_pipeline
-from pipeline.cli.templates import write_init_config
 from storage.tables import read_scores
 
 SMALL = """\

@@ -18,8 +18,9 @@ from distributed import Client, LocalCluster
 
 from pipeline.errors import ConfigError
 from pipeline.synthetic.args import SkyArgs
-from pipeline.synthetic.catalog import SKY_FITS, SKY_PARQUET, iau_names, make_sky
+from pipeline.synthetic.catalog import SKY_FITS, SKY_PARQUET, make_sky
 from pipeline.synthetic.footprint import in_footprint
+from pipeline.synthetic.population import iau_names
 
 N_REAL = 20_000  # big enough for fractions to +-0.5 %
 LINES = ("HAFLUX", "N2FLUX", "HBFLUX", "O3FLUX")

@@ -207,7 +207,7 @@ with Workspace(sys.argv[1]).lock(sys.argv[2], shared=sys.argv[3] == "read"):
 def test_label_never_reads_a_catalog_that_is_being_replaced(tmp_path, mode):
     """An ingest replacing the catalog while label reads it would mix two catalogs in the labels."""
     ws = ingested(tmp_path, nsa_rows(40))
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(ws), "catalog", mode], cwd=root,
                               stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:

@@ -17,7 +17,7 @@ from pipeline.images.args import FetchArgs
 from pipeline.images.fetch import fetch
 from storage.tables import read_catalog, read_cube_status
 
-DEMO = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "convnet_demo" / "train"
+DEMO = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "convnet_demo" / "train"
 
 
 def write_labels(ws: Path, ra, dec, radius, objid=None) -> pd.DataFrame:

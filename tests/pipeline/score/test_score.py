@@ -26,7 +26,7 @@ from storage.cube import open_cube
 from storage.manifest import file_checksum
 from storage.tables import read_scores
 
-DEMO = Path(__file__).resolve().parents[3] / "shared" / "data" / "convnet_demo"
+DEMO = Path(__file__).resolve().parents[4] / "shared" / "data" / "convnet_demo"
 IMAGE = 32
 THRESHOLD = 0.4321  # stored by "evaluate"; an unusual value so that its use is visible
 

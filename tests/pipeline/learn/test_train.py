@@ -30,7 +30,7 @@ from storage.cube import open_cube
 from storage.hats_catalog import data_files
 from storage.tables import read_labels
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 QUIET = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 

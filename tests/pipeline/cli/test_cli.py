@@ -222,6 +222,6 @@ def test_after_an_interrupted_command_the_same_process_starts_a_cluster_again():
     # next cluster in this process failed with "ChildProcessError: No child processes".
     from pathlib import Path
 
-    out = subprocess.run([sys.executable, "-c", AFTER_AN_INTERRUPT], cwd=Path(__file__).resolve().parents[2],
+    out = subprocess.run([sys.executable, "-c", AFTER_AN_INTERRUPT], cwd=Path(__file__).resolve().parents[3],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert out.returncode == 0 and out.stdout.split()[-1] == "7", out.stderr[-2000:]

@@ -34,7 +34,7 @@ from pipeline.synthetic.skyindex import SkyIndex
 from storage.hats_catalog import partition_files
 from storage.tables import read_cube_status
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SIZE, IMAGE = 64, 32
 
 

@@ -23,6 +23,7 @@ import difflib
 import glob
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -101,48 +102,49 @@ def sniff_format(path: str) -> Format:
     raise CatalogError(f"{path}: format not recognised (not FITS, Parquet or CSV); pass --format")
 
 
-def inspect_source(
-    path: str,
-    columns: Mapping[str, str] | None = None,
-    radius_column: str = DEFAULT_RADIUS_COLUMN,
-    fmt: str = "auto",
-    hdu: int | None = None,
-    id_kind: IdKind = "auto",
-    required: Sequence[str] = REQUIRED,
-) -> CatalogSource:
-    """Read a file's header or schema (no data) and resolve + type-check the canonical columns
-    (``required``: those it must have).
+@dataclass(frozen=True)
+class ReadOptions:
+    """How input files are read: the user's column map (canonical → source), the radius column,
+    the format (``auto``: by extension, then content), the FITS HDU (None: the first table), the
+    kind of ids (``string`` keeps them as text in ``source_id``, ``int`` requires integers,
+    ``auto`` goes by the column's type: a CSV column is text when none of its first values is a
+    plain number) and the canonical columns every file must have."""
 
-    ``hdu``: the FITS extension holding the table (None: the first table HDU). ``id_kind``:
-    ``string`` keeps ids as text (``source_id``), ``int`` requires integers, ``auto`` goes by the
-    column's type (a CSV column is text when none of its first values is a plain number).
-    """
-    kind: Format = sniff_format(path) if fmt == "auto" else fmt  # type: ignore[assignment]
+    columns: Mapping[str, str] | None = None
+    radius_column: str = DEFAULT_RADIUS_COLUMN
+    fmt: str = "auto"
+    hdu: int | None = None
+    id_kind: IdKind = "auto"
+    required: Sequence[str] = REQUIRED
+
+
+def inspect_source(path: str, options: ReadOptions) -> CatalogSource:
+    """Read a file's header or schema (no data) and resolve + type-check the canonical columns."""
+    kind: Format = sniff_format(path) if options.fmt == "auto" else options.fmt  # type: ignore[assignment]
     n_bytes = os.path.getsize(path)
     if n_bytes == 0:
         raise CatalogError(f"{path}: file is empty; re-create or re-download it")
-    if hdu is not None and kind != "fits":
+    if options.hdu is not None and kind != "fits":
         raise CatalogError(f"{path}: --hdu applies to FITS files only; this one is {kind}")
-    kinds, n_rows, hdu, tables = READERS[kind].schema(path, hdu)
+    kinds, n_rows, hdu, tables = READERS[kind].schema(path, options.hdu)
     if n_rows == 0:
         raise CatalogError(f"{path}: catalog has no rows; remove it from the inputs")
     try:
-        mapping = resolve_columns(path, list(kinds), columns or {}, radius_column, required)
+        mapping = resolve_columns(path, list(kinds), options.columns or {}, options.radius_column, options.required)
     except CatalogError as exc:
         if len(tables) > 1 or (tables and hdu != 1):
             raise CatalogError(f"{exc}\n  {fits.hdu_note(hdu, tables)}") from None
         raise
-    string_id = _check_types(path, mapping, kinds, id_kind)
     return CatalogSource(
         path=path,
         format=kind,
         n_bytes=n_bytes,
         n_rows=n_rows,
         mapping=mapping,
-        string_id=string_id,
+        string_id=_check_types(path, mapping, kinds, options.id_kind),
         hdu=hdu,
         all_columns=tuple(kinds),
-        id_kind=id_kind,
+        id_kind=options.id_kind,
     )
 
 
@@ -251,9 +253,10 @@ def inspect_all(
     id_kind: IdKind = "auto",
     required: Sequence[str] = REQUIRED,
 ) -> list[CatalogSource]:
-    """Inspect every input (no data read); errors name the file. Sources keep the input order."""
-    paths = expand_inputs(patterns)
-    sources = [inspect_source(p, columns, radius_column, fmt, hdu, id_kind, required) for p in paths]
+    """Inspect every input (no data read); errors name the file. Sources keep the input order.
+    The options are those of :class:`ReadOptions`."""
+    options = ReadOptions(columns, radius_column, fmt, hdu, id_kind, required)
+    sources = [inspect_source(p, options) for p in expand_inputs(patterns)]
     kinds = {s.string_id for s in sources}
     if len(kinds) > 1:
         mixed = ", ".join(s.path for s in sources if s.string_id)

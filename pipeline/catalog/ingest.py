@@ -51,9 +51,8 @@ from distributed import Client
 from cluster.client import compute
 from pipeline.catalog.args import IngestArgs
 from pipeline.catalog.canonical import canonical_columns
+from pipeline.catalog.readers.base import CatalogSource, Chunk
 from pipeline.catalog.sources import (
-    CatalogSource,
-    Chunk,
     file_stats,
     inspect_all,
     map_lines_hint,

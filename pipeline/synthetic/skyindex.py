@@ -25,8 +25,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline.catalog.canonical import canonical_frame
+from pipeline.catalog.readers.base import CatalogSource
 from pipeline.catalog.schema import DEFAULT_RADIUS_COLUMN
-from pipeline.catalog.sources import CatalogSource, inspect_all, plan_chunks, read_raw
+from pipeline.catalog.sources import inspect_all, plan_chunks, read_raw
 from pipeline.errors import CatalogError
 from pipeline.synthetic.render import Galaxy, agn_weight_from_fluxes
 

@@ -229,9 +229,10 @@ def test_a_model_directory_from_another_workspace_is_refused(tmp_path):
 DEVICES = """
 import json, sys
 from cluster import devices
-from pipeline.config import TrainArgs
+from pipeline.learn.args import TrainArgs
 from pipeline.errors import DataError
-from pipeline.train import fit, read_state
+from pipeline.learn.modeldir import read_state
+from pipeline.learn.train import fit
 ws = sys.argv[1]
 devices.prepare("cpu", 2)
 out = {}

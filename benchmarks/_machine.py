@@ -2,17 +2,20 @@
 
 Every benchmark writes one JSON file to ``benchmarks/results/<name>-<UTC timestamp>.json`` holding
 :func:`machine_info` (CPU, cores, memory, OS, Python and key package versions, git commit), its
-parameters and all raw timings, and prints a human table with :func:`print_table`.
+parameters and all raw timings, and prints a human table with :func:`print_table`. :func:`report`
+is the tail every benchmark shares: its tables and notes printed, its JSON written.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import subprocess
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -153,3 +156,43 @@ def summary_row(stage: str, work: str, rate: float, unit: str, reference: str, r
     return {"stage": stage, "work": work, "rate": round(rate, 2), "unit": unit, "reference": reference,
             "reference_rate": round(reference_rate, 2),
             "ratio": round(ratio, 3) if ratio is not None else None}  # fmt: skip
+
+
+def arg_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's command line, described by the first paragraph of its module docstring."""
+    return argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+
+
+@dataclass(frozen=True)
+class Table:
+    """One side-by-side table of :func:`report`: rows of formatted values, the columns in order and
+    those aligned right. ``key``: the payload key its text is saved under (None: printed only);
+    ``heading``: the line printed above it (a blank line by default)."""
+
+    rows: Sequence[dict[str, Any]]
+    columns: Sequence[str]
+    right: Sequence[str] = ()
+    key: str | None = "table_text"
+    heading: str = ""
+
+
+def report(name: str, machine: dict[str, Any], payload: dict[str, Any], tables: Sequence[Table] = (),
+           notes: Sequence[str] = (), summary: list[dict[str, Any]] | None = None,
+           notes_key: str | None = "notes") -> Path:  # fmt: skip
+    """Print ``tables`` then ``notes``; write ``<name>-<timestamp>.json`` (``summary`` first, for
+    ``agnsurvey bench``, then ``payload``, each saved table's text and, under ``notes_key``, the notes)
+    with the ``machine`` taken when the benchmark started; print and return its path."""
+    texts = {}
+    for table in tables:
+        print(table.heading)
+        text = print_table(table.rows, table.columns, right=table.right)
+        if table.key is not None:
+            texts[table.key] = text
+    if notes:
+        print("\n".join(notes))
+    body = ({"summary": summary} if summary is not None else {}) | payload | texts
+    if notes_key is not None:
+        body[notes_key] = list(notes)
+    path = write_results(name, body, machine=machine)
+    print(f"results: {path}")
+    return path

@@ -54,11 +54,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-from _machine import format_rate, machine_info, print_table, summary_row, usable_cores, write_results
-from astropy.io import fits
-from astropy.table import Table
+from _catalog_baselines import PARQUET_OPTIONS, SOURCE_COLUMNS, floor_fits, floor_parquet, run_hats_import, run_pandas
+from _machine import Table, arg_parser, format_rate, machine_info, report, summary_row, usable_cores
 from dask.utils import key_split
 from distributed import Client, get_task_stream
 
@@ -67,19 +64,10 @@ from pipeline.catalog import bpt
 from pipeline.catalog.args import IngestArgs, LabelArgs
 from pipeline.catalog.ingest import ingest
 from pipeline.catalog.label import label
-from pipeline.catalog.readers.fits import native_copies
 from pipeline.synthetic.args import SkyArgs
 from pipeline.synthetic.catalog import SKY_FITS, SKY_MANIFEST, SKY_PARQUET, make_sky
-from storage.hats_catalog import declared_not_null, read_table
+from storage.hats_catalog import read_table
 
-SOURCE_COLUMNS: tuple[str, ...] = (
-    "NSAID", "RA", "DEC", "Z", "PETROTH90",
-    "HAFLUX", "N2FLUX", "HBFLUX", "O3FLUX",
-    "HAFLUXERR", "N2FLUXERR", "HBFLUXERR", "O3FLUXERR",
-)  # fmt: skip
-LINE_FLUXES = ("HAFLUX", "N2FLUX", "HBFLUX", "O3FLUX")
-PARQUET_OPTIONS: dict[str, Any] = {"compression": "snappy", "use_dictionary": False}  # as storage/hats_catalog.py
-MAX_ROWS = IngestArgs.max_rows  # rows per HEALPix partition, for agnsurvey and hats-import alike
 SKY_SEED = 0
 KERNEL_ROWS = 10_000_000
 KERNEL_REPEAT = 5
@@ -224,105 +212,6 @@ def run_memory(fits_path: Path, workspace: Path, client: Client) -> dict[str, An
             run()
         out[stage] = memory.report()
     return out
-
-
-# --------------------------------------------------------------------------------------------------
-# 4. hats-import, the peer importer, on the same cluster
-
-
-def run_hats_import(fits_path: Path, out: Path, client: Client) -> dict[str, Any]:
-    """FITS → HATS catalog with hats-import (13 columns, partition threshold ``MAX_ROWS``)."""
-    from hats.catalog import TableProperties
-    from hats_import.catalog.arguments import ImportArguments
-    from hats_import.catalog.file_readers import FitsReader
-    from hats_import.pipeline import pipeline_with_client
-
-    args = ImportArguments(
-        output_artifact_name="nsa", output_path=out, tmp_dir=out / "tmp", input_file_list=[str(fits_path)],
-        file_reader=FitsReader(chunksize=500_000, column_names=list(SOURCE_COLUMNS)), ra_column="RA",
-        dec_column="DEC", pixel_threshold=MAX_ROWS, progress_bar=False, resume=False,
-    )  # fmt: skip
-    t0 = now()
-    pipeline_with_client(args, client)
-    seconds = now() - t0
-    return {"seconds": seconds, "rows": TableProperties.read_from_dir(out / "nsa").total_rows}
-
-
-# --------------------------------------------------------------------------------------------------
-# 2. The I/O floor: one process, pyarrow, the same columns, the pipeline's writer settings
-
-
-def read_fits_columns(fits_path: Path) -> pa.Table:
-    """The 13 source columns from the FITS table (memmap, copied to native byte order with the
-    pipeline's own cache-blocked copy: the floor reads no slower than the pipeline does)."""
-    with fits.open(fits_path, memmap=True) as hdul:
-        data = hdul[1].data
-        arrays = native_copies({name: data.field(name) for name in SOURCE_COLUMNS}, data.dtype.itemsize)
-    return declared_not_null(pa.table(arrays))
-
-
-def floor_parquet(sky_parquet: Path, out: Path) -> dict[str, float]:
-    """Read the columns from the sky's Parquet dataset, write them to one Parquet file."""
-    t0 = now()
-    table = declared_not_null(pq.read_table(sky_parquet, columns=list(SOURCE_COLUMNS)))
-    t1 = now()
-    pq.write_table(table, out / "floor.parquet", **PARQUET_OPTIONS)
-    t2 = now()
-    return {"read_s": t1 - t0, "write_s": t2 - t1, "rows": table.num_rows}
-
-
-def floor_fits(fits_path: Path, out: Path) -> dict[str, float]:
-    """FITS → Parquet (one pass), then that file → Parquet again (the second pass of 'floor x2')."""
-    t0 = now()
-    table = read_fits_columns(fits_path)
-    t1 = now()
-    pq.write_table(table, out / "pass1.parquet", **PARQUET_OPTIONS)
-    t2 = now()
-    del table
-    again = pq.read_table(out / "pass1.parquet")
-    t3 = now()
-    pq.write_table(again, out / "pass2.parquet", **PARQUET_OPTIONS)
-    t4 = now()
-    return {"read_s": t1 - t0, "write_s": t2 - t1, "read2_s": t3 - t2, "write2_s": t4 - t3, "rows": again.num_rows}
-
-
-# --------------------------------------------------------------------------------------------------
-# 3. The paper's way: single-process pandas
-
-
-def run_pandas(fits_path: Path, out: Path) -> dict[str, Any]:
-    """Table.read → pandas → cleaning → x, y, paper rule → to_parquet; returns time, kept rows, classes.
-
-    Written independently of ``pipeline`` (its numbers check agnsurvey's). Ratios are taken in
-    float64, as the pipeline does, so that points on a dividing line fall the same way.
-    """
-    t0 = now()
-    table = Table.read(fits_path, hdu=1, memmap=True)
-    frame = table[list(SOURCE_COLUMNS)].to_pandas()
-    del table
-    rows_in = len(frame)
-    good_coords = frame["RA"].between(0, 360, inclusive="left") & frame["DEC"].between(-90, 90)
-    frame = frame[good_coords]
-    frame = frame[~frame["NSAID"].duplicated(keep="first")]
-    rows_clean = len(frame)
-    fluxes = frame[list(LINE_FLUXES)]
-    frame = frame[(np.isfinite(fluxes) & (fluxes > 0)).all(axis=1)].copy()
-    x = np.log10(frame["N2FLUX"].astype("float64") / frame["HAFLUX"].astype("float64"))
-    y = np.log10(frame["O3FLUX"].astype("float64") / frame["HBFLUX"].astype("float64"))
-    star_forming = (y < 0.61 / (x - 0.05) + 1.3) & (x < -0.1)
-    frame["x"] = x
-    frame["y"] = y
-    frame["label"] = (~star_forming).astype("int8")  # AGN = 1
-    frame.to_parquet(out / "pandas.parquet", index=False, **PARQUET_OPTIONS)
-    seconds = now() - t0
-    n_sf = int(star_forming.sum())
-    return {
-        "seconds": seconds,
-        "rows_in": rows_in,
-        "rows_after_coords_and_ids": rows_clean,
-        "rows_kept": len(frame),
-        "classes": {"sf": n_sf, "agn": len(frame) - n_sf},
-    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -542,12 +431,26 @@ def _ok(flag: bool) -> str:
     return "met" if flag else "NOT met"
 
 
+def summary_rows(table: list[dict[str, Any]], workers: int) -> list[dict[str, Any]]:
+    """``agnsurvey bench``'s rows: ingest+label beside pandas, the floor x2 and hats-import, per size."""
+    summary = []
+    for size in {row["size"] for row in table if "size" in row}:
+        rate = {row["method"]: row.get("rows/s") for row in table if row.get("size") == size}
+        if "agnsurvey ingest+label" not in rate:
+            continue
+        ours, work = rate["agnsurvey ingest+label"], f"{size} rows, {workers} workers"
+        for reference in ("pandas (paper)", "floor x2 FITS->Pq->Pq", "hats-import FITS->HATS"):
+            if reference in rate:
+                summary.append(summary_row("catalog (ingest+label)", work, ours, "rows/s", reference, rate[reference]))
+    return summary
+
+
 # --------------------------------------------------------------------------------------------------
 # Command line
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arg_parser(__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000], help="catalog rows")
     parser.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (1 thread each)")
     parser.add_argument("--repeat", type=int, default=1, help="runs of every method per size; the best is shown")
@@ -586,57 +489,36 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(data, ignore_errors=True)
 
     table = [row for r in results for row in summarise(r, args.workers)] + kernel_rows(kernel)
-    print()
-    text = print_table(
-        formatted(table),
-        ["size", "method", "runs on", "seconds", "rows/s", "x floor", "x pandas"],
-        right=["seconds", "rows/s", "x floor", "x pandas"],
-    )
     notes = [f"LocalCluster start-up (not timed above): {startup_s:.2f} s"]
     notes += ["agnsurvey worker time by task kind (compute seconds summed over workers):"]
     notes += [line for r in results for line in breakdown_lines(r)]
     notes += ["aims:"] + aims(results, kernel, args.workers)
-    print("\n".join(notes))
-    summary = []
-    for size in {row["size"] for row in table if "size" in row}:
-        rate = {row["method"]: row.get("rows/s") for row in table if row.get("size") == size}
-        if "agnsurvey ingest+label" in rate:
-            for reference in ("pandas (paper)", "floor x2 FITS->Pq->Pq", "hats-import FITS->HATS"):
-                if reference not in rate:
-                    continue
-                summary.append(summary_row("catalog (ingest+label)", f"{size} rows, {args.workers} workers",
-                                           rate["agnsurvey ingest+label"], "rows/s", reference, rate[reference]))
-    path = write_results(
-        "bench_catalog",
-        {
-            "summary": summary,
-            "parameters": {
-                "sizes": args.sizes,
-                "workers": args.workers,
-                "threads_per_worker": 1,
-                "repeat": args.repeat,
-                "kernel_rows": args.kernel_rows,
-                "sky_seed": SKY_SEED,
-                "parquet_options": PARQUET_OPTIONS,
-                "source_columns": list(SOURCE_COLUMNS),
-                "data_reused": args.data is not None,
-                "command": " ".join(sys.argv),
-            },
-            "definitions": {
-                "rows/s": "catalog rows in / seconds (agnsurvey: / (ingest s + label s)); best of --repeat",
-                "x floor": "rows/s relative to 'floor FITS->Parquet' (1 process: read the 13 columns, write once)",
-                "floor x2": "FITS -> Parquet, then that file -> Parquet again (ingest and label each write)",
-            },
-            "cluster_startup_s": startup_s,
-            "sizes": results,
-            "kernel": kernel,
-            "table": table,
-            "table_text": text,
-            "notes": notes,
+    payload = {
+        "parameters": {
+            "sizes": args.sizes,
+            "workers": args.workers,
+            "threads_per_worker": 1,
+            "repeat": args.repeat,
+            "kernel_rows": args.kernel_rows,
+            "sky_seed": SKY_SEED,
+            "parquet_options": PARQUET_OPTIONS,
+            "source_columns": list(SOURCE_COLUMNS),
+            "data_reused": args.data is not None,
+            "command": " ".join(sys.argv),
         },
-        machine=machine,
-    )
-    print(f"results: {path}")
+        "definitions": {
+            "rows/s": "catalog rows in / seconds (agnsurvey: / (ingest s + label s)); best of --repeat",
+            "x floor": "rows/s relative to 'floor FITS->Parquet' (1 process: read the 13 columns, write once)",
+            "floor x2": "FITS -> Parquet, then that file -> Parquet again (ingest and label each write)",
+        },
+        "cluster_startup_s": startup_s,
+        "sizes": results,
+        "kernel": kernel,
+        "table": table,
+    }
+    columns = ["size", "method", "runs on", "seconds", "rows/s", "x floor", "x pandas"]
+    report("bench_catalog", machine, payload, [Table(formatted(table), columns, right=columns[3:])], notes,
+           summary=summary_rows(table, args.workers))  # fmt: skip
     return 0
 
 

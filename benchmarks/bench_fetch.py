@@ -38,30 +38,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import importlib
-import importlib.util
-import io
-import json
 import logging
 import math
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import psutil
-from _machine import machine_info, print_table, summary_row, usable_cores, write_results
+from _fetch_baselines import ensure_legacystamps, legacystamps_local_urls, legacystamps_point, sequential_point
+from _fetch_server import CACHE_MB, IMAGE_SIZE, LAYER, SIZE, Galaxy, Meter, Server, cutout_server
+from _machine import Table, arg_parser, machine_info, report, summary_row, usable_cores
 from distributed import Client, LocalCluster
 
 from pipeline.catalog.args import IngestArgs, LabelArgs
@@ -79,14 +73,10 @@ from storage.hats_catalog import write_frame
 from storage.tables import read_catalog, read_labels
 
 SKY_SEED = 0
-SIZE = 250  # pixels requested (the paper's)
-IMAGE_SIZE = 128  # pixels stored
-LAYER = "ls-dr10"
 RATE_OFF = 1e6  # requests/s: the politeness limit, effectively off
 TARGET_S = 4.0  # a client point gets about this many seconds' worth of images at its ideal rate
 MIN_IMAGES = 64
 LABELLED_FRACTION = 0.6  # at least this share of the offline sky survives labelling (~0.70 measured)
-CACHE_MB = 1024  # server JPEG cache: every URL of the run fits (~10 kB each)
 CPU_REPEAT = 3
 EXTRA_PACKAGES = ("aiohttp", "zarr", "numcodecs", "pillow", "psutil", "requests", "legacystamps")
 
@@ -129,13 +119,6 @@ def prepare_workspace(data: Path, n_images: int) -> tuple[Path, Path, pd.DataFra
     return sky_dir / SKY_FITS, ws, subset, info
 
 
-@dataclass(frozen=True)
-class Galaxy:
-    ra: float
-    dec: float
-    pixscale: float  # arcsec/pixel, as the fetch stage requests it (float32 in the cube)
-
-
 def galaxies(labels: pd.DataFrame) -> list[Galaxy]:
     """What the fetch stage will request for each row, to the bit (so the server's cache hits)."""
     pixscale, usable = pixscale_for(labels["radius_arcsec"].to_numpy(), SIZE)
@@ -147,139 +130,6 @@ def galaxies(labels: pd.DataFrame) -> list[Galaxy]:
 
 def agnsurvey_urls(base: str, gals: Sequence[Galaxy]) -> list[str]:
     return [cutout_url(base, g.ra, g.dec, SIZE, g.pixscale, LAYER) for g in gals]
-
-
-# --------------------------------------------------------------------------------------------------
-# The server, in its own process; CPU meters
-
-
-@dataclass
-class Server:
-    url: str  # the cutout endpoint, http://127.0.0.1:PORT/viewer/cutout.jpg
-    proc: subprocess.Popen
-
-    @property
-    def base(self) -> str:
-        return self.url.rsplit("/viewer/", 1)[0]
-
-    def stats(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"{self.base}/_offline/stats", timeout=10) as r:
-            return json.loads(r.read())
-
-    def cpu_seconds(self) -> float:
-        """CPU (user + system) of the server process and its render pool so far."""
-        return process_cpu([self.proc.pid], children=True)
-
-
-@contextlib.contextmanager
-def cutout_server(fits_path: Path, latency_s: float, data: Path) -> Iterator[Server]:
-    """``agnsurvey --config serve.toml sky serve ...`` as a child process; yields once it listens.
-
-    The CLI has no flag for the JPEG cache size, so a ``[serve]`` table sets ``cache_mb`` (and turns
-    the request log off: it is not needed here). Render workers are processes, for the warm-up.
-    """
-    config = data / "serve.toml"
-    config.write_text(f"[serve]\ncache_mb = {CACHE_MB}\nlog_limit = 0\n")
-    url_file = data / "server-url.txt"
-    url_file.unlink(missing_ok=True)
-    exe = Path(sys.executable).with_name("agnsurvey")
-    cmd = (
-        [str(exe)]
-        if exe.exists()
-        else [sys.executable, "-c", "import sys; from pipeline.cli import main; sys.exit(main())"]
-    )
-    cmd += ["--config", str(config), "sky", "serve", "--catalog", str(fits_path), "--latency", str(latency_s)]
-    cmd += ["--url-file", str(url_file), "--processes", "--host", "127.0.0.1", "--port", "0"]
-    log = (data / "server.log").open("w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while not url_file.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the cutout server did not start; see {data / 'server.log'}")
-            time.sleep(0.1)
-        yield Server(url_file.read_text().strip(), proc)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-
-
-def process_cpu(pids: Sequence[int], children: bool = False) -> float:
-    """Summed user + system CPU seconds of ``pids`` (and their live children)."""
-    total = 0.0
-    for pid in pids:
-        try:
-            proc = psutil.Process(pid)
-            procs = [proc, *(proc.children(recursive=True) if children else [])]
-            for p in procs:
-                t = p.cpu_times()
-                total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine so far (all cores, all processes)."""
-    t = psutil.cpu_times()
-    total = sum(t)
-    idle = t.idle + getattr(t, "iowait", 0.0)
-    return total - idle, total
-
-
-@dataclass
-class Snapshot:
-    wall: float
-    client_cpu: float
-    server_cpu: float
-    busy: float
-    total: float
-    renders: int
-    requests: int
-
-
-class Meter:
-    """Wall time, client and server CPU, machine busy time and server counters around one method."""
-
-    def __init__(self, server: Server, client_pids: Callable[[], Sequence[int]] = lambda: [os.getpid()]):
-        self.server, self.client_pids = server, client_pids
-
-    def snap(self) -> Snapshot:
-        stats = self.server.stats()
-        busy, total = machine_busy()
-        return Snapshot(now(), process_cpu(self.client_pids()), self.server.cpu_seconds(), busy, total,
-                        stats["renders"], stats["requests"])  # fmt: skip
-
-    @contextlib.contextmanager
-    def measure(self, images: int, out: dict[str, Any]) -> Iterator[None]:
-        a = self.snap()
-        yield
-        b = self.snap()
-        seconds = b.wall - a.wall
-        out.update(
-            {
-                "images": images,
-                "seconds": seconds,
-                "images_per_s": images / seconds,
-                "client_cpu_ms_per_image": 1e3 * (b.client_cpu - a.client_cpu) / images,
-                "server_cpu_ms_per_image": 1e3 * (b.server_cpu - a.server_cpu) / images,
-                "machine_busy_fraction": (b.busy - a.busy) / max(b.total - a.total, 1e-9),
-                # CPU of every other process (other work on a shared machine) as a share of all cores
-                "others_busy_fraction": max(
-                    0.0,
-                    ((b.busy - a.busy) - (b.client_cpu - a.client_cpu) - (b.server_cpu - a.server_cpu))
-                    / max(b.total - a.total, 1e-9),
-                ),
-                "server_requests": b.requests - a.requests,
-                "server_renders": b.renders - a.renders,
-                "loadavg_1m_after": os.getloadavg()[0],
-            }
-        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -354,135 +204,6 @@ def cube_bytes(cube_path: Path, n: int) -> dict[str, Any]:
         "raw_bytes_per_image": IMAGE_SIZE * IMAGE_SIZE * 3,
         "compressors": str(getattr(cube.images, "compressors", "?")),
     }
-
-
-# --------------------------------------------------------------------------------------------------
-# 3. the paper's sequential loop
-
-
-def sequential_point(urls: list[str], out: Path, meter: Meter) -> dict[str, Any]:
-    """GET each URL with the standard library and save the JPEG, one after another."""
-    out.mkdir(parents=True, exist_ok=True)
-    point: dict[str, Any] = {"method": "sequential urllib + save (paper)", "concurrency": 1, "loops": 1}
-    with meter.measure(len(urls), point):
-        for i, url in enumerate(urls):
-            with urllib.request.urlopen(url, timeout=30) as response:
-                body = response.read()
-            (out / f"{i:06d}.jpg").write_bytes(body)
-    check_jpegs(sorted(out.glob("*.jpg")), len(urls), point["method"])
-    point["bytes"] = sum(p.stat().st_size for p in out.glob("*.jpg"))
-    return point
-
-
-def check_jpegs(files: list[Path], n: int, method: str) -> None:
-    if len(files) != n:
-        raise RuntimeError(f"{method}: {len(files)} files written, {n} expected")
-    for path in files:
-        decode_jpeg(path.read_bytes(), SIZE)  # raises on a wrong answer
-
-
-# --------------------------------------------------------------------------------------------------
-# 4. legacystamps, pointed at the local server
-
-# legacystamps 1.2.2 (legacystamps/legacystamps.py) builds its URL inside ``download`` from a string
-# literal, 'https://www.legacysurvey.org/viewer/{mode}-cutout/?ra=..&dec=..&layer=..&pixscale=..&
-# bands=..&size=..', and fetches it with ``requests.get(url, stream=True)`` in
-# ``FileDownloader.download_file``, both through the module-level name ``requests`` of
-# ``legacystamps.legacystamps``. There is no base-URL setting, so we rebind that one name to
-# :class:`LocalRequests`: it forwards everything to the real ``requests`` module except ``get`` and
-# ``head``, whose URL it rewrites from the real viewer's prefix to the local server's
-# (``/viewer/jpeg-cutout/`` → ``http://127.0.0.1:PORT/viewer/jpeg-cutout``; the offline server routes
-# the old name without the trailing slash). A URL with any other prefix raises instead of leaving
-# the machine. The rebinding is undone afterwards; nothing else in the process is touched.
-LEGACYSTAMPS_PREFIX = "https://www.legacysurvey.org/viewer/jpeg-cutout/"
-
-
-class LocalRequests:
-    """Stands in for ``requests`` inside ``legacystamps.legacystamps`` only: real viewer URL → local."""
-
-    def __init__(self, real: Any, local_endpoint: str):
-        self._real, self._local = real, local_endpoint
-        self.rewritten = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-    def _rewrite(self, url: str) -> str:
-        if not url.startswith(LEGACYSTAMPS_PREFIX):
-            raise RuntimeError(f"legacystamps asked for {url!r}, not the viewer's JPEG cutout; refusing to go out")
-        self.rewritten += 1
-        return self._local + url[len(LEGACYSTAMPS_PREFIX) :]
-
-    def get(self, url: str, *args: Any, **kwargs: Any) -> Any:
-        return self._real.get(self._rewrite(url), *args, **kwargs)
-
-    def head(self, url: str, *args: Any, **kwargs: Any) -> Any:
-        return self._real.head(self._rewrite(url), *args, **kwargs)
-
-
-def legacystamps_size_deg(g: Galaxy) -> float:
-    """The ``size`` (degrees) for which legacystamps asks for SIZE pixels at ``g.pixscale``.
-
-    It computes ``int(size * 3600 / pixscale)``; half a pixel more keeps float rounding from giving
-    SIZE - 1. It sends the pixscale rounded to 3 decimals (agnsurvey sends 5): the same field to
-    within 0.2 %, a different cache key, so its URLs are warmed separately.
-    """
-    return (SIZE + 0.5) * g.pixscale / 3600.0
-
-
-def legacystamps_local_urls(server: Server, gals: Sequence[Galaxy]) -> list[str]:
-    """The local twins of the URLs legacystamps will ask for (same parameters, same formatting)."""
-    local = server.base + "/viewer/jpeg-cutout"
-    return [
-        f"{local}?ra={g.ra:f}&dec={g.dec:f}&layer={LAYER}&pixscale={g.pixscale:.3f}&bands=grz"
-        f"&size={int(legacystamps_size_deg(g) * 3600 / g.pixscale)}"
-        for g in gals
-    ]
-
-
-def ensure_legacystamps() -> tuple[Any | None, dict[str, Any]]:
-    """Import legacystamps, pip-installing it into this environment first if needed."""
-    info: dict[str, Any] = {"installed_now": False}
-    if importlib.util.find_spec("legacystamps") is None:
-        print("installing legacystamps into this environment (pip) ...", flush=True)
-        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "legacystamps"]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return None, info | {"available": False, "reason": f"pip install failed: {exc}"}
-        if done.returncode != 0:
-            reason = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["?"]
-            return None, info | {"available": False, "reason": f"pip install failed: {reason[0]}"}
-        info["installed_now"] = True
-        importlib.invalidate_caches()
-    try:
-        module = importlib.import_module("legacystamps.legacystamps")
-    except Exception as exc:  # a broken install must not end the benchmark
-        return None, info | {"available": False, "reason": f"import failed: {type(exc).__name__}: {exc}"}
-    from importlib import metadata
-
-    return module, info | {"available": True, "version": metadata.version("legacystamps")}
-
-
-def legacystamps_point(module: Any, gals: Sequence[Galaxy], server: Server, out: Path, meter: Meter) -> dict[str, Any]:
-    out.mkdir(parents=True, exist_ok=True)
-    point: dict[str, Any] = {"method": "legacystamps.download", "concurrency": 1, "loops": 1}
-    real = module.requests
-    shim = LocalRequests(real, server.base + "/viewer/jpeg-cutout")
-    module.requests = shim
-    try:
-        # it prints the URL and a tqdm bar per image to stdout: kept out of the table, still paid for
-        with contextlib.redirect_stdout(io.StringIO()), meter.measure(len(gals), point):
-            for g in gals:
-                module.download(g.ra, g.dec, "grz", size=legacystamps_size_deg(g), mode="jpeg", layer=LAYER,
-                                pixscale=g.pixscale, ddir=str(out))  # fmt: skip
-    finally:
-        module.requests = real
-    if shim.rewritten != len(gals):
-        raise RuntimeError(f"legacystamps made {shim.rewritten} requests for {len(gals)} images")
-    check_jpegs(sorted(out.glob("*.jpeg")), len(gals), point["method"])
-    point["bytes"] = sum(p.stat().st_size for p in out.glob("*.jpeg"))
-    return point
 
 
 # --------------------------------------------------------------------------------------------------
@@ -660,7 +381,7 @@ def aims(points: list[dict[str, Any]], sequential: dict[str, Any] | None, latenc
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arg_parser(__doc__)
     parser.add_argument("--latency", type=float, default=0.05, help="server latency per answer, s (default 0.05)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64, 128],
                         help="fetch_many concurrency points (default 1 8 32 64 128)")  # fmt: skip
@@ -686,6 +407,109 @@ def point_images(concurrency: int, latency_s: float, pool: int) -> int:
     return min(pool, max(MIN_IMAGES, round(concurrency / latency_s * TARGET_S)))
 
 
+def measure(args: argparse.Namespace, data: Path, module: Any | None, legacy_info: dict[str, Any]) -> dict[str, Any]:
+    """Every method on one offline sky and one warmed server, the sequential loop first; raw results.
+
+    ``module``: legacystamps, or None to skip it (a failed run is written into ``legacy_info``).
+    """
+    n_base, n_cpu = min(args.baseline_images, args.images), min(args.cpu_images, args.images)
+    fits_path, ws, labels, setup = prepare_workspace(data, args.images)
+    gals = galaxies(labels)
+    print(f"offline sky: {setup['sky_rows']:,} rows, {setup['images']:,} galaxies used ({setup['seconds']:.1f} s)")
+    with cutout_server(fits_path, args.latency, data) as server:
+        urls = agnsurvey_urls(server.url, gals)
+        warm_urls = urls + (legacystamps_local_urls(server, gals[:n_base]) if module is not None else [])
+        print(f"server {server.url} (pid {server.proc.pid}); warming its cache with {len(warm_urls):,} URLs ...")
+        warm = warm_up(warm_urls, server)
+        print(f"  warm-up {warm['seconds']:.1f} s, {warm['server_renders']:,} renders", flush=True)
+        meter = Meter(server)
+
+        print(f"sequential loop, {n_base} images ...", flush=True)
+        points = [sequential_point(urls[:n_base], data / "sequential", meter)]
+        if module is not None:
+            print(f"legacystamps, {n_base} images ...", flush=True)
+            try:
+                points.append(legacystamps_point(module, gals[:n_base], server, data / "legacystamps", meter))
+            except Exception as exc:  # its failure is a result, not the end of the benchmark
+                legacy_info |= {"available": False, "reason": f"run failed: {type(exc).__name__}: {exc}"}
+        for c in args.concurrency:
+            n = point_images(c, args.latency, len(urls))
+            print(f"fetch_many concurrency {c}, {n:,} images ...", flush=True)
+            points.append(client_point(urls[:n], server, c, meter))
+        points += stage_points(ws, server, args, len(urls), meter)
+
+        print(f"CPU per image on {n_cpu:,} JPEGs ...", flush=True)
+        cpu = cpu_per_image(fetch_bodies(urls[:n_cpu]), data)
+        return {"setup": setup, "warm_up": warm, "points": points, "cpu_per_image": cpu, "cube": points[-1]["cube"],
+                "server_stats_end": server.stats()}  # fmt: skip
+
+
+def stage_points(ws: Path, server: Server, args: argparse.Namespace, n: int, meter: Meter) -> list[dict[str, Any]]:
+    """The whole fetch stage in one process, then on a LocalCluster of ``--workers`` processes."""
+    print(f"fetch stage, 1 process, concurrency {args.stage_concurrency}, {n:,} images ...", flush=True)
+    points = [stage_point(ws, server, args.stage_concurrency, None, meter, n)]
+    with (
+        LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                     silence_logs=logging.ERROR) as cluster,
+        Client(cluster) as client,
+    ):  # fmt: skip
+        worker_pids = list(client.run(os.getpid).values())
+        print(f"fetch stage, LocalCluster {args.workers} workers, {n:,} images ...", flush=True)
+        cluster_meter = Meter(server, lambda: [os.getpid(), *worker_pids])
+        points.append(stage_point(ws, server, args.stage_concurrency, client, cluster_meter, n))
+    return points
+
+
+DEFINITIONS = {
+    "images_per_s": "images / wall seconds of the method (fetch stage: the whole fetch() call)",
+    "ideal_images_per_s": "concurrency / latency",
+    "cpu_limit_images_per_s": "min(cores / (client + server CPU s per image), loops / client CPU s "
+    "per image), from this point's own CPU measurements",
+    "x_sequential": "images_per_s / the sequential urllib loop's",
+    "client_cpu_ms_per_image": "CPU (user+system) of the measuring process (and fetch workers) / images",
+    "server_cpu_ms_per_image": "CPU of the server process and its render pool / images",
+    "machine_busy_fraction": "busy / total CPU time of the whole machine over the point",
+    "others_busy_fraction": "CPU of processes other than the client(s) and the server / total CPU time",
+}
+
+
+def parameters(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "latency_s": args.latency,
+        "concurrency": args.concurrency,
+        "images": args.images,
+        "baseline_images": min(args.baseline_images, args.images),
+        "stage_concurrency": args.stage_concurrency,
+        "workers": args.workers,
+        "cpu_images": min(args.cpu_images, args.images),
+        "size": SIZE,
+        "image_size": IMAGE_SIZE,
+        "layer": LAYER,
+        "rate_limit": RATE_OFF,
+        "target_seconds_per_point": TARGET_S,
+        "server": {"cache_mb": CACHE_MB, "executor": "process", "process": "separate (agnsurvey sky serve)"},
+        "sky_seed": SKY_SEED,
+        "command": " ".join(sys.argv),
+    }
+
+
+def notes(points: list[dict[str, Any]], sequential: dict[str, Any], latency_s: float, cores: int,
+          load_start: tuple[float, ...], legacy_info: dict[str, Any]) -> list[str]:  # fmt: skip
+    """The lines below the tables: the machine's load, what the columns mean, server renders, the aims."""
+    renders = sum(p["server_renders"] for p in points)
+    return [
+        f"os.cpu_count() = {os.cpu_count()}, usable cores {cores}; load average at start "
+        f"{load_start[0]:.2f}, at end {os.getloadavg()[0]:.2f} (other work on the machine adds noise)",
+        f"ideal = concurrency / latency ({latency_s * 1e3:g} ms); CPU limit = min(cores / (client + server CPU "
+        "per image), event loops / client CPU per image); busy % = whole machine, all processes; others % = "
+        "processes other than this benchmark's client and server (both as a share of all cores)",
+        f"server renders while timing: {renders} (0: every timed answer came from its cache)",
+        f"legacystamps: {legacy_info.get('version', legacy_info.get('reason'))}",
+        "aims:",
+        *aims(points, sequential, latency_s),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     machine = machine_info(EXTRA_PACKAGES)  # before anything runs: the commit measured
@@ -693,135 +517,44 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(tempfile.mkdtemp(prefix="agnsurvey-bench-fetch-"))
     print(f"data in {data}; os.cpu_count() = {os.cpu_count()}, {cores} usable cores; latency {args.latency * 1e3:g} ms")
     load_start = os.getloadavg()
-    n_base = min(args.baseline_images, args.images)
-    n_cpu = min(args.cpu_images, args.images)
-    points: list[dict[str, Any]] = []
     legacy_info: dict[str, Any] = {"available": False, "reason": "skipped (--no-legacystamps)"}
     module = None
     if not args.no_legacystamps:
         module, legacy_info = ensure_legacystamps()
     try:
-        fits_path, ws, labels, setup = prepare_workspace(data, args.images)
-        gals = galaxies(labels)
-        print(f"offline sky: {setup['sky_rows']:,} rows, {setup['images']:,} galaxies used ({setup['seconds']:.1f} s)")
-        with cutout_server(fits_path, args.latency, data) as server:
-            urls = agnsurvey_urls(server.url, gals)
-            warm_urls = urls + (legacystamps_local_urls(server, gals[:n_base]) if module is not None else [])
-            print(f"server {server.url} (pid {server.proc.pid}); warming its cache with {len(warm_urls):,} URLs ...")
-            warm = warm_up(warm_urls, server)
-            print(f"  warm-up {warm['seconds']:.1f} s, {warm['server_renders']:,} renders", flush=True)
-            meter = Meter(server)
-
-            print(f"sequential loop, {n_base} images ...", flush=True)
-            sequential = sequential_point(urls[:n_base], data / "sequential", meter)
-            points.append(sequential)
-            if module is not None:
-                print(f"legacystamps, {n_base} images ...", flush=True)
-                try:
-                    points.append(legacystamps_point(module, gals[:n_base], server, data / "legacystamps", meter))
-                except Exception as exc:  # its failure is a result, not the end of the benchmark
-                    legacy_info |= {"available": False, "reason": f"run failed: {type(exc).__name__}: {exc}"}
-            for c in args.concurrency:
-                n = point_images(c, args.latency, len(urls))
-                print(f"fetch_many concurrency {c}, {n:,} images ...", flush=True)
-                points.append(client_point(urls[:n], server, c, meter))
-
-            print(f"fetch stage, 1 process, concurrency {args.stage_concurrency}, {len(urls):,} images ...", flush=True)
-            points.append(stage_point(ws, server, args.stage_concurrency, None, meter, len(urls)))
-            with (
-                LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                             silence_logs=logging.ERROR) as cluster,
-                Client(cluster) as client,
-            ):  # fmt: skip
-                worker_pids = list(client.run(os.getpid).values())
-                print(f"fetch stage, LocalCluster {args.workers} workers, {len(urls):,} images ...", flush=True)
-                cluster_meter = Meter(server, lambda: [os.getpid(), *worker_pids])
-                points.append(stage_point(ws, server, args.stage_concurrency, client, cluster_meter, len(urls)))
-            cube = points[-1]["cube"]
-
-            print(f"CPU per image on {n_cpu:,} JPEGs ...", flush=True)
-            bodies = fetch_bodies(urls[:n_cpu])
-            cpu = cpu_per_image(bodies, data)
-            server_stats = server.stats()
+        run = measure(args, data, module, legacy_info)
     finally:
         if not args.keep:
             shutil.rmtree(data, ignore_errors=True)
 
-    seq_rate = sequential["images_per_s"]
-    points = [enrich(p, args.latency, cores, seq_rate) for p in points]
-    print()
-    text = print_table(table_rows(points), COLUMNS, right=COLUMNS[1:8] + COLUMNS[9:])
-    print()
-    cpu_text = print_table(
-        cpu_table(cpu, cube), ["step", "CPU ms/img", "wall ms/img"], right=["CPU ms/img", "wall ms/img"]
-    )
-    renders = sum(p["server_renders"] for p in points)
-    notes = [
-        f"os.cpu_count() = {os.cpu_count()}, usable cores {cores}; load average at start "
-        f"{load_start[0]:.2f}, at end {os.getloadavg()[0]:.2f} (other work on the machine adds noise)",
-        f"ideal = concurrency / latency ({args.latency * 1e3:g} ms); CPU limit = min(cores / (client + server CPU "
-        "per image), event loops / client CPU per image); busy % = whole machine, all processes; others % = "
-        "processes other than this benchmark's client and server (both as a share of all cores)",
-        f"server renders while timing: {renders} (0: every timed answer came from its cache)",
-        f"legacystamps: {legacy_info.get('version', legacy_info.get('reason'))}",
-        "aims:",
-        *aims(points, sequential, args.latency),
-    ]
-    print("\n".join(notes))
+    sequential = run["points"][0]
+    points = [enrich(p, args.latency, cores, sequential["images_per_s"]) for p in run["points"]]
+    lines = notes(points, sequential, args.latency, cores, load_start, legacy_info)
     stage = points[-1]
     summary = [summary_row(f"fetch ({stage['method']})", f"{stage['images']:,} images, latency {args.latency:g} s",
                            stage["images_per_s"], "img/s", "bound: min(ideal, CPU limit)",
                            min(stage["ideal_images_per_s"], stage["cpu_limit_images_per_s"]))]  # fmt: skip
-    path = write_results(
-        "bench_fetch",
-        {
-            "summary": summary,
-            "parameters": {
-                "latency_s": args.latency,
-                "concurrency": args.concurrency,
-                "images": args.images,
-                "baseline_images": n_base,
-                "stage_concurrency": args.stage_concurrency,
-                "workers": args.workers,
-                "cpu_images": n_cpu,
-                "size": SIZE,
-                "image_size": IMAGE_SIZE,
-                "layer": LAYER,
-                "rate_limit": RATE_OFF,
-                "target_seconds_per_point": TARGET_S,
-                "server": {"cache_mb": CACHE_MB, "executor": "process", "process": "separate (agnsurvey sky serve)"},
-                "sky_seed": SKY_SEED,
-                "command": " ".join(sys.argv),
-            },
-            "definitions": {
-                "images_per_s": "images / wall seconds of the method (fetch stage: the whole fetch() call)",
-                "ideal_images_per_s": "concurrency / latency",
-                "cpu_limit_images_per_s": "min(cores / (client + server CPU s per image), loops / client CPU s "
-                "per image), from this point's own CPU measurements",
-                "x_sequential": "images_per_s / the sequential urllib loop's",
-                "client_cpu_ms_per_image": "CPU (user+system) of the measuring process (and fetch workers) / images",
-                "server_cpu_ms_per_image": "CPU of the server process and its render pool / images",
-                "machine_busy_fraction": "busy / total CPU time of the whole machine over the point",
-                "others_busy_fraction": "CPU of processes other than the client(s) and the server / total CPU time",
-            },
-            "cores": cores,
-            "cpu_count": os.cpu_count(),
-            "loadavg_start": load_start,
-            "loadavg_end": os.getloadavg(),
-            "setup": setup,
-            "warm_up": warm,
-            "legacystamps": legacy_info,
-            "points": points,
-            "cpu_per_image": cpu,
-            "cube": cube,
-            "server_stats_end": server_stats,
-            "table_text": text,
-            "cpu_table_text": cpu_text,
-            "notes": notes,
-        },
-        machine=machine,
-    )
-    print(f"results: {path}")
+    payload = {
+        "parameters": parameters(args),
+        "definitions": DEFINITIONS,
+        "cores": cores,
+        "cpu_count": os.cpu_count(),
+        "loadavg_start": load_start,
+        "loadavg_end": os.getloadavg(),
+        "setup": run["setup"],
+        "warm_up": run["warm_up"],
+        "legacystamps": legacy_info,
+        "points": points,
+        "cpu_per_image": run["cpu_per_image"],
+        "cube": run["cube"],
+        "server_stats_end": run["server_stats_end"],
+    }
+    cpu_columns = ["step", "CPU ms/img", "wall ms/img"]
+    tables = [
+        Table(table_rows(points), COLUMNS, right=COLUMNS[1:8] + COLUMNS[9:]),
+        Table(cpu_table(run["cpu_per_image"], run["cube"]), cpu_columns, cpu_columns[1:], "cpu_table_text"),
+    ]
+    report("bench_fetch", machine, payload, tables, lines, summary=summary)
     return 0
 
 

@@ -42,12 +42,12 @@ import argparse
 import multiprocessing
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from _machine import format_rate, machine_info, print_table, usable_cores, write_results
+from _machine import Table, arg_parser, format_rate, machine_info, report, usable_cores
 
 from pipeline.synthetic.catalog import generate_rows
 from pipeline.synthetic.render import NATIVE_PIXSCALE, Galaxy, agn_weight_from_fluxes, encode_jpeg, render_field
@@ -59,6 +59,7 @@ CATALOG_SEED = 7
 AIM_RENDERS_PER_S = 500.0  # per core, 250 × 250 (the issue's aim)
 ENCODE_ONLY_MAX = 500  # images kept from measurement 1 for the encode-only measurement
 BATCH = 25  # galaxies per task in the thread and process pools
+KEYS = ("render", "render_encode", "render_encode_threads", "render_encode_processes")  # each on its own galaxies
 
 now: Callable[[], float] = time.perf_counter
 
@@ -309,7 +310,7 @@ def aims(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arg_parser(__doc__)
     parser.add_argument("--n", type=int, default=3000, help="distinct galaxies per measurement (default 3000)")
     parser.add_argument("--workers", type=int, default=2, help="threads / processes for the scaling rows")
     parser.add_argument(
@@ -321,13 +322,52 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def measure(sets: Iterator[list[Galaxy]], warm: Galaxy, workers: int, repeat: int) -> dict[str, list[dict[str, Any]]]:
+    """Every measurement ``repeat`` times, each on the next unused set of galaxies; raw runs by key."""
+    results: dict[str, list[dict[str, Any]]] = {k: [] for k in (*KEYS, "encode")}
+    for rep in range(repeat):
+        print(f"[{rep + 1}/{repeat}] render_field, 1 thread ...", flush=True)
+        with CpuMeter() as cpu:
+            run, images = measure_render(next(sets))
+        results["render"].append(run | cpu.result)
+        with CpuMeter() as cpu:
+            run = measure_encode(images)
+        results["encode"].append(run | cpu.result)
+        del images
+        print(f"[{rep + 1}/{repeat}] render_field + encode_jpeg, 1 thread ...", flush=True)
+        with CpuMeter() as cpu:
+            run = measure_render_encode(next(sets))
+        results["render_encode"].append(run | cpu.result)
+        print(f"[{rep + 1}/{repeat}] render_field + encode_jpeg, {workers} threads ...", flush=True)
+        with ThreadPoolExecutor(max_workers=workers) as pool, CpuMeter() as cpu:
+            run = measure_pool(pool, next(sets))
+        results["render_encode_threads"].append(run | cpu.result)
+        print(f"[{rep + 1}/{repeat}] render_field + encode_jpeg, {workers} processes ...", flush=True)
+        pool, pids = start_processes(workers, warm)
+        if len(pids) < workers:
+            print(f"  warning: only {len(pids)} of {workers} worker processes took warm-up tasks", flush=True)
+        with pool, CpuMeter(pids) as cpu:
+            run = measure_pool(pool, next(sets))
+        results["render_encode_processes"].append(run | cpu.result | {"worker_pids": pids})
+    return results
+
+
+DEFINITIONS = {
+    "img/s": "images / wall seconds of the whole set; best of --repeat",
+    "img/s per core": "img/s / threads or processes used",
+    "ms/img (core)": "milliseconds of one core per image (1000 / img/s per core)",
+    "x 1 thread": "img/s relative to the same method in 1 thread",
+    "our cores": "CPU seconds of this process (+ pool workers) / wall seconds (psutil)",
+    "others cores": "the machine's busy CPU seconds not ours / wall seconds: other work on the machine",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     machine = machine_info(extra_packages=("pillow",))
     n, workers = args.n, args.workers
-    keys = ("render", "render_encode", "render_encode_threads", "render_encode_processes")
     # Disjoint galaxy sets: one per (measurement, repeat), then one more for warming up.
-    total = n * len(keys) * args.repeat + 1
+    total = n * len(KEYS) * args.repeat + 1
     t0 = now()
     galaxies = catalog_galaxies(0, total)
     catalog_s = now() - t0
@@ -343,40 +383,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     load_before = os.getloadavg()
     warm_up(warm)
-    results: dict[str, list[dict[str, Any]]] = {k: [] for k in (*keys, "encode")}
-    for rep in range(args.repeat):
-        print(f"[{rep + 1}/{args.repeat}] render_field, 1 thread ...", flush=True)
-        with CpuMeter() as cpu:
-            run, images = measure_render(next(sets))
-        results["render"].append(run | cpu.result)
-        with CpuMeter() as cpu:
-            run = measure_encode(images)
-        results["encode"].append(run | cpu.result)
-        del images
-        print(f"[{rep + 1}/{args.repeat}] render_field + encode_jpeg, 1 thread ...", flush=True)
-        with CpuMeter() as cpu:
-            run = measure_render_encode(next(sets))
-        results["render_encode"].append(run | cpu.result)
-        print(f"[{rep + 1}/{args.repeat}] render_field + encode_jpeg, {workers} threads ...", flush=True)
-        with ThreadPoolExecutor(max_workers=workers) as pool, CpuMeter() as cpu:
-            run = measure_pool(pool, next(sets))
-        results["render_encode_threads"].append(run | cpu.result)
-        print(f"[{rep + 1}/{args.repeat}] render_field + encode_jpeg, {workers} processes ...", flush=True)
-        pool, pids = start_processes(workers, warm)
-        if len(pids) < workers:
-            print(f"  warning: only {len(pids)} of {workers} worker processes took warm-up tasks", flush=True)
-        with pool, CpuMeter(pids) as cpu:
-            run = measure_pool(pool, next(sets))
-        results["render_encode_processes"].append(run | cpu.result | {"worker_pids": pids})
+    results = measure(sets, warm, workers, args.repeat)
     load_after = os.getloadavg()
 
     rows = summarise(results, workers)
-    print()
-    text = print_table(
-        formatted(rows),
-        COLUMNS,
-        right=COLUMNS[2:],
-    )
     single = best(results["render"])["per_render_ms"]
     notes = [
         f"os.cpu_count() = {os.cpu_count()}, usable cores = {usable_cores()}; load average (1 min) "
@@ -386,48 +396,35 @@ def main(argv: list[str] | None = None) -> int:
         "aims:",
         *aims(rows),
     ]
-    print("\n".join(notes))
-    path = write_results(
-        "bench_render",
-        {
-            "parameters": {
-                "n": n,
-                "workers": workers,
-                "repeat": args.repeat,
-                "size": SIZE,
-                "pixscale": "PETROTH90 * 1.5 * 2 / 250 arcsec/pixel, per galaxy",
-                "neighbours": 0,
-                "jpeg_quality": JPEG_QUALITY,
-                "catalog_seed": CATALOG_SEED,
-                "catalog_rows": [0, total],
-                "pool_batch": BATCH,
-                "blas_threads_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")},
-                "process_start_method": multiprocessing.get_start_method(),
-                "command": " ".join(sys.argv),
-            },
-            "definitions": {
-                "img/s": "images / wall seconds of the whole set; best of --repeat",
-                "img/s per core": "img/s / threads or processes used",
-                "ms/img (core)": "milliseconds of one core per image (1000 / img/s per core)",
-                "x 1 thread": "img/s relative to the same method in 1 thread",
-                "our cores": "CPU seconds of this process (+ pool workers) / wall seconds (psutil)",
-                "others cores": "the machine's busy CPU seconds not ours / wall seconds: other work on the machine",
-            },
-            "cpu_count": os.cpu_count(),
-            "usable_cores": usable_cores(),
-            "load_average_before": load_before,
-            "load_average_after": load_after,
-            "catalog_generation_s": catalog_s,
-            "aim_renders_per_s_per_core": AIM_RENDERS_PER_S,
-            "aim_met": rows[0]["img/s"] >= AIM_RENDERS_PER_S,  # rows[0]: render_field, 1 thread
-            "runs": results,
-            "table": rows,
-            "table_text": text,
-            "notes": notes,
-        },
-        machine=machine,
-    )
-    print(f"results: {path}")
+    parameters = {
+        "n": n,
+        "workers": workers,
+        "repeat": args.repeat,
+        "size": SIZE,
+        "pixscale": "PETROTH90 * 1.5 * 2 / 250 arcsec/pixel, per galaxy",
+        "neighbours": 0,
+        "jpeg_quality": JPEG_QUALITY,
+        "catalog_seed": CATALOG_SEED,
+        "catalog_rows": [0, total],
+        "pool_batch": BATCH,
+        "blas_threads_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")},
+        "process_start_method": multiprocessing.get_start_method(),
+        "command": " ".join(sys.argv),
+    }
+    payload = {
+        "parameters": parameters,
+        "definitions": DEFINITIONS,
+        "cpu_count": os.cpu_count(),
+        "usable_cores": usable_cores(),
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+        "catalog_generation_s": catalog_s,
+        "aim_renders_per_s_per_core": AIM_RENDERS_PER_S,
+        "aim_met": rows[0]["img/s"] >= AIM_RENDERS_PER_S,  # rows[0]: render_field, 1 thread
+        "runs": results,
+        "table": rows,
+    }
+    report("bench_render", machine, payload, [Table(formatted(rows), COLUMNS, right=COLUMNS[2:])], notes)
     return 0
 
 

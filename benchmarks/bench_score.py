@@ -19,7 +19,6 @@ device), the cube part shows images/s of scoring on it (``--workers 1`` keeps on
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -33,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _machine import machine_info, print_table, summary_row, write_results  # noqa: E402
+from _machine import Table, arg_parser, machine_info, report, summary_row  # noqa: E402
 from bench_train import make_cube  # noqa: E402
 
 BATCH = 256
@@ -145,7 +144,7 @@ def stream(model_dir: Path, data: Path, galaxies: int, latency: float, rate: flo
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arg_parser(__doc__)
     parser.add_argument("--images", type=int, default=4096, help="images in the cube (default 4096)")
     parser.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
     parser.add_argument("--stream-galaxies", type=int, default=2048, help="galaxies fetched and scored (default 2048)")
@@ -190,17 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     ]  # fmt: skip
     rows = [{"measure": r["stage"], "work": r["work"], "img/s": f"{r['rate']:,.1f}", "reference": r["reference"],
              "ref img/s": f"{r['reference_rate']:,.1f}", "ratio": f"{r['ratio']:.2f}"} for r in summary]  # fmt: skip
-    print()
-    text = print_table(rows, list(rows[0]), right=["img/s", "ref img/s", "ratio"])
     rates = ", ".join(f"{k} {v:,.0f}" for k, v in top["images_per_s_by_method"].items())
-    print(f"in-memory ceiling: the faster of {rates} img/s (this process, all cores)")
-    print("aims: warm score >= 0.85 of the ceiling; streaming fetch + score >= 0.9 of fetch alone")
+    notes = [f"in-memory ceiling: the faster of {rates} img/s (this process, all cores)",
+             "aims: warm score >= 0.85 of the ceiling; streaming fetch + score >= 0.9 of fetch alone"]  # fmt: skip
     command = " ".join(["benchmarks/bench_score.py", *sys.argv[1:]])
     parameters = vars(args) | {"batch_size": BATCH, "command": command}
-    payload = {"parameters": parameters, "cube": cube, "ceiling": top, "score": scored, "stream": streamed,
-               "summary": summary, "table_text": text}
-    path = write_results("bench_score", payload, machine)
-    print(f"results: {path}")
+    payload = {"parameters": parameters, "cube": cube, "ceiling": top, "score": scored, "stream": streamed}
+    table = Table(rows, list(rows[0]), right=["img/s", "ref img/s", "ratio"])
+    report("bench_score", machine, payload, [table], notes, summary=summary, notes_key=None)
     return 0
 
 

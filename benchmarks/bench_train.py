@@ -44,7 +44,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _machine import machine_info, print_table, summary_row, write_results  # noqa: E402
+from _machine import Table, arg_parser, machine_info, report, summary_row  # noqa: E402
 
 PAPER_IMAGES = 141_305
 PAPER_TRAIN_FRACTION = 0.75
@@ -196,7 +196,7 @@ def measure_backend(ws: Path, steps: int, batch_size: int, buffer: int, model_na
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arg_parser(__doc__)
     parser.add_argument("--images", type=int, default=4096, help="images in the cube (default 4096)")
     parser.add_argument("--steps", type=int, default=30, help="batches per timed epoch (default 30)")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -246,16 +246,15 @@ def main(argv: list[str] | None = None) -> int:
              "fit peak RSS MiB": f"{r['peak_rss_above_base_mib']:.0f}",
              "reader peak RSS MiB": f"{r['reader_peak_rss_above_base_mib']:.0f} (buffer {r['shuffle_buffer_mib']:.0f})",
              "10 paper epochs h": r["epochs_10_of_paper_hours"]} for r in results]  # fmt: skip
-    print(f"\ncube: {cube}; the paper: 10 epochs in ~{PAPER_HOURS:.0f} h")
-    print_table(rows, list(rows[0]) if rows else ["backend"],
-                right=["batch", "ceiling img/s", "pipeline img/s", "x ceiling", "reader alone img/s",
-                       "10 paper epochs h"])  # fmt: skip
+    table = Table(rows, list(rows[0]) if rows else ["backend"],
+                  right=["batch", "ceiling img/s", "pipeline img/s", "x ceiling", "reader alone img/s",
+                         "10 paper epochs h"], key=None,
+                  heading=f"\ncube: {cube}; the paper: 10 epochs in ~{PAPER_HOURS:.0f} h")  # fmt: skip
     summary = [summary_row(f"train ({r['backend']}, {r['model']})", f"{args.steps} batches of {args.batch_size}",
                            r["pipeline_images_per_s"], "img/s", "in-memory ceiling", r["ceiling_images_per_s"])
                for r in results]  # fmt: skip
-    path = write_results("bench_train", {"parameters": vars(args) | {"workspace": str(args.workspace)},
-                                         "cube": cube, "results": results, "summary": summary}, machine)  # fmt: skip
-    print(f"\nwrote {path}")
+    payload = {"parameters": vars(args) | {"workspace": str(args.workspace)}, "cube": cube, "results": results}
+    report("bench_train", machine, payload, [table], summary=summary, notes_key=None)
     return 0 if results else 1
 
 

@@ -50,7 +50,7 @@ import time
 from typing import Any
 
 import numpy as np
-from _machine import machine_info, print_table, write_results
+from _machine import Table, arg_parser, machine_info, report
 from PIL import Image
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
@@ -282,7 +282,7 @@ def auc_between(score: np.ndarray, weight: np.ndarray, low: float, high: float) 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arg_parser(__doc__)
     parser.add_argument("--n", type=int, default=6000, help="galaxies with four positive fluxes (default 6000)")
     parser.add_argument("--seed", type=int, default=3, help="sky (catalog) seed (default 3)")
     parser.add_argument("--epochs", type=int, default=30, help="most CNN epochs, early stopping (default 30)")
@@ -342,8 +342,6 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [{"model": name, "test AUC": f"{auc:.3f}", "": ""} for name, auc in aucs.items()]
     rows += [{"model": name, "test AUC": f"{auc:.3f}", "": "(a check, not a model)"} for name, auc in checks.items()]
-    print()
-    text = print_table(rows, ["model", "test AUC", ""], right=["test AUC"])
     notes = [f"test set: {len(test)} galaxies, {int(label[test].sum())} AGN; train: {len(train)}"]
     if cnn_result is not None:
         lo, hi = TARGET_CNN_AUC
@@ -355,43 +353,37 @@ def main(argv: list[str] | None = None) -> int:
             f"the target {lo:.2f}-{hi:.2f}"
         )
     notes.append(f"total {timings['total_s']:.0f} s")
-    print("\n".join(notes))
-    path = write_results(
-        "render_auc",
-        {
-            "parameters": {
-                "n": args.n,
-                "seed": args.seed,
-                "epochs": args.epochs,
-                "px": args.px,
-                "cnn": not args.no_cnn,
-                "size": SIZE,
-                "pixscale": "PETROTH90 * 1.5 * 2 / 250 arcsec/pixel, per galaxy",
-                "resize": "Pillow LANCZOS",
-                "label": "paper rule: AGN = 1 unless y < 0.61/(x - 0.05) + 1.3 and x < -0.1",
-                "split_seed": SPLIT_SEED,
-                "train_fraction": TRAIN_FRACTION,
-                "validation_fraction_of_train": VALIDATION_FRACTION,
-                "command": " ".join(sys.argv),
-            },
-            "target_cnn_auc": TARGET_CNN_AUC,
-            "galaxies": args.n,
-            "catalog_rows_scanned": scanned,
-            "agn_fraction": float(label.mean()),
-            "label_by_weight": counts,
-            "train_rows": len(train),
-            "test_rows": len(test),
-            "test_agn": int(label[test].sum()),
-            "test_auc": aucs,
-            "check_auc": checks,
-            "cnn": cnn_result,
-            "timings": timings,
-            "table_text": text,
-            "notes": notes,
-        },
-        machine=machine,
-    )
-    print(f"results: {path}")
+    parameters = {
+        "n": args.n,
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "px": args.px,
+        "cnn": not args.no_cnn,
+        "size": SIZE,
+        "pixscale": "PETROTH90 * 1.5 * 2 / 250 arcsec/pixel, per galaxy",
+        "resize": "Pillow LANCZOS",
+        "label": "paper rule: AGN = 1 unless y < 0.61/(x - 0.05) + 1.3 and x < -0.1",
+        "split_seed": SPLIT_SEED,
+        "train_fraction": TRAIN_FRACTION,
+        "validation_fraction_of_train": VALIDATION_FRACTION,
+        "command": " ".join(sys.argv),
+    }
+    payload = {
+        "parameters": parameters,
+        "target_cnn_auc": TARGET_CNN_AUC,
+        "galaxies": args.n,
+        "catalog_rows_scanned": scanned,
+        "agn_fraction": float(label.mean()),
+        "label_by_weight": counts,
+        "train_rows": len(train),
+        "test_rows": len(test),
+        "test_agn": int(label[test].sum()),
+        "test_auc": aucs,
+        "check_auc": checks,
+        "cnn": cnn_result,
+        "timings": timings,
+    }
+    report("render_auc", machine, payload, [Table(rows, ["model", "test AUC", ""], right=["test AUC"])], notes)
     return 0
 
 

@@ -107,8 +107,7 @@ class RunArgs:
     restart: bool = False
 
     def __post_init__(self) -> None:
-        if self.until not in RUN_STAGES[1:]:
-            raise ConfigError(f"run.until must be one of {', '.join(RUN_STAGES[1:])} (got {self.until!r})")
+        validate.one_of("run.until", self.until, RUN_STAGES[1:])
 
     @property
     def stages(self) -> tuple[str, ...]:

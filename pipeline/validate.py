@@ -23,6 +23,12 @@ def workspace(value: Workspace | str | Path) -> Workspace:
         raise ConfigError(str(exc)) from None
 
 
+def one_of(key: str, value: object, allowed: tuple[str, ...]) -> None:
+    """``value`` is one of ``allowed``; the error lists them (``label.scheme must be one of ...``)."""
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(allowed)} (got {value!r})")
+
+
 def positive(key: str, value: int | None, optional: bool = False) -> None:
     """``value`` is an integer > 0 (or, with ``optional``, None); ``key`` names it (``ingest.max_rows``)."""
     if value is None and optional:

@@ -60,8 +60,7 @@ class IngestArgs:
             raise ConfigError(f"ingest.format must be auto, fits, parquet or csv (got {self.format!r})")
         if self.hdu is not None and (not isinstance(self.hdu, int) or isinstance(self.hdu, bool) or self.hdu < 0):
             raise ConfigError(f"ingest.hdu must be an HDU number >= 0 (got {self.hdu!r}); the NSA table is in HDU 1")
-        if self.id_kind not in ID_KINDS:
-            raise ConfigError(f"ingest.id_kind must be one of {', '.join(ID_KINDS)} (got {self.id_kind!r})")
+        validate.one_of("ingest.id_kind", self.id_kind, ID_KINDS)
 
 
 @dataclass(frozen=True)
@@ -83,8 +82,7 @@ class LabelArgs:
     def __post_init__(self) -> None:
         object.__setattr__(self, "workspace", validate.workspace(self.workspace))
         object.__setattr__(self, "split", tuple(float(s) for s in self.split))
-        if self.scheme not in SCHEMES:
-            raise ConfigError(f"label.scheme must be one of {', '.join(SCHEMES)} (got {self.scheme!r})")
+        validate.one_of("label.scheme", self.scheme, SCHEMES)
         if self.min_snr is not None and not (math.isfinite(self.min_snr) and self.min_snr > 0):
             raise ConfigError(f"label.min_snr must be > 0 (got {self.min_snr}); omit it for no S/N cut")
         if len(self.split) != 3 or any(s < 0 for s in self.split) or not math.isclose(sum(self.split), 1.0):

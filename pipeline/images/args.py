@@ -54,8 +54,7 @@ class FetchArgs:
     def __post_init__(self) -> None:
         object.__setattr__(self, "workspace", validate.workspace(self.workspace))
         object.__setattr__(self, "pixscale_bounds", tuple(float(b) for b in self.pixscale_bounds))
-        if self.rows not in FETCH_ROWS:
-            raise ConfigError(f"fetch.rows must be one of {', '.join(FETCH_ROWS)} (got {self.rows!r})")
+        validate.one_of("fetch.rows", self.rows, FETCH_ROWS)
         for key in ("size", "image_size", "concurrency", "shard_images", "inner_images", "give_up_window"):
             validate.positive(f"fetch.{key}", getattr(self, key))
         if self.size > 3000:

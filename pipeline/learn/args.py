@@ -59,8 +59,7 @@ class TrainArgs:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "workspace", validate.workspace(self.workspace))
-        if self.model not in MODEL_NAMES:
-            raise ConfigError(f"train.model must be one of {', '.join(MODEL_NAMES)} (got {self.model!r})")
+        validate.one_of("train.model", self.model, MODEL_NAMES)
         object.__setattr__(self, "name", validate.model_name("train.name", self.name or self.model))
         if not (isinstance(self.seed, int) and 0 <= self.seed < 2**32):
             raise ConfigError(f"train.seed must be an integer in [0, 2**32) (got {self.seed!r})")
@@ -71,9 +70,7 @@ class TrainArgs:
             raise ConfigError(f"train.lr must be a learning rate in (0, 1) (got {self.lr!r}); Adam's default is 0.001")
         for key, allowed in (("precision", Precision), ("accelerator", Accelerator), ("composites", Composites),
                              ("class_weight", ClassWeight)):  # fmt: skip
-            value = getattr(self, key)
-            if value not in get_args(allowed):
-                raise ConfigError(f"train.{key} must be one of {', '.join(get_args(allowed))} (got {value!r})")
+            validate.one_of(f"train.{key}", getattr(self, key), get_args(allowed))
 
 
 @dataclass(frozen=True)

@@ -63,5 +63,4 @@ class ScoreArgs:
             if key not in CANONICAL_COLUMNS:
                 raise ConfigError(f"score.columns: unknown canonical column {key!r}; use one of "
                                   f"{', '.join(CANONICAL_COLUMNS)}")  # fmt: skip
-        if self.id_kind not in ID_KINDS:
-            raise ConfigError(f"score.id_kind must be one of {', '.join(ID_KINDS)} (got {self.id_kind!r})")
+        validate.one_of("score.id_kind", self.id_kind, ID_KINDS)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pipeline import validate
 from pipeline.errors import ConfigError
 
 TruncateMode = Literal["body", "close"]
@@ -46,7 +47,7 @@ class Faults:
                 f"faults.throttle_rate must be > 0 requests/s (got {self.throttle_rate!r}); omit it for no throttling"
             )
         if self.throttle_burst is not None:
-            _positive_int("faults.throttle_burst", self.throttle_burst)
+            validate.positive("faults.throttle_burst", self.throttle_burst)
             if self.throttle_rate is None:
                 raise ConfigError("faults.throttle_burst needs faults.throttle_rate (the bucket's refill rate)")
         if self.truncate_mode not in ("body", "close"):
@@ -54,7 +55,7 @@ class Faults:
         if not _is_number(self.hang_s) or not self.hang_s > 0:
             raise ConfigError(f"faults.hang_s must be > 0 seconds (got {self.hang_s!r})")
         if self.max_concurrent is not None:
-            _positive_int("faults.max_concurrent", self.max_concurrent)
+            validate.positive("faults.max_concurrent", self.max_concurrent)
 
     @property
     def burst(self) -> int:
@@ -128,7 +129,7 @@ class ServerConfig:
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError(f"serve.seed must be an integer >= 0 (got {self.seed!r})")
         if self.workers is not None:
-            _positive_int("serve.workers", self.workers)
+            validate.positive("serve.workers", self.workers)
         if self.executor not in ("thread", "process"):
             raise ConfigError(f"serve.executor must be 'thread' or 'process' (got {self.executor!r})")
         _non_negative("serve.cache_mb", self.cache_mb)
@@ -180,8 +181,3 @@ def _is_number(value: Any) -> bool:
 def _non_negative(key: str, value: Any) -> None:
     if not _is_number(value) or value < 0:
         raise ConfigError(f"{key} must be a number >= 0 (got {value!r})")
-
-
-def _positive_int(key: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{key} must be a positive integer (got {value!r})")

@@ -16,6 +16,7 @@ the cutout settings). Labelling may change: it never invalidates a cutout.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -39,7 +40,6 @@ from pipeline.score import score
 from pipeline.stage import Report, Step, writing
 from pipeline.synthetic import catalog as sky
 from pipeline.synthetic.args import SkyArgs
-from pipeline.synthetic.catalog import SKY_FITS, SKY_MANIFEST
 from storage.manifest import Manifest, read_manifest
 from storage.workspace import Workspace
 
@@ -58,7 +58,7 @@ def run_inputs(sky_args: SkyArgs | None, ingest_args: IngestArgs, label_args: La
         "source": source,
         "ingest": ingest.order_settings(ingest_args),
         "label": label.parameters(label_args),
-        "cube": fetch.cube_settings(fetch_args),
+        "cube": fetch.cube_definition(fetch_args),
     }
 
 
@@ -107,16 +107,17 @@ def _differences(before: Inputs, now: Inputs) -> list[str]:
 
 def _inputs_from_manifests(ws: Workspace) -> Inputs | None:
     """Source and labelling of a workspace built before `run` recorded its inputs, from its manifests."""
-    ingest, label = ws.read_manifest("ingest"), ws.read_manifest("label")
-    if ingest is None or label is None:
+    ingested, labelled = ws.read_manifest("ingest"), ws.read_manifest("label")
+    if ingested is None or labelled is None:
         return None
-    paths = [os.path.abspath(i["path"]) for i in ingest["inputs"]]
-    sky = read_manifest(ws.root / "sky" / SKY_MANIFEST) if (ws.root / "sky" / SKY_MANIFEST).exists() else None
-    if sky is not None and paths == [str(ws.root / "sky" / SKY_FITS)]:
-        source = {"n": sky["parameters"]["n"], "seed": sky["parameters"]["seed"]}
+    paths = [os.path.abspath(i["path"]) for i in ingested["inputs"]]
+    made = ws.root / "sky" / sky.SKY_MANIFEST
+    sky_manifest = read_manifest(made) if made.exists() else None
+    if sky_manifest is not None and paths == [str(ws.root / "sky" / sky.SKY_FITS)]:
+        source = {"n": sky_manifest["parameters"]["n"], "seed": sky_manifest["parameters"]["seed"]}
     else:
         source = {"catalog": paths}
-    return {"source": source, "label": label["parameters"]}
+    return {"source": source, "label": labelled["parameters"]}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -147,7 +148,8 @@ def run_pipeline(args: RunArgs, client: Any = None, report: Report | None = None
     with writing(ws, "run", "run", kept=kept), ExitStack() as stack:
         check_run_inputs(ws, run_inputs(args.sky, args.ingest, args.label, args.fetch), restart=args.restart)
         pipeline = _Pipeline(args, client, report or (lambda stage, manifest: None), stack)
-        return [pipeline.stage(name) for name in args.stages]
+        runs = [pipeline.stage(name) for name in args.stages]
+        return [pipeline.described(run) for run in runs]
 
 
 class _Pipeline:
@@ -172,8 +174,7 @@ class _Pipeline:
                    and step.complete(stage_args, self, made))  # fmt: skip
         if current:
             self.upstream = _digest([fingerprint, before.get("started_at")])
-            return StageRun(name, False, None, 0.0, "current: same inputs and settings, outputs complete",
-                            *step.describe(made))  # fmt: skip
+            return StageRun(name, False, None, 0.0, "current: same inputs and settings, outputs complete")
         started = time.monotonic()
         if before.get("attempt") == fingerprint:  # an earlier attempt of these settings was cut short: continue it
             before = {}
@@ -186,7 +187,15 @@ class _Pipeline:
             self._record(name, {"fingerprint": fingerprint, "started_at": manifest.started_at,
                                 "settings": settings, "upstream": tokens})  # fmt: skip
         self.upstream = _digest([fingerprint, manifest.started_at])
-        return StageRun(name, True, manifest, seconds, "", *step.describe(manifest.to_dict()))
+        return StageRun(name, True, manifest, seconds)
+
+    def described(self, run: StageRun) -> StageRun:
+        """``run`` with what its manifest says for the run's table (read once every stage is done: a
+        later stage may have rewritten an earlier one's manifest)."""
+        step, stage_args = STEPS[run.name], getattr(self.args, run.name)
+        made = (run.manifest.to_dict() if run.manifest is not None
+                else self.workspace.read_manifest(step.manifest_name(stage_args)) or {})  # fmt: skip
+        return dataclasses.replace(run, **dict(zip(("result", "images", "rows"), step.describe(made), strict=True)))
 
     def report(self, stage: str, manifest: Manifest) -> None:
         self._report(stage, manifest)
@@ -210,11 +219,6 @@ class _Pipeline:
             print(f"\noffline cutout server for {', '.join(Path(p).name for p in inputs)}: {server.url}")
             self.server_url = server.url
         return self.server_url
-
-
-def manifest_name(args: RunArgs, stage: str) -> str:
-    """The name of the manifest ``stage`` writes in ``WS/manifests/`` (train's names its model)."""
-    return STEPS[stage].manifest_name(getattr(args, stage))
 
 
 def _digest(value: Any) -> str:

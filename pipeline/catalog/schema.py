@@ -13,7 +13,6 @@ SCHEMES: tuple[str, ...] = get_args(Scheme)
 IdKind = Literal["auto", "int", "string"]
 ID_KINDS: tuple[str, ...] = get_args(IdKind)
 
-
 CANONICAL_COLUMNS: tuple[str, ...] = (
     "objid", "ra", "dec", "z", "radius_arcsec",
     "ha_flux", "nii_flux", "hb_flux", "oiii_flux",

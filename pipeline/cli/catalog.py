@@ -86,4 +86,3 @@ def _label(ns: argparse.Namespace, raw: dict, client: options.ClientFactory) -> 
 
     args = _label_args_from(ns, raw)
     return [print_summary("label", label(args, client=client()))]
-

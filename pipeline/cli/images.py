@@ -49,4 +49,3 @@ def _fetch(ns: argparse.Namespace, raw: dict, client: options.ClientFactory) -> 
 
     args = fetch_args_from(ns, raw)
     return [print_summary("fetch", fetch(args, client=client()))]
-

@@ -83,6 +83,5 @@ def _evaluate(ns: argparse.Namespace, raw: dict, client: options.ClientFactory) 
     from pipeline.learn.evaluate import evaluate
 
     args = build(EvaluateArgs, raw, workspace=ns.workspace, model=ns.model,
-                  threshold_policy=ns.threshold_policy, tta=ns.tta)  # fmt: skip
+                 threshold_policy=ns.threshold_policy, tta=ns.tta)  # fmt: skip
     return [print_summary("evaluate", evaluate(args))]
-

@@ -67,4 +67,3 @@ def _score(ns: argparse.Namespace, raw: dict, client: options.ClientFactory) -> 
 
     args = _score_args(ns, raw)
     return [print_summary("score", score(args, client=client(), report=print_summary))]
-

@@ -60,7 +60,7 @@ def _sky_make(ns: argparse.Namespace, raw: dict, client: options.ClientFactory) 
     from pipeline.synthetic.catalog import make_sky
 
     args = build(SkyArgs, raw, out=ns.out, n=ns.n, seed=ns.seed, partition_rows=ns.partition_rows,
-                  layout=ns.layout)  # fmt: skip
+                 layout=ns.layout)  # fmt: skip
     return [print_summary("sky make", make_sky(args, client=client()))]
 
 

@@ -407,7 +407,7 @@ POLITENESS = ("cutout_url", "concurrency", "rate", "retries", "timeout_s", "dead
               "give_up_fraction", "restart")  # how the cutouts are asked for: no pixel depends on these  # fmt: skip
 
 
-def cube_settings(args: FetchArgs) -> dict:
+def cube_definition(args: FetchArgs) -> dict:
     """The settings a cube's pixels and layout depend on (a cube made with others is another cube)."""
     keys = ("layer", "size", "image_size", "radius_scale", "shard_images", "inner_images")
     return {k: getattr(args, k) for k in keys} | {"pixscale_bounds": list(args.pixscale_bounds)}
@@ -419,8 +419,10 @@ def _fetch_for_run(args: FetchArgs, run: RunContext, before: dict, fingerprint: 
 
 STEP = Step(
     "fetch",
-    settings=lambda args, run: ({k: v for k, v in dataclasses.asdict(args).items()
-                                 if k not in (*POLITENESS, "workspace")}, [run.upstream]),  # fmt: skip
+    settings=lambda args, run: (
+        {k: v for k, v in dataclasses.asdict(args).items() if k not in (*POLITENESS, "workspace")},
+        [run.upstream],
+    ),
     complete=lambda args, run, made: args.workspace.cube.exists() and not made.get("unfinished"),
     execute=_fetch_for_run,
     images=True,

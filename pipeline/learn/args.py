@@ -12,8 +12,6 @@ from pipeline.errors import ConfigError
 from storage.workspace import Workspace
 
 MODEL_NAMES: tuple[str, ...] = ("paper", "resnet18")  # pipeline.learn.model.MODELS, without importing Keras
-
-
 Precision = Literal["float32", "mixed_bfloat16"]
 Accelerator = Literal["auto", "gpu", "cpu"]
 Composites = Literal["exclude", "agn"]

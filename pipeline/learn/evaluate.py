@@ -20,6 +20,7 @@ import pandas as pd
 from pipeline.errors import DataError, WorkspaceError
 from pipeline.learn import metrics, plots
 from pipeline.learn.args import EvaluateArgs, parse_policy
+from pipeline.learn.modeldir import TRAINED_ON, load_model, read_json, read_state
 from pipeline.learn.rows import Rows, select_rows
 from pipeline.stage import RunContext, Step, locked, writing
 from storage.cube import open_cube
@@ -54,7 +55,6 @@ def _evaluate(args: EvaluateArgs) -> Manifest:
             f"{directory} has no trained model{hint}; run `agnsurvey train --workspace {ws.root} --name {args.model}` "
             "first, or pass --model NAME"
         )
-    from pipeline.learn.modeldir import load_model, read_json
 
     trained_with = read_json(directory / "args.json")["arguments"]
     splits = select_rows(ws, trained_with.get("composites", "exclude"))
@@ -125,7 +125,6 @@ def _evaluate(args: EvaluateArgs) -> Manifest:
 def _check_unseen(directory: Path, splits: dict[str, Rows]) -> None:
     """Refuse to choose a threshold or measure on galaxies the model trained on (the labels were
     remade with another split or scheme since): its numbers would be optimistic."""
-    from pipeline.learn.modeldir import TRAINED_ON
 
     path = directory / TRAINED_ON
     if not path.exists():
@@ -159,7 +158,6 @@ def measure(splits: dict[str, Rows], p_val: np.ndarray, p_test: np.ndarray, thre
 
 
 def _training_summary(directory: Path, arguments: dict) -> dict[str, Any]:
-    from pipeline.learn.modeldir import read_state
 
     state = read_state(directory)
     seconds = sum(h.get("seconds") or 0 for h in state["history"])

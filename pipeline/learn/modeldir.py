@@ -1,4 +1,5 @@
-"""A model directory (``WS/models/NAME/``): its files, its training state, and loading what it holds."""
+"""A model directory (``WS/models/NAME/``): its files, its training state (and one line per finished
+epoch of its history, :func:`epoch_line`), and loading the models it holds."""
 
 from __future__ import annotations
 

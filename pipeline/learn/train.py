@@ -70,8 +70,9 @@ def train(args: TrainArgs, client: Any = None) -> Manifest:
 
             (model_dir(args) / "model.keras").unlink(missing_ok=True)
             spec = dataclasses.asdict(args) | {"workspace": str(ws.root)}
-            run_in_every_worker(client, "pipeline.learn.train", spec, model_dir(args),
-                                watch=lambda: _print_new_epochs(args))
+            run_in_every_worker(
+                client, "pipeline.learn.train", spec, model_dir(args), watch=lambda: _print_new_epochs(args)
+            )
         seconds = time.monotonic() - started
         return _finish(args, manifest, splits, seconds)
 
@@ -173,6 +174,9 @@ def _discard(directory: Path) -> None:
     trash = directory.with_name(f".{directory.name}.discarded-{uuid.uuid4().hex[:8]}")
     os.replace(directory, trash)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+# --- one training process ------------------------------------------------------------------------
 
 
 def fit(args: TrainArgs, processes: Processes | None = None) -> None:

@@ -161,7 +161,7 @@ def existing_parts(scores: Path, fingerprint: dict, restart: bool) -> set[str]:
 
 
 def make_part(args: ScoreArgs, model: ModelInfo, fingerprint: dict, key: str, rows: pd.DataFrame,
-          cube: str = "") -> Part:  # fmt: skip
+              cube: str = "") -> Part:  # fmt: skip
     out = args.workspace.scores / key
     batch = args.batch_size or default_batch_size()
     return Part(key, rows.reset_index(drop=True), str(out), model, batch, args.tta, fingerprint, cube)

@@ -58,9 +58,9 @@ from pipeline.score.sources import (
     cube_catalog,
     cube_have,
     cube_parts,
-    cube_settings,
     image_catalog,
     prepare_source,
+    scoring_cube_settings,
     scoring_workspace,
 )
 from pipeline.stage import Report, RunContext, Step, locked, writing
@@ -108,7 +108,7 @@ def _score(args: ScoreArgs, client: Client | None, report: Report) -> Manifest:
         source_ws = prepare_source(args, client, report)
         with locked(source_ws, "catalog", shared=True):
             frame = cube_catalog(source_ws)
-        settings = cube_settings(args, source_ws, model)
+        settings = scoring_cube_settings(args, source_ws, model)
         ingested = source_ws.read_manifest("ingest") or {}
         source = {"catalog": ingested.get("inputs"), "cube": settings,
                   "partitions": ingested.get("outputs", {}).get("partitioning")}  # fmt: skip
@@ -258,7 +258,7 @@ SPEED = ("workspace", "fetch", "restart", "batch_size")  # how fast scores are m
 def _score_for_run(args: ScoreArgs, run: RunContext, before: dict, fingerprint: str, tokens: list) -> Manifest:
     """Score with the run's cutout service; earlier scores of another model, threshold or data are
     replaced (the config changed)."""
-    fetch = dataclasses.replace(args.fetch, cutout_url=run.cutout_url())
+    fetch = None if args.fetch is None else dataclasses.replace(args.fetch, cutout_url=run.cutout_url())
     changed = bool(before) and before.get("fingerprint") != fingerprint
     return score(dataclasses.replace(args, fetch=fetch, restart=changed), client=run.client, report=run.report)
 
@@ -270,8 +270,10 @@ def _result(manifest: dict) -> str:
 
 STEP = Step(
     "score",
-    settings=lambda args, run: ({k: v for k, v in dataclasses.asdict(args).items() if k not in SPEED},
-                                [run.upstream, run.recorded.get("fetch", {}).get("started_at")]),  # fmt: skip
+    settings=lambda args, run: (
+        {k: v for k, v in dataclasses.asdict(args).items() if k not in SPEED},
+        [run.upstream, run.recorded.get("fetch", {}).get("started_at")],
+    ),
     complete=lambda args, run, made: args.workspace.scores.exists() and not made.get("unfinished"),
     execute=_score_for_run,
     result=_result,

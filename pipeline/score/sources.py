@@ -159,7 +159,7 @@ def cube_parts(frame: pd.DataFrame, partitions: list[tuple[int, int, Path]],
 CUBE_SETTINGS = ("layer", "size", "radius_scale", "pixscale_bounds")
 
 
-def cube_settings(args: ScoreArgs, source_ws: Workspace, model: ModelInfo) -> dict:
+def scoring_cube_settings(args: ScoreArgs, source_ws: Workspace, model: ModelInfo) -> dict:
     """The cutout settings of the cube scored: the existing cube's (which must match ``args.fetch``
     where given), else ``args.fetch``'s; its image size must be the model's input size."""
     f = args.fetch

@@ -68,7 +68,6 @@ BLOCK_ROWS = 10_000
 
 CLASS_NAMES: tuple[str, ...] = ("star-forming", "composite", "seyfert", "liner")
 
-
 FLUX_UNIT = "10**-17 erg s-1 cm-2"
 
 

@@ -22,8 +22,6 @@ SF, COMPOSITE, SEYFERT, LINER = 0, 1, 2, 3
 BANDS = "FNugriz"  # NSA order of the 7-element photometry arrays: GALEX FUV, NUV, SDSS ugriz
 Z_MIN, Z_MAX = 0.005, 0.055
 C_KM_S, H0 = 299_792.458, 70.0  # speed of light (km/s), Hubble constant (km/s/Mpc)
-
-
 SENTINEL = -9999.0
 LINES = ("HA", "N2", "HB", "O3")
 

@@ -5,13 +5,14 @@ answers the same requests as ``https://www.legacysurvey.org/viewer/cutout.jpg``;
 between them by the endpoint URL alone (``CutoutServer.url``: ``http://HOST:PORT/viewer/cutout.jpg``;
 ``/viewer/jpeg-cutout``, the viewer's older name, works too).
 
-``GET /viewer/cutout.jpg?ra=&dec=&size=&pixscale=&layer=``, like the real service:
+``GET /viewer/cutout.jpg?ra=&dec=&size=&pixscale=&layer=``, like the real service (the query is
+parsed and rendered by :mod:`pipeline.synthetic.viewer_api`):
 
 - ``ra``, ``dec`` (degrees) are required: missing, not a number, or |dec| > 90 → HTTP 400, text body;
-- ``size`` (pixels) defaults to :data:`DEFAULT_SIZE` (256); larger than :data:`MAX_SIZE` (3000) is
-  served at 3000 (as the real service does; a client must check the shape); not a positive
+- ``size`` (pixels) defaults to 256 (``DEFAULT_SIZE``); larger than 3000 (``MAX_SIZE``) is served at
+  3000 (as the real service does; a client must check the shape); not a positive
   integer → 400;
-- ``pixscale`` (arcsec/pixel) defaults to :data:`DEFAULT_PIXSCALE` (0.262); not > 0 → 400;
+- ``pixscale`` (arcsec/pixel) defaults to 0.262 (``DEFAULT_PIXSCALE``); not > 0 → 400;
 - ``layer`` is any string (default ``ls-dr10``) and does not change the image; with
   ``ServerConfig.layers`` set, a layer not listed → 400 (the real service rejects unknown layers);
 - outside the footprint (:func:`pipeline.synthetic.footprint.in_footprint`) → an all-black JPEG with
@@ -80,12 +81,27 @@ from pipeline.synthetic.viewer_api import (
     CutoutQuery,
     RequestRecord,
     ServerStats,
-    TokenBucket,
     black_jpeg,
     parse_query,
     render_cutout,
     retry_after_value,
 )
+
+
+class _TokenBucket:
+    """The throttle fault: ``rate`` tokens a second, ``burst`` deep; a request takes one."""
+
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.burst = rate, float(burst)
+        self.tokens, self.last = float(burst), time.monotonic()
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
 
 
 class CutoutServer:
@@ -111,7 +127,7 @@ class CutoutServer:
         self._in_flight = 0
         self._attempts: dict[int, int] = {}
         faults = self.config.faults
-        self._bucket = TokenBucket(faults.throttle_rate, faults.burst) if faults.throttle_rate else None
+        self._bucket = _TokenBucket(faults.throttle_rate, faults.burst) if faults.throttle_rate else None
         self._cache: OrderedDict[tuple, bytes] = OrderedDict()
         self._cache_bytes = 0
 
@@ -178,7 +194,7 @@ class CutoutServer:
 
     @property
     def url(self) -> str:
-        """The cutout endpoint, the offline twin of :data:`REAL_CUTOUT_URL`."""
+        """The cutout endpoint, the offline twin of :data:`~pipeline.synthetic.viewer_api.REAL_CUTOUT_URL`."""
         return self.base_url + CUTOUT_PATH
 
     def clear_log(self) -> None:

@@ -18,7 +18,8 @@ ExecutorKind = Literal["thread", "process"]
 
 @dataclass(frozen=True)
 class Faults:
-    """Injected faults, all off by default (see the module docstring for the order and meaning).
+    """Injected faults, all off by default (:mod:`pipeline.synthetic.server` says in which order they
+    are decided and what each does).
 
     Times in seconds, rates as fractions of requests in [0, 1], ``throttle_rate`` in requests/s.
     """

@@ -25,7 +25,6 @@ MAX_SIZE = 3000
 DEFAULT_PIXSCALE = 0.262  # arcsec/pixel, the Legacy Surveys' native scale
 DEFAULT_LAYER = "ls-dr10"
 
-
 FaultName = Literal["overload", "throttle", "hang", "error", "truncate"]
 
 
@@ -163,17 +162,3 @@ def black_jpeg(size: int, quality: int) -> bytes:
 def retry_after_value(seconds: float) -> str:
     """Retry-After header value: integer seconds (HTTP) unless a fraction was configured."""
     return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
-
-
-class TokenBucket:
-    def __init__(self, rate: float, burst: int):
-        self.rate, self.burst = rate, float(burst)
-        self.tokens, self.last = float(burst), time.monotonic()
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False

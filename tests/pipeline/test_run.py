@@ -123,3 +123,13 @@ def test_init_writes_a_config_that_run_accepts(tmp_path):
     with pytest.raises(ConfigError, match="exists; edit it.*--force"):
         write_init_config(tmp_path)
     assert main(["init", str(tmp_path), "--force"]) == 0
+
+
+def test_run_asks_every_stage_in_the_order_the_config_names_them():
+    """`run` drives the stages through their steps; a stage missing from either list would be skipped
+    silently, or refused by `--until`."""
+    from pipeline.config import RUN_STAGES
+    from pipeline.run import STEPS
+
+    assert tuple(STEPS) == RUN_STAGES
+    assert all(step.name == name for name, step in STEPS.items())

@@ -8,14 +8,12 @@ import os
 import numpy as np
 import pandas as pd
 
-from pipeline.catalog.canonical import INTEGER, LEADING_ZERO
+from pipeline.catalog.ids import INTEGER, LEADING_ZERO
 from pipeline.catalog.readers.base import CatalogSource, Chunk, ColumnKind, Schema
 from pipeline.errors import CatalogError
 
 CSV_CHUNK_BYTES = 64 << 20
 CSV_SAMPLE_ROWS = 2000  # rows read to tell the type of a CSV column
-
-
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
 
 

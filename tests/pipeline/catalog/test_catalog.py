@@ -9,7 +9,7 @@ import pytest
 from astropy.io import fits
 from conftest import nsa_rows, rows_frame, write_nsa_fits
 
-from pipeline.catalog.canonical import stable_id_hash
+from pipeline.catalog.ids import stable_id_hash
 from pipeline.catalog.readers import csv
 from pipeline.catalog.readers import fits as fits_reader
 from pipeline.catalog.sources import inspect_all, plan_chunks, read_chunk

@@ -157,7 +157,7 @@ class _Pipeline:
     fingerprints, what run.json recorded, the offline server (started when a stage needs it)."""
 
     def __init__(self, args: RunArgs, client: Any, report: Report, stack: ExitStack):
-        self.args, self.client, self._report, self.stack = args, client, report, stack
+        self.args, self.client, self.report, self.stack = args, client, report, stack
         self.workspace = args.workspace
         self.recorded: dict[str, dict] = (self.workspace.read_manifest("run") or {}).get("stages", {})
         self.upstream = ""  # the token of the stage before: its fingerprint and when its output was made
@@ -196,9 +196,6 @@ class _Pipeline:
         made = (run.manifest.to_dict() if run.manifest is not None
                 else self.workspace.read_manifest(step.manifest_name(stage_args)) or {})  # fmt: skip
         return dataclasses.replace(run, **dict(zip(("result", "images", "rows"), step.describe(made), strict=True)))
-
-    def report(self, stage: str, manifest: Manifest) -> None:
-        self._report(stage, manifest)
 
     def _record(self, name: str, entry: dict) -> None:
         self.recorded[name] = json.loads(json.dumps(entry, default=str))

@@ -316,12 +316,15 @@ def _process_main(payload: str) -> int:
 # --- as a stage of `agnsurvey run` ------------------------------------------------------------------
 
 
-def _run_settings(args: TrainArgs, run: RunContext) -> tuple[dict, list]:
-    """The model's settings (not those a resumed run may change, but ``epochs``: more continue), and
-    its data's content: an identical relabel retrains nothing."""
+def _model_settings(args: TrainArgs) -> dict:
+    """The model's settings: not those a resumed run may change, but ``epochs`` (more continue)."""
     ignored = {"workspace", *RESUMABLE} - {"epochs"}  # devices, readers, ...: the same model, sooner or later
-    settings = {k: v for k, v in dataclasses.asdict(args).items() if k not in ignored}
-    return settings, [data_fingerprint(args)]
+    return {k: v for k, v in dataclasses.asdict(args).items() if k not in ignored}
+
+
+def _run_settings(args: TrainArgs, run: RunContext) -> tuple[dict, list]:
+    """The model's settings and its data's content: an identical relabel retrains nothing."""
+    return _model_settings(args), [data_fingerprint(args)]
 
 
 def _train_for_run(args: TrainArgs, run: RunContext, before: dict, fingerprint: str, tokens: list) -> Manifest:
@@ -330,8 +333,7 @@ def _train_for_run(args: TrainArgs, run: RunContext, before: dict, fingerprint: 
     def but_epochs(settings: dict) -> dict:
         return {k: v for k, v in settings.items() if k != "epochs"}
 
-    now = _run_settings(args, run)[0]
-    other = bool(before) and (but_epochs(before.get("settings") or {}) != but_epochs(now)
+    other = bool(before) and (but_epochs(before.get("settings") or {}) != but_epochs(_model_settings(args))
                               or before.get("upstream") != json.loads(json.dumps(tokens)))  # fmt: skip
     if other:  # this run trained it with other settings or data: the config changed, so train anew
         print(f"\ntrain: settings or data changed since {model_dir(args)} was trained; training anew")

@@ -52,7 +52,7 @@ from pipeline.errors import ConfigError
 from pipeline.images.args import FetchArgs
 from pipeline.learn.args import EvaluateArgs, TrainArgs
 from pipeline.score.args import ScoreArgs
-from pipeline.synthetic.args import SkyArgs
+from pipeline.synthetic.args import BrickArgs, SkyArgs
 from storage.workspace import Workspace
 
 
@@ -165,8 +165,8 @@ def run_args(
                    "score"), restart=bool(restart))  # fmt: skip
 
 
-ARGUMENTS: tuple[type, ...] = (ClusterConfig, SkyArgs, IngestArgs, LabelArgs, FetchArgs, TrainArgs, EvaluateArgs,
-                                ScoreArgs)  # fmt: skip
+ARGUMENTS: tuple[type, ...] = (ClusterConfig, SkyArgs, BrickArgs, IngestArgs, LabelArgs, FetchArgs, TrainArgs,
+                                EvaluateArgs, ScoreArgs)  # fmt: skip
 SECTIONS: dict[str, type] = {cls.SECTION: cls for cls in ARGUMENTS}  # each class names its own table
 TOP_LEVEL_KEYS = {"workspace"}
 RUN_TABLE = {"until": str}  # [run]: the last stage `agnsurvey run` executes

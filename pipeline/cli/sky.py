@@ -8,7 +8,7 @@ from pathlib import Path
 from pipeline.cli import options
 from pipeline.cli.summary import print_summary
 from pipeline.config import build
-from pipeline.synthetic.args import SkyArgs
+from pipeline.synthetic.args import BrickArgs, SkyArgs
 from storage.manifest import Manifest
 
 
@@ -24,6 +24,23 @@ def add_parsers(stages: argparse._SubParsersAction) -> None:
     make.add_argument("--layout", choices=("v0", "v1"), help="v0 (default): NSA v0_1_2 FITS + Parquet, with "
                       "emission lines; v1: nsa_v1_sky.fits, NSA v1_0_1 names, no lines (to score)")  # fmt: skip
     make.set_defaults(handler=_sky_make)
+
+    bricks = sky_cmds.add_parser(
+        "bricks",
+        help="write a Legacy Surveys brick mirror (survey-bricks + coadd images) of a catalog for a region",
+        description="Writes ROOT/survey-bricks.fits.gz (every brick of the sky) and, for the bricks that overlap the "
+        "region and the footprint, ROOT/coadd/<AAA>/<brick>/legacysurvey-<brick>-{image,invvar}-<band>.fits.fz "
+        "(3600x3600, 0.262\"/pixel, nanomaggies, tile-compressed), with the catalog's galaxies drawn as the "
+        "cutout server draws them. RA min > RA max: the region wraps through RA 0.",
+    )
+    bricks.add_argument("--out", type=Path, required=True, help="root of the mirror")
+    bricks.add_argument("--catalog", required=True, nargs="+", help="catalog file(s), e.g. the sky's nsa_sky.fits")
+    for key, what in (("ra-min", "RA"), ("ra-max", "RA"), ("dec-min", "Dec"), ("dec-max", "Dec")):
+        bricks.add_argument(f"--{key}", type=float, help=f"region {what} bound, degrees (default: the whole sky)")
+    bricks.add_argument("--bands", help="bands to write, of g, r, z (default grz)")
+    bricks.add_argument("--no-invvar", action="store_false", dest="invvar", default=None,
+                        help="write the images only, no inverse-variance maps")  # fmt: skip
+    bricks.set_defaults(handler=_sky_bricks)
 
     serve = sky_cmds.add_parser(
         "serve",
@@ -62,6 +79,14 @@ def _sky_make(ns: argparse.Namespace, raw: dict, client: options.ClientFactory) 
     args = build(SkyArgs, raw, out=ns.out, n=ns.n, seed=ns.seed, partition_rows=ns.partition_rows,
                  layout=ns.layout)  # fmt: skip
     return [print_summary("sky make", make_sky(args, client=client()))]
+
+
+def _sky_bricks(ns: argparse.Namespace, raw: dict, client: options.ClientFactory) -> list[Manifest]:
+    from pipeline.synthetic.bricks import write_bricks
+
+    args = build(BrickArgs, raw, out=ns.out, catalog=tuple(ns.catalog), ra_min=ns.ra_min, ra_max=ns.ra_max,
+                 dec_min=ns.dec_min, dec_max=ns.dec_max, bands=ns.bands, invvar=ns.invvar)  # fmt: skip
+    return [print_summary("sky bricks", write_bricks(args, client=client()))]
 
 
 def _sky_serve(ns: argparse.Namespace, raw: dict, client: options.ClientFactory) -> list[Manifest]:

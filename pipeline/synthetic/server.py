@@ -6,7 +6,10 @@ between them by the endpoint URL alone (``CutoutServer.url``: ``http://HOST:PORT
 ``/viewer/jpeg-cutout``, the viewer's older name, works too).
 
 ``GET /viewer/cutout.jpg?ra=&dec=&size=&pixscale=&layer=``, like the real service (the query is
-parsed and rendered by :mod:`pipeline.synthetic.viewer_api`):
+parsed and rendered by :mod:`pipeline.synthetic.viewer_api`); ``GET /viewer/cutout.fits?...&bands=grz``
+(also ``/viewer/fits-cutout``) answers the same query in flux (``application/fits``: a primary HDU,
+float32 (B, H, W) nanomaggies, row 0 south, column 0 east, TAN WCS; all zeros outside the
+footprint; unknown bands → 400), with the same faults:
 
 - ``ra``, ``dec`` (degrees) are required: missing, not a number, or |dec| > 90 → HTTP 400, text body;
 - ``size`` (pixels) defaults to 256 (``DEFAULT_SIZE``); larger than 3000 (``MAX_SIZE``) is served at
@@ -76,15 +79,19 @@ from pipeline.synthetic.skyindex import SkyIndex
 from pipeline.synthetic.viewer_api import (
     CUTOUT_PATH,
     CUTOUT_PATHS,
+    FITS_PATHS,
     STATS_PATH,
     BadRequest,
     CutoutQuery,
     RequestRecord,
     ServerStats,
     black_jpeg,
+    parse_bands,
     parse_query,
     render_cutout,
+    render_fits_cutout,
     retry_after_value,
+    zero_fits,
 )
 
 
@@ -154,7 +161,7 @@ class CutoutServer:
             self._pool = ThreadPoolExecutor(workers, thread_name_prefix="cutout-render")
         self._closing = asyncio.Event()
         app = web.Application()
-        for path in CUTOUT_PATHS:
+        for path in CUTOUT_PATHS + FITS_PATHS:
             app.router.add_get(path, self._handle)
         app.router.add_get(STATS_PATH, self._stats)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
@@ -273,19 +280,21 @@ class CutoutServer:
 
         try:
             query = parse_query(request.query, self.config.layers)
+            bands = parse_bands(request.query) if request.path in FITS_PATHS else None
         except BadRequest as exc:
             rec["outcome"] = "bad_request"
             return self._finish(rec, self._text(400, f"400 Bad Request: {exc}"))
         rec["size"] = query.size
         if query.clipped:
             self.stats.size_clipped += 1
-        body, rec["outcome"], rec["objid"] = await self._jpeg(query)
+        body, rec["outcome"], rec["objid"] = await self._body(query, bands)
+        content_type = "image/jpeg" if bands is None else "application/fits"
 
         if faults.truncate_rate and draw("truncate") < faults.truncate_rate:
             rec["fault"] = "truncate"
             cut = max(1, min(len(body) - 1, int(len(body) * (0.1 + 0.8 * draw("truncate-at")))))
             if faults.truncate_mode == "close":
-                resp = web.StreamResponse(status=200, headers={"Content-Type": "image/jpeg"})
+                resp = web.StreamResponse(status=200, headers={"Content-Type": content_type})
                 resp.content_length = len(body)
                 await resp.prepare(request)
                 await resp.write(body[:cut])
@@ -294,19 +303,23 @@ class CutoutServer:
                     request.transport.close()
                 return self._finish(rec, resp, sent=cut)
             body = body[:cut]
-        return self._finish(rec, web.Response(body=body, content_type="image/jpeg"))
+        return self._finish(rec, web.Response(body=body, content_type=content_type))
 
-    async def _jpeg(self, q: CutoutQuery) -> tuple[bytes, str, int | None]:
-        """(JPEG, outcome, target objid) for a valid query; renders in the pool, cached."""
+    async def _body(self, q: CutoutQuery, bands: str | None) -> tuple[bytes, str, int | None]:
+        """(JPEG, or FITS of ``bands`` when given; outcome; target objid) for a valid query; rendered in
+        the pool, cached."""
         assert self.index is not None and self._pool is not None
         quality = self.config.jpeg_quality
         loop = asyncio.get_running_loop()
         if not bool(in_footprint(q.ra, q.dec)):
+            if bands is not None:
+                blank = await loop.run_in_executor(self._pool, zero_fits, q.size, q.pixscale, q.ra, q.dec, bands)
+                return blank, "outside", None
             return await loop.run_in_executor(self._pool, black_jpeg, q.size, quality), "outside", None
         target = self.index.nearest(q.ra, q.dec, self.config.tolerance_arcsec)
         objid = None if target is None else int(self.index.objid[target])
         outcome = "empty" if target is None else "galaxy"
-        key = (q.ra, q.dec, q.size, q.pixscale)
+        key = (q.ra, q.dec, q.size, q.pixscale, bands)
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
@@ -316,9 +329,11 @@ class CutoutServer:
         near = [int(i) for i in self.index.in_field(q.ra, q.dec, half_width_deg) if i != target]
         neighbours = tuple(self.index.galaxy(i) for i in near[: self.config.max_neighbours])
         galaxy = None if target is None else self.index.galaxy(target)
-        body, seconds = await loop.run_in_executor(
-            self._pool, render_cutout, galaxy, neighbours, q.ra, q.dec, q.size, q.pixscale, quality
-        )
+        if bands is None:
+            job = (render_cutout, galaxy, neighbours, q.ra, q.dec, q.size, q.pixscale, quality)
+        else:
+            job = (render_fits_cutout, galaxy, neighbours, q.ra, q.dec, q.size, q.pixscale, bands)
+        body, seconds = await loop.run_in_executor(self._pool, *job)
         self.stats.renders += 1
         self.stats.render_s += seconds
         self._remember(key, body)

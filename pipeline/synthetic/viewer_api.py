@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import time
 from collections import Counter
@@ -14,10 +15,13 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
-from pipeline.synthetic.render import Galaxy, encode_jpeg, render_field
+from pipeline.synthetic.render import Galaxy, check_bands, encode_jpeg, render_field, render_flux
 
 CUTOUT_PATH = "/viewer/cutout.jpg"
 CUTOUT_PATHS: tuple[str, ...] = (CUTOUT_PATH, "/viewer/jpeg-cutout")
+FITS_PATH = "/viewer/cutout.fits"
+FITS_PATHS: tuple[str, ...] = (FITS_PATH, "/viewer/fits-cutout")
+DEFAULT_BANDS = "grz"
 STATS_PATH = "/_offline/stats"
 REAL_CUTOUT_URL = "https://www.legacysurvey.org/viewer/cutout.jpg"
 DEFAULT_SIZE = 256
@@ -151,6 +155,59 @@ def render_cutout(
     t0 = time.perf_counter()
     image = render_field(target, list(neighbours), ra, dec, size, pixscale)
     return encode_jpeg(image, quality=quality), time.perf_counter() - t0
+
+
+def parse_bands(query: Mapping[str, str]) -> str:
+    """The ``bands=`` of a FITS cutout query (default "grz"); unknown or repeated bands → :class:`BadRequest`."""
+    bands = query.get("bands", "").strip() or DEFAULT_BANDS
+    try:
+        return check_bands(bands)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def fits_bytes(flux: np.ndarray, bands: str, ra: float, dec: float, pixscale: float) -> bytes:
+    """A FITS file (primary HDU, float32 (B, H, W) nanomaggies) of a display-oriented flux cutout (H, W, B).
+
+    As FITS stores images: row 0 south (the display rows flipped), column 0 east; TAN WCS centred on
+    (ra, dec) degrees with CRPIX (size + 1) / 2, CD1_1 = -pixscale/3600, CD2_2 = +pixscale/3600.
+    """
+    from astropy.io import fits
+
+    size = flux.shape[0]
+    data = np.ascontiguousarray(np.flip(flux, axis=0).transpose(2, 0, 1), dtype=np.float32)
+    hdu = fits.PrimaryHDU(data)
+    h = hdu.header
+    for key, value in (("CTYPE1", "RA---TAN"), ("CTYPE2", "DEC--TAN"), ("CRVAL1", float(ra)), ("CRVAL2", float(dec)),
+                       ("CRPIX1", (size + 1) / 2.0), ("CRPIX2", (size + 1) / 2.0), ("CD1_1", -pixscale / 3600.0),
+                       ("CD1_2", 0.0), ("CD2_1", 0.0), ("CD2_2", pixscale / 3600.0), ("CUNIT1", "deg"),
+                       ("CUNIT2", "deg"), ("RADESYS", "ICRS"), ("BUNIT", "nanomaggy"), ("BANDS", bands)):  # fmt: skip
+        h[key] = value
+    for i, band in enumerate(bands):
+        h[f"BAND{i}"] = band
+    buf = io.BytesIO()
+    hdu.writeto(buf)
+    return buf.getvalue()
+
+
+def render_fits_cutout(
+    target: Galaxy | None,
+    neighbours: tuple[Galaxy, ...],
+    ra: float,
+    dec: float,
+    size: int,
+    pixscale: float,
+    bands: str,
+) -> tuple[bytes, float]:
+    """(FITS bytes, seconds spent) of one field: :func:`fits_bytes` of ``render_flux(...)``."""
+    t0 = time.perf_counter()
+    flux = render_flux(target, list(neighbours), ra, dec, size, pixscale, bands)
+    return fits_bytes(flux, bands, ra, dec, pixscale), time.perf_counter() - t0
+
+
+def zero_fits(size: int, pixscale: float, ra: float, dec: float, bands: str) -> bytes:
+    """The all-zero FITS cutout served outside the footprint (the asked shape and WCS)."""
+    return fits_bytes(np.zeros((size, size, len(bands)), np.float32), bands, ra, dec, pixscale)
 
 
 @lru_cache(maxsize=16)

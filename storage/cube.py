@@ -5,8 +5,12 @@ radius, so relabelling (another scheme, an S/N cut) never invalidates a cutout.
 
 Arrays:
 
-- ``images`` (N, S, S, 3) uint8: sharded, one storage object per ``shard_images`` rows, with inner
-  chunks of ``inner_images`` images, so a single image is read by decompressing a few, not a shard;
+- ``images`` (N, S, S, C): sharded, one storage object per ``shard_images`` rows, with inner
+  chunks of ``inner_images`` images, so a single image is read by decompressing a few, not a shard.
+  The ``pixels`` attribute says what a pixel is: ``rgb``, uint8 display counts (C = 3: R, G, B);
+  or ``flux``, float32 nanomaggies per output pixel, one channel per band of the ``bands``
+  attribute. Every row is stored as images are displayed: row 0 north, column 0 east;
+- ``invvar`` (N, S, S, C) float32, 1/nanomaggies² per output pixel (flux cubes made with it only);
 - ``status`` (N,) int8: one object per shard (codes in the ``status_codes`` attribute);
 - ``objid`` (N,) int64 and ``pixscale`` (N,) float32 (arcsec/pixel requested): written at creation.
 
@@ -33,6 +37,8 @@ STATUS_CODES: dict[str, int] = {"pending": 0, "ok": 1, "no_coverage": 2, "bad_ra
 STATUS_NAMES: dict[int, str] = {code: name for name, code in STATUS_CODES.items()}
 FINAL_STATUSES: tuple[str, ...] = ("ok", "no_coverage", "bad_radius")  # never requested again
 FINAL_CODES = np.array([STATUS_CODES[s] for s in FINAL_STATUSES], dtype=np.int8)
+OLD_CUBE_ATTRS: dict[str, Any] = {"pixels": "rgb", "bands": "grz", "source": "viewer-jpeg", "with_invvar": False}
+"""What a cube made before pixel kinds existed holds (viewer JPEGs): the defaults of its missing attributes."""
 
 
 def status_rank(status: np.ndarray) -> np.ndarray:
@@ -43,12 +49,24 @@ def status_rank(status: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class CubeLayout:
-    """Shape of a cube: N rows of S×S×3 images, stored in shards of ``shard_images`` rows."""
+    """Shape of a cube: N rows of S×S×C images (uint8, or float32 for flux), stored in shards of
+    ``shard_images`` rows; ``invvar``: an inverse-variance array beside the images."""
 
     n: int
     image_size: int
     shard_images: int = 1024
     inner_images: int = 8
+    channels: int = 3
+    dtype: str = "uint8"
+    invvar: bool = False
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.image_size, self.image_size, self.channels)
+
+    def blank(self, n: int) -> np.ndarray:
+        """n empty images of this cube's shape and type."""
+        return np.zeros((n, *self.image_shape), dtype=self.dtype)
 
     @property
     def n_shards(self) -> int:
@@ -105,22 +123,38 @@ class Cube:
         """Rows whose image is there (status ``ok``), ascending."""
         return np.flatnonzero(self.status_codes() == STATUS_CODES["ok"])
 
+    @property
+    def pixels(self) -> str:
+        """``rgb`` or ``flux`` (cubes made before flux existed are rgb)."""
+        return str(self.group.attrs.get("pixels", OLD_CUBE_ATTRS["pixels"]))
+
+    @property
+    def bands(self) -> str:
+        """The bands of a flux cube's channels, in order; ``grz`` for rgb (R = z, G = r, B = g)."""
+        return str(self.group.attrs.get("bands", OLD_CUBE_ATTRS["bands"]))
+
     def read_block(self, start: int, stop: int) -> np.ndarray:
-        """Images of rows ``start`` to ``stop`` (exclusive), (n, S, S, 3) uint8: one contiguous read,
+        """Images of rows ``start`` to ``stop`` (exclusive), (n, S, S, C): one contiguous read,
         the fast way to read a cube (a few inner chunks decompressed per call)."""
         return self.images[start:stop]
+
+    def read_invvar(self, start: int, stop: int) -> np.ndarray:
+        """Inverse variance of rows ``start`` to ``stop`` (a flux cube made with it)."""
+        return self.group["invvar"][start:stop]
 
     def read_rows(self, rows: np.ndarray, max_span: int | None = None) -> np.ndarray:
         """Images of any ``rows`` (in the order given), read as contiguous spans of at most
         ``max_span`` rows (default: one shard) that each cover several requested rows."""
         rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty((len(rows), self.layout.image_size, self.layout.image_size, 3), dtype=np.uint8)
+        out = np.empty((len(rows), *self.layout.image_shape), dtype=self.layout.dtype)
         for positions, start, stop in spans(rows, max_span or self.layout.shard_images):
             out[positions] = self.read_block(start, stop)[rows[positions] - start]
         return out
 
-    def write_shard(self, shard: int, images: np.ndarray, status: np.ndarray) -> np.ndarray:
-        """Write one whole shard, pixels first, then their status; returns the status written.
+    def write_shard(self, shard: int, images: np.ndarray, status: np.ndarray,
+                    invvar: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+        """Write one whole shard, pixels (and inverse variance) first, then their status; returns the
+        status written.
 
         Rows the store already holds in a more finished state (another run got there first) keep
         their stored status and pixels: an ``ok`` image is never overwritten by a failure.
@@ -133,7 +167,12 @@ class Cube:
             status[keep] = stored[keep]
             if (stored[keep] == STATUS_CODES["ok"]).any():
                 images[keep] = self.images[rows.start : rows.stop][keep]
+                if invvar is not None:
+                    invvar = invvar.copy()
+                    invvar[keep] = self.read_invvar(rows.start, rows.stop)[keep]
         self.images[rows.start : rows.stop] = images
+        if self.layout.invvar:
+            self.group["invvar"][rows.start : rows.stop] = invvar if invvar is not None else 0.0
         self.status[rows.start : rows.stop] = status
         return status
 
@@ -170,16 +209,19 @@ def create_cube(
 def _build(path: Path, layout: CubeLayout, objid: np.ndarray, pixscale: np.ndarray, status: np.ndarray,
            attrs: dict[str, Any]) -> None:  # fmt: skip
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
-    n, s, k = layout.n, layout.image_size, layout.shard_images
-    group.create_array(
-        "images",
-        shape=(n, s, s, 3),
-        dtype="uint8",
-        chunks=(layout.inner_images, s, s, 3),
-        shards=(k, s, s, 3),  # may exceed a small cube: Zarr clips the grid to the shape
-        fill_value=0,
-        dimension_names=("row", "y", "x", "band"),
-    )
+    n, s, k, c = layout.n, layout.image_size, layout.shard_images, layout.channels
+    for name, dtype in (("images", layout.dtype), ("invvar", "float32")):
+        if name == "invvar" and not layout.invvar:
+            continue
+        group.create_array(
+            name,
+            shape=(n, s, s, c),
+            dtype=dtype,
+            chunks=(layout.inner_images, s, s, c),
+            shards=(k, s, s, c),  # may exceed a small cube: Zarr clips the grid to the shape
+            fill_value=0,
+            dimension_names=("row", "y", "x", "band"),
+        )
     for name, dtype, values in (
         ("status", "int8", status),
         ("objid", "int64", objid),
@@ -209,6 +251,9 @@ def open_cube(path: Path, mode: str = "r+") -> Cube:
         image_size=images.shape[1],
         shard_images=int(group.attrs["shard_images"]),
         inner_images=int(group.attrs["inner_images"]),
+        channels=images.shape[3],
+        dtype=str(images.dtype),
+        invvar="invvar" in group,
     )
     return Cube(group, layout)
 

@@ -31,7 +31,7 @@ def fetch_args_from(ns: argparse.Namespace, raw: dict, cutout_url: str | None = 
         FetchArgs,
         raw,
         workspace=ns.workspace,
-        cutout_url=cutout_url or ns.cutout_url,
+        cutout_url=cutout_url or ns.cutout_url or ("" if (ns.bricks or raw.get("fetch", {}).get("bricks")) else None),
         layer=ns.layer,
         size=ns.size,
         image_size=ns.image_size,
@@ -41,6 +41,10 @@ def fetch_args_from(ns: argparse.Namespace, raw: dict, cutout_url: str | None = 
         deadline_s=ns.deadline_s,
         restart=ns.restart,
         rows=getattr(ns, "rows", None),
+        pixels=ns.pixels,
+        bands=ns.bands,
+        with_invvar=ns.with_invvar,
+        bricks=ns.bricks,
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from pipeline.catalog.schema import CANONICAL_COLUMNS, ID_KINDS, SCHEMES
 from pipeline.errors import ConfigError
-from pipeline.images.args import FETCH_ROWS
+from pipeline.images.args import FETCH_ROWS, PIXELS
 
 ClientFactory = Callable[[], Any]  # a handler's client(): the cluster's client, connected on first use
 
@@ -98,6 +98,17 @@ def fetch_args(parser: argparse.ArgumentParser, url_required: bool = True, resta
         help="seconds one image may take, retries included (default 300); a service asking (Retry-After) "
         "for a longer wait ends the run, rows left pending",
     )
+    pixels = parser.add_argument_group("pixels (what the cube stores, and where it comes from)")
+    pixels.add_argument("--pixels", choices=PIXELS, help="rgb (default): uint8 colour, the viewer's JPEG or the "
+                        "survey's g,r,z mapping of brick flux; flux: float32 nanomaggies per output pixel, one "
+                        "channel per band (the viewer's cutout.fits, or the bricks)")  # fmt: skip
+    pixels.add_argument("--bands", help="bands of flux pixels, of g, r, z, in channel order (default grz)")
+    pixels.add_argument("--with-invvar", action="store_true", default=None,
+                        help="also store each flux pixel's inverse variance (with --bricks)")  # fmt: skip
+    pixels.add_argument("--bricks", metavar="ROOT", help="cut cutouts from the survey's own coadd bricks under ROOT "
+                        "(a path or fsspec URL laid out as a Legacy Surveys release: survey-bricks.fits.gz, "
+                        "coadd/AAA/BRICK/legacysurvey-BRICK-image-BAND.fits.fz) instead of asking the "
+                        "viewer")  # fmt: skip
     if restart:
         parser.add_argument("--restart", action="store_true", default=None, help="discard an existing cube")
     if url_required:

@@ -70,7 +70,8 @@ def _run(ns: argparse.Namespace, raw: dict, connect: options.ClientFactory) -> l
         restart=ns.restart, sky={"n": ns.n, "seed": ns.seed}, train={"epochs": ns.epochs},
         label={"scheme": ns.scheme, "min_snr": ns.min_snr, "split": ns.split, "plots": ns.plots},
         fetch={"cutout_url": ns.cutout_url, "layer": ns.layer, "size": ns.size, "image_size": ns.image_size,
-               "concurrency": ns.concurrency, "rate": ns.rate, "retries": ns.retries, "deadline_s": ns.deadline_s},
+               "concurrency": ns.concurrency, "rate": ns.rate, "retries": ns.retries, "deadline_s": ns.deadline_s,
+               "pixels": ns.pixels, "bands": ns.bands, "with_invvar": ns.with_invvar, "bricks": ns.bricks},
     )  # fmt: skip
     return _run_pipeline(args, connect)
 

@@ -45,7 +45,7 @@ def add_parsers(stages: argparse._SubParsersAction) -> None:
 def _score_args(ns: argparse.Namespace, raw: dict) -> ScoreArgs:
     """The score stage's arguments; its cutouts are fetched with the [fetch] settings and flags."""
     fetch_table = raw.get("fetch", {})
-    url = ns.cutout_url or fetch_table.get("cutout_url")
+    url = ns.cutout_url or fetch_table.get("cutout_url") or ns.bricks or fetch_table.get("bricks")
     fetch_args = fetch_args_from(ns, raw) if url else None
     score_table = raw.get("score", {})
     ingest_table = raw.get("ingest", {})

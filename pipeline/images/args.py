@@ -12,6 +12,9 @@ from storage.workspace import Workspace
 
 FetchRows = Literal["auto", "labelled", "all"]
 FETCH_ROWS: tuple[str, ...] = get_args(FetchRows)
+Pixels = Literal["rgb", "flux"]
+PIXELS: tuple[str, ...] = get_args(Pixels)
+KNOWN_BANDS = "grz"  # the Legacy Surveys' optical coadd bands
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,13 @@ class FetchArgs:
     answers were failures (the rows not done stay pending for a re-run). ``rows``: which catalog
     rows to request: ``labelled`` (those in ``WS/labels/``), ``all``, or ``auto`` (labelled when
     labels exist, else all); the others stay pending. ``restart`` discards an existing cube.
+
+    Pixels: ``pixels`` ``rgb`` stores uint8 display colour (the viewer's JPEG, or the survey's g,r,z
+    mapping of brick flux); ``flux`` stores float32 nanomaggies per output pixel for each of
+    ``bands`` (from the viewer's ``cutout.fits``, or the bricks), with ``with_invvar`` its inverse
+    variance beside it (bricks only). ``bricks``: cut the cutouts from the survey's own coadd bricks
+    under this root (a path or fsspec URL laid out as a Legacy Surveys release) instead of asking
+    the viewer.
     """
 
     SECTION: ClassVar[str] = "fetch"  # its table in the TOML config
@@ -49,20 +59,29 @@ class FetchArgs:
     give_up_window: int = 50
     give_up_fraction: float = 0.9
     rows: FetchRows = "auto"
+    pixels: Pixels = "rgb"
+    bands: str = "grz"
+    with_invvar: bool = False
+    bricks: str | None = None
     restart: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "workspace", validate.workspace(self.workspace))
         object.__setattr__(self, "pixscale_bounds", tuple(float(b) for b in self.pixscale_bounds))
         validate.one_of("fetch.rows", self.rows, FETCH_ROWS)
+        validate.one_of("fetch.pixels", self.pixels, PIXELS)
+        _check_bands(self)
+        if self.bricks is not None:
+            object.__setattr__(self, "bricks", str(self.bricks))
         for key in ("size", "image_size", "concurrency", "shard_images", "inner_images", "give_up_window"):
             validate.positive(f"fetch.{key}", getattr(self, key))
         if self.size > 3000:
             raise ConfigError(f"fetch.size must be <= 3000 pixels, the service's cap (got {self.size})")
-        shard_bytes = self.shard_images * self.image_size**2 * 3
+        shard_bytes = self.shard_images * self.image_size**2 * self.channels * self.bytes_per_value
         if shard_bytes > MAX_SHARD_BYTES:
             raise ConfigError(
-                f"a cube shard of {self.shard_images} images of {self.image_size}x{self.image_size}x3 would take "
+                f"a cube shard of {self.shard_images} images of {self.image_size}x{self.image_size}x{self.channels} "
+                f"{'float32' if self.pixels == 'flux' else 'uint8'} would take "
                 f"{shard_bytes / 2**30:.1f} GiB of memory per fetch task (limit {MAX_SHARD_BYTES / 2**30:.0f} GiB); "
                 "lower --image-size or fetch.shard_images"
             )
@@ -84,6 +103,44 @@ class FetchArgs:
                 f"fetch.shard_images ({self.shard_images}) must be a multiple of "
                 f"fetch.inner_images ({self.inner_images})"
             )
+
+
+    @property
+    def channels(self) -> int:
+        """Values per stored pixel: 3 (R, G, B) for rgb, one per band for flux."""
+        return 3 if self.pixels == "rgb" else len(self.bands)
+
+    @property
+    def bytes_per_value(self) -> int:
+        """Bytes per stored value, the inverse variance included."""
+        return 1 if self.pixels == "rgb" else 4 * (1 + self.with_invvar)
+
+    @property
+    def source(self) -> str:
+        """Where the pixels come from: ``bricks``, ``viewer-fits`` (flux) or ``viewer-jpeg`` (rgb)."""
+        if self.bricks is not None:
+            return "bricks"
+        return "viewer-fits" if self.pixels == "flux" else "viewer-jpeg"
+
+
+def _check_bands(args: FetchArgs) -> None:
+    bands = args.bands
+    if not isinstance(bands, str) or not bands or set(bands) - set(KNOWN_BANDS) or len(set(bands)) != len(bands):
+        raise ConfigError(
+            f"fetch.bands must be distinct letters of {KNOWN_BANDS!r}, e.g. --bands grz (got {bands!r})"
+        )
+    if args.pixels == "rgb" and set(bands) != set(KNOWN_BANDS):
+        raise ConfigError(
+            f"--pixels rgb is the survey's g,r,z colour mapping and needs --bands grz (got {bands!r}); "
+            "use --pixels flux for other bands"
+        )
+    if args.with_invvar and args.pixels != "flux":
+        raise ConfigError("--with-invvar stores the inverse variance of flux pixels; add --pixels flux")
+    if args.with_invvar and args.bricks is None:
+        raise ConfigError(
+            "--with-invvar needs --bricks ROOT: the viewer's cutouts carry no inverse variance; "
+            "cut from the survey's coadd bricks, or drop --with-invvar"
+        )
 
 
 MAX_SHARD_BYTES = 1 << 30  # one fetch task holds a whole cube shard in memory

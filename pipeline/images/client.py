@@ -34,13 +34,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import numpy as np
 
 from pipeline.errors import FetchError
-from pipeline.images.decode import decode_jpeg, is_constant, resize
+from pipeline.images.decode import decode_fits, decode_jpeg, is_constant, resize, resize_flux
+from pipeline.images.outcome import FAILED, NO_COVERAGE, OK, PENDING, Outcome
 from pipeline.images.requests import cutout_url
 
-OK, NO_COVERAGE, FAILED, PENDING = "ok", "no_coverage", "failed", "pending"
 RETRYABLE_HTTP = frozenset({500, 502, 503, 504, 520, 522, 524})
 
 
@@ -61,20 +60,8 @@ class ClientSettings:
     max_backoff_s: float = 30.0
     give_up_window: int = 50
     give_up_fraction: float = 0.9
-
-
-@dataclass
-class Outcome:
-    """What became of one cutout: status, pixels when ok, why it failed, how many tries."""
-
-    status: str
-    image: np.ndarray | None = None
-    reason: str = ""
-    attempts: int = 0
-    http_status: int | None = None
-    retry: bool = False  # a failure another attempt may cure
-    backoff: bool = False  # wait (exponential, jittered) before that attempt
-    kind: str = ""  # the failure's kind, for the give-up summary ("HTTP 503", "timeout", ...)
+    pixels: str = "rgb"  # rgb: JPEG bodies (cutout.jpg); flux: FITS bodies (cutout.fits) of ``bands``
+    bands: str = "grz"
 
 
 @dataclass
@@ -253,12 +240,17 @@ def _network_failure(exc: aiohttp.ClientError) -> str:
 def _judge(body: bytes, settings: ClientSettings) -> Outcome:
     """The verdict on a 200's body: ok (decoded, resized), no coverage, or a failure."""
     try:
-        image = decode_jpeg(body, settings.size)
-    except ValueError as exc:  # a truncated body may come out whole next time; a wrong size will not
-        retry = not str(exc).startswith("shape")
+        if settings.pixels == "flux":
+            image = decode_fits(body, settings.size, settings.bands)
+        else:
+            image = decode_jpeg(body, settings.size)
+    except ValueError as exc:  # a truncated body may come out whole next time; a wrong shape will not
+        retry = not str(exc).startswith(("shape", "FITS shape", "FITS cutout holds"))
         return Outcome(FAILED, reason=str(exc), http_status=200, retry=retry, backoff=True, kind="bad image")
     if is_constant(image):
         return Outcome(NO_COVERAGE, http_status=200)
+    if settings.pixels == "flux":
+        return Outcome(OK, resize_flux(image, settings.image_size), http_status=200)
     return Outcome(OK, resize(image, settings.image_size), http_status=200)
 
 

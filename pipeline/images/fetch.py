@@ -36,11 +36,14 @@ from distributed import Client, as_completed
 from cluster.client import progress_enabled
 from pipeline.errors import FetchError, Interrupted, WorkspaceError
 from pipeline.images.args import FetchArgs
-from pipeline.images.client import PENDING, ClientSettings, FailureWindow, fetch_many, probe, run_async
-from pipeline.images.requests import check_cutout_url, cutout_url, pixscale_for
+from pipeline.images.client import ClientSettings, FailureWindow
+from pipeline.images.outcome import PENDING
+from pipeline.images.requests import check_cutout_url, pixscale_for
+from pipeline.images.sources import PixelSource, pixel_source
 from pipeline.stage import RunContext, Step, locked, writing
 from storage.cube import (
     FINAL_CODES,
+    OLD_CUBE_ATTRS,
     STATUS_CODES,
     Cube,
     CubeLayout,
@@ -58,13 +61,15 @@ FAILURE_TYPES = {"cube_row": "int64", "objid": "int64", "reason": "str", "attemp
 
 @dataclass(frozen=True)
 class ShardJob:
-    """One task: fetch the unfinished rows of one cube shard."""
+    """One task: fetch the unfinished rows of one cube shard from one pixel source."""
 
     cube: str
     shard: int
     rows: np.ndarray  # cube rows to request, all inside the shard
-    urls: list[str]
-    settings: ClientSettings
+    ra: np.ndarray  # degrees, one per row
+    dec: np.ndarray
+    pixscale: np.ndarray  # arcsec/pixel requested, one per row
+    source: PixelSource
 
 
 @dataclass
@@ -89,11 +94,11 @@ def fetch_shard(job: ShardJob) -> ShardResult:
     rows = cube.layout.shard_rows(job.shard)
     status = cube.status_codes(rows.start, rows.stop)
     has_pixels = (status == STATUS_CODES["ok"]).any()
-    images = cube.read_block(rows.start, rows.stop) if has_pixels else None
-    if images is None:
-        size = cube.layout.image_size
-        images = np.zeros((len(rows), size, size, 3), dtype=np.uint8)
-    outcomes, stats = run_async(fetch_many(job.urls, job.settings, seed=job.shard))
+    images = cube.read_block(rows.start, rows.stop) if has_pixels else cube.layout.blank(len(rows))
+    invvar = None
+    if cube.layout.invvar:
+        invvar = cube.read_invvar(rows.start, rows.stop) if has_pixels else np.zeros(images.shape, np.float32)
+    outcomes, stats = job.source.cut(job.ra, job.dec, job.pixscale, seed=job.shard)
     result = ShardResult(job.shard, {}, requests=stats.requests, retries=stats.retries,
                          throttled=stats.throttled, bytes=stats.bytes, stopped=stats.stopped,
                          recent=stats.recent, last_failure=stats.last_failure)  # fmt: skip
@@ -104,13 +109,15 @@ def fetch_shard(job: ShardJob) -> ShardResult:
         result.statuses[outcome.status] = result.statuses.get(outcome.status, 0) + 1
         if outcome.image is not None:
             images[i] = outcome.image
+        if invvar is not None and outcome.invvar is not None:
+            invvar[i] = outcome.invvar
         if outcome.status == "failed":
             result.failures.append(
                 {"cube_row": int(row), "objid": int(objid[i]), "reason": outcome.reason,
                  "attempts": outcome.attempts, "http_status": outcome.http_status or 0}
             )  # fmt: skip
     if any(o.status != PENDING for o in outcomes):  # a client stopped before asking leaves nothing to write
-        cube.write_shard(job.shard, images, status)
+        cube.write_shard(job.shard, images, status, invvar)
     result.seconds = time.monotonic() - start
     return result
 
@@ -146,8 +153,10 @@ def prepare_cube(args: FetchArgs, labels: pd.DataFrame) -> Cube:
     pixscale, usable = pixscale_for(labels["radius_arcsec"].to_numpy(), args.size, args.radius_scale,
                                     args.pixscale_bounds)  # fmt: skip
     attrs = {"layer": args.layer, "size": args.size, "radius_scale": args.radius_scale,
-             "pixscale_bounds": list(args.pixscale_bounds), "pixscale_unit": "arcsec/pixel"}  # fmt: skip
-    layout = CubeLayout(len(labels), args.image_size, args.shard_images, args.inner_images)
+             "pixscale_bounds": list(args.pixscale_bounds), "pixscale_unit": "arcsec/pixel",
+             **pixel_attrs(args)}  # fmt: skip
+    layout = CubeLayout(len(labels), args.image_size, args.shard_images, args.inner_images, args.channels,
+                        "float32" if args.pixels == "flux" else "uint8", args.with_invvar)  # fmt: skip
     if ws.cube.exists() and not args.restart:
         try:
             cube = open_cube(ws.cube)
@@ -171,7 +180,7 @@ def _mismatch(cube: Cube, layout: CubeLayout, attrs: dict, objid: np.ndarray, pi
         if getattr(cube.layout, key) != getattr(layout, key):
             return f"{key} {getattr(cube.layout, key)} != {getattr(layout, key)}"
     for key, value in attrs.items():
-        if cube.attrs.get(key) != value:
+        if cube.attrs.get(key, OLD_CUBE_ATTRS.get(key)) != value:
             return f"{key} {cube.attrs.get(key)!r} != {value!r}"
     if not np.array_equal(cube.objids(), objid):
         return "the catalog's galaxies differ"
@@ -193,6 +202,8 @@ def plan_jobs(args: FetchArgs, cube: Cube, labels: pd.DataFrame, parallel: int, 
     shards = sorted({int(r) // cube.layout.shard_images for r in np.flatnonzero(todo)})
     share = tasks_at_once(args, len(shards), parallel)
     settings = ClientSettings(
+        pixels=args.pixels,
+        bands=args.bands,
         cutout_url=args.cutout_url,
         layer=args.layer,
         size=args.size,
@@ -205,13 +216,13 @@ def plan_jobs(args: FetchArgs, cube: Cube, labels: pd.DataFrame, parallel: int, 
         give_up_window=args.give_up_window,
         give_up_fraction=args.give_up_fraction,
     )
+    source = pixel_source(args, settings)
     ra, dec = labels["ra"].to_numpy(), labels["dec"].to_numpy()
     jobs = []
     for shard in shards:
         span = cube.layout.shard_rows(shard)
         rows = np.flatnonzero(todo[span.start : span.stop]) + span.start
-        urls = [cutout_url(args.cutout_url, ra[r], dec[r], args.size, float(pixscale[r]), args.layer) for r in rows]
-        jobs.append(ShardJob(str(args.workspace.cube), shard, rows, urls, settings))
+        jobs.append(ShardJob(str(args.workspace.cube), shard, rows, ra[rows], dec[rows], pixscale[rows], source))
     return jobs
 
 
@@ -258,7 +269,8 @@ def fetch(
     ``on_shard(k)`` is called as soon as shard k is written, and ``max_tasks`` caps the fetch tasks
     running at once (scoring streams behind fetching on the worker threads left free).
     """
-    check_cutout_url(args.cutout_url)
+    if args.bricks is None:
+        check_cutout_url(args.cutout_url)
     with writing(args.workspace, "cube", "fetch"):
         return _fetch(args, client, on_shard, max_tasks)
 
@@ -273,14 +285,14 @@ def _fetch(args: FetchArgs, client: Client | None, on_shard: Callable[[int], Non
     manifest.inputs = [{"path": str(ws.catalog), "rows": len(labels), "rows_wanted": which,
                         "n_wanted": int(wanted.sum())}]  # fmt: skip
     fresh = args.restart or not ws.cube.exists()
-    if fresh:  # before a cube is made: an unreachable service leaves the workspace as it was
-        run_async(probe(args.cutout_url, args.layer))
+    if fresh:  # before a cube is made: an unusable source leaves the workspace as it was
+        pixel_source(args, ClientSettings(args.cutout_url, pixels=args.pixels)).check()
     cube = prepare_cube(args, labels)
     threads = sum(client.nthreads().values()) if client is not None else 1
     threads = min(threads, max_tasks or threads)
     jobs = plan_jobs(args, cube, labels, threads, wanted)
     if jobs and not fresh:  # a finished cube needs no network to confirm it
-        run_async(probe(args.cutout_url, args.layer))
+        jobs[0].source.check()
     requested = sum(len(j.rows) for j in jobs)
     totals = ShardResult(-1, {})
     started = time.monotonic()
@@ -398,7 +410,19 @@ def _parameters(args: FetchArgs) -> dict:
         "deadline_s": args.deadline_s,
         "give_up_window": args.give_up_window,
         "give_up_fraction": args.give_up_fraction,
+        "pixels": args.pixels,
+        "bands": args.bands,
+        "with_invvar": args.with_invvar,
+        "bricks": args.bricks,
     }
+
+
+def pixel_attrs(args: FetchArgs) -> dict:
+    """The cube attributes that say what a pixel is: kind, bands, units, orientation, source."""
+    units = "nanomaggies per output pixel" if args.pixels == "flux" else "display counts 0-255 (R, G, B)"
+    return {"pixels": args.pixels, "bands": args.bands, "units": units, "with_invvar": args.with_invvar,
+            "source": args.source, "orientation": "row 0 north, column 0 east",
+            "output_pixscale": "pixscale x size / image_size arcsec/pixel"}  # fmt: skip
 
 
 # --- as a stage of `agnsurvey run` ------------------------------------------------------------------
@@ -409,11 +433,14 @@ POLITENESS = ("cutout_url", "concurrency", "rate", "retries", "timeout_s", "dead
 
 def cube_definition(args: FetchArgs) -> dict:
     """The settings a cube's pixels and layout depend on (a cube made with others is another cube)."""
-    keys = ("layer", "size", "image_size", "radius_scale", "shard_images", "inner_images")
+    keys = ("layer", "size", "image_size", "radius_scale", "shard_images", "inner_images", "pixels", "bands",
+            "with_invvar")  # fmt: skip
     return {k: getattr(args, k) for k in keys} | {"pixscale_bounds": list(args.pixscale_bounds)}
 
 
 def _fetch_for_run(args: FetchArgs, run: RunContext, before: dict, fingerprint: str, tokens: list) -> Manifest:
+    if args.bricks is not None:  # cut locally: no viewer to start
+        return fetch(args, client=run.client)
     return fetch(dataclasses.replace(args, cutout_url=run.cutout_url()), client=run.client)
 
 

@@ -27,12 +27,25 @@ def pixscale_for(
     return pixscale, usable
 
 
-def cutout_url(base: str, ra: float, dec: float, size: int, pixscale: float, layer: str) -> str:
-    """The viewer URL of one cutout (RA/Dec degrees to 6 decimals, pixscale arcsec/pixel to 5)."""
-    query = urlencode(
-        {"ra": f"{ra:.6f}", "dec": f"{dec:.6f}", "size": size, "pixscale": f"{pixscale:.5f}", "layer": layer}
-    )
-    return f"{base}?{query}"
+def cutout_url(base: str, ra: float, dec: float, size: int, pixscale: float, layer: str,
+               bands: str | None = None) -> str:  # fmt: skip
+    """The viewer URL of one cutout (RA/Dec degrees to 6 decimals, pixscale arcsec/pixel to 5;
+    ``bands`` for a FITS cutout)."""
+    query = {"ra": f"{ra:.6f}", "dec": f"{dec:.6f}", "size": size, "pixscale": f"{pixscale:.5f}", "layer": layer}
+    if bands is not None:
+        query["bands"] = bands
+    return f"{base}?{urlencode(query)}"
+
+
+def fits_endpoint(jpeg_url: str) -> str:
+    """The viewer's FITS cutout endpoint beside its JPEG one (``…/cutout.jpg`` → ``…/cutout.fits``)."""
+    if not jpeg_url.endswith("/cutout.jpg"):
+        raise FetchError(
+            f"--pixels flux asks the viewer for FITS cutouts at the endpoint beside cutout.jpg, but the cutout URL "
+            f"{jpeg_url!r} does not end in /cutout.jpg; give the JPEG endpoint (…/viewer/cutout.jpg) or cut from "
+            "local bricks with --bricks ROOT"
+        )
+    return jpeg_url[: -len("jpg")] + "fits"
 
 
 def check_cutout_url(url: str) -> str:

@@ -18,14 +18,14 @@ NATIVE_PIXSCALE = 0.262
 """Survey coadd pixel scale, arcsec/pixel; the mapping is defined on flux per pixel of this size."""
 
 RGB_SCALES: dict[str, tuple[int, float]] = {"g": (2, 6.0), "r": (1, 3.4), "z": (0, 2.2)}
-"""Band → (RGB plane, multiplier on nanomaggies). Numbers from legacypipe's ``get_rgb`` / the viewer's
-``dr2_rgb`` (legacysurvey/legacypipe ``py/legacypipe/survey.py``; legacysurvey/imagine ``map/views.py``)."""
+"""Band → (RGB plane, multiplier on nanomaggies). Numbers from the sky viewer's
+``sdss_rgb`` / ``dr2_rgb`` (legacysurvey/imagine ``map/views.py``; legacypipe's ``get_rgb`` has its kin)."""
 
 SOFTENING = 0.03
-"""Offset added to every scaled band before the nonlinearity (legacypipe ``get_rgb``, ``m``): the sky level."""
+"""Offset added to every scaled band before the nonlinearity (the viewer's ``sdss_rgb``, ``m``): the sky level."""
 
 Q = 20.0
-"""asinh nonlinearity strength (legacypipe ``get_rgb``, ``Q``)."""
+"""asinh nonlinearity strength (the viewer's ``sdss_rgb``, ``Q``)."""
 
 
 def flux_to_rgb(flux: np.ndarray, bands: str, pixscale: float = NATIVE_PIXSCALE) -> np.ndarray:

@@ -133,7 +133,7 @@ def steps_per_epoch(n_rows: int, batch_size: int, parts: int = 1) -> int:
 
 
 class CubeBatches(keras.utils.PyDataset):
-    """Batches ``(images uint8, labels float32, weights float32)`` of one split for Keras ``fit``,
+    """Batches ``(images as the cube stores them, labels float32, weights float32)`` of one split for Keras ``fit``,
     ``evaluate`` and ``predict``. ``shuffle``: new block order and buffer each epoch (training);
     otherwise rows in cube order. ``class_weight``: weight per label (0, 1). ``pad``: every batch
     full (several devices or processes need it), the missing images repeated from the batch at
@@ -259,7 +259,7 @@ class _Assembler:
             images = augment(images, self.plan.transforms[positions])
         n = len(positions)
         size = self.batch_size if self.pad else n
-        x = np.zeros((size, *images.shape[1:]), dtype=np.uint8) if n < size else np.asarray(images)
+        x = np.zeros((size, *images.shape[1:]), dtype=images.dtype) if n < size else np.asarray(images)
         y = np.zeros(size, dtype=np.float32)
         y[:n] = self.label[positions]
         if n < size:
@@ -324,8 +324,7 @@ class _Producer:
 
     def _produce(self) -> None:
         plan, cube_row = self.assemble.plan, self.cube_row
-        size = self.cube.layout.image_size
-        pool = np.zeros((max(plan.fill, 1), size, size, 3), dtype=np.uint8)
+        pool = self.cube.layout.blank(max(plan.fill, 1))
         with ThreadPoolExecutor(self.readers, thread_name_prefix="cube-read") as pool_of_readers:
             blocks = iter(plan.blocks)
             ahead: deque = deque()

@@ -21,6 +21,7 @@ from pipeline.errors import DataError, WorkspaceError
 from pipeline.learn import metrics, plots
 from pipeline.learn.args import EvaluateArgs, parse_policy
 from pipeline.learn.modeldir import TRAINED_ON, load_model, read_json, read_state
+from pipeline.learn.pixels import check_kind, cube_kind, model_file_kind
 from pipeline.learn.rows import Rows, select_rows
 from pipeline.stage import RunContext, Step, locked, writing
 from storage.cube import open_cube
@@ -67,8 +68,9 @@ def _evaluate(args: EvaluateArgs) -> Manifest:
                 "are needed to choose a threshold and measure; fetch more cutouts or ingest a larger catalog"
             )
 
-    model = load_model(model_path)
     cube = open_cube(ws.cube, mode="r")
+    check_kind(model_file_kind(model_path), model_path, cube_kind(cube), ws.cube)
+    model = load_model(model_path)
     expects = tuple(model.inputs[0].shape[1:3])
     if expects != (cube.layout.image_size,) * 2:
         raise DataError(

@@ -15,7 +15,7 @@ from storage.cube import Cube
 
 
 def predict_images(model, images: np.ndarray, batch_size: int, tta: bool = False) -> np.ndarray:  # noqa: ANN001
-    """Scores of uint8 images (n, S, S, 3); batches padded to ``batch_size`` (one compiled shape)."""
+    """Scores of images (n, S, S, C) as the cube stores them; batches padded to ``batch_size`` (one compiled shape)."""
     out = np.empty(len(images), dtype=np.float32)
     transforms = range(8) if tta else (0,)
     for start in range(0, len(images), batch_size):
@@ -23,7 +23,7 @@ def predict_images(model, images: np.ndarray, batch_size: int, tta: bool = False
         n = len(chunk)
         total = np.zeros(n, dtype=np.float64)
         for k in transforms:
-            batch = np.zeros((batch_size, *chunk.shape[1:]), dtype=np.uint8)
+            batch = np.zeros((batch_size, *chunk.shape[1:]), dtype=chunk.dtype)
             batch[:n] = dihedral(chunk, k)
             total += np.asarray(model.predict_on_batch(batch), dtype=np.float64).reshape(-1)[:n]
         out[start : start + n] = total / len(transforms)

@@ -42,6 +42,8 @@ def load_model(path: Path) -> Any:
     """A checkpoint or model, or a clear error when it is missing or damaged."""
     import keras
 
+    import pipeline.learn.model  # noqa: F401  (registers AsinhStretch, the flux models' first layer)
+
     try:
         return keras.saving.load_model(path)
     except (ValueError, OSError) as exc:

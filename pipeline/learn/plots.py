@@ -65,8 +65,19 @@ def gallery_plot(panels: dict[str, list[tuple[np.ndarray, float, int, int]]], pa
             ax.axis("off")
             if c < len(cells):
                 image, p, label, objid = cells[c]
-                ax.imshow(image)
+                ax.imshow(displayable(image))
                 ax.set_title(f"p={p:.2f} {'AGN' if label == 1 else 'SF'}\n{objid}", fontsize=7)
         axes[r][0].text(-0.08, 0.5, title, transform=axes[r][0].transAxes, rotation=90, ha="right", va="center",
                         fontsize=8)  # fmt: skip
     return save_figure(fig, path)
+
+
+def displayable(image: np.ndarray) -> np.ndarray:
+    """An image imshow can draw: rgb bytes as they are; flux (S, S, B) through a per-image asinh
+    scaled to [0, 1], as colour when it has 3 bands (z, r, g as R, G, B) and grey otherwise."""
+    if image.dtype == np.uint8:
+        return image
+    x = np.arcsinh(np.nan_to_num(image.astype(np.float64)) / max(float(np.median(np.abs(image))), 1e-9))
+    x = (x - x.min()) / max(float(np.ptp(x)), 1e-9)
+    return x[..., ::-1] if x.shape[-1] == 3 else x.mean(axis=-1)
+

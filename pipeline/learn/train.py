@@ -37,7 +37,9 @@ from cluster.devices import DeviceError, Processes
 from pipeline.errors import DataError, TrainingError, WorkspaceError
 from pipeline.learn.args import TrainArgs
 from pipeline.learn.modeldir import TRAINED_ON, epoch_line, load_model, model_dir, read_json, read_state
+from pipeline.learn.stretch import Stretch
 from pipeline.stage import RunContext, Step, writing
+from storage.cube import Cube
 from storage.manifest import Manifest, atomic_file, write_json_atomic
 
 MIN_ROWS_PER_CLASS = 5  # in each of train and val: fewer cannot train or measure anything
@@ -117,6 +119,8 @@ def _check_data(args: TrainArgs, processes: int) -> tuple[dict, str]:
     digest = hashlib.sha256()
     cube = args.workspace.read_manifest("fetch") or {}
     settings = {k: cube.get("parameters", {}).get(k) for k in ("image_size", "size", "radius_scale", "layer")}
+    if cube.get("parameters", {}).get("pixels", "rgb") != "rgb":  # rgb cubes keep the fingerprint they had
+        settings |= {k: cube["parameters"].get(k) for k in ("pixels", "bands", "bricks")}
     digest.update(json.dumps(settings, sort_keys=True).encode())  # other pixels are other data
     for name in ("train", "val"):
         digest.update(splits[name].cube_row.tobytes())
@@ -235,7 +239,7 @@ def _fit(args: TrainArgs, processes: Processes | None, where: Any, state: dict[s
         if state["checkpoint"]:
             model = load_model(directory / state["checkpoint"])
         else:
-            model = build_model(args.model, image_size)
+            model = build_model(args.model, image_size, fit_stretch(train_batches.cube, splits["train"].cube_row))
             model.compile(
                 optimizer=keras.optimizers.Adam(args.lr),
                 loss="binary_crossentropy",
@@ -255,6 +259,18 @@ def _fit(args: TrainArgs, processes: Processes | None, where: Any, state: dict[s
         model.fit(train_batches, validation_data=val_batches, epochs=args.epochs, initial_epoch=state["epochs_done"],
                   callbacks=callbacks, verbose=0, shuffle=False)  # fmt: skip
         save_atomic(model, directory / "model.keras", writer)
+
+
+STRETCH_SAMPLE = 512  # training images the flux stretch's softening is measured on
+
+
+def fit_stretch(cube: Cube, rows: np.ndarray) -> Stretch | None:
+    """The per-band stretch of a flux cube (softening = each band's robust sky noise over the first
+    training images, in cube order); None for an rgb cube (the model scales bytes itself)."""
+    if cube.pixels != "flux":
+        return None
+    sample = np.sort(np.asarray(rows, dtype=np.int64))[:STRETCH_SAMPLE]
+    return Stretch.fit(cube.read_rows(sample), cube.bands)
 
 
 _shown_epochs: dict[Path, int] = {}

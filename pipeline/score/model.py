@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ScoreError
+from pipeline.learn.pixels import model_file_kind
 from pipeline.score.args import ScoreArgs
 from storage.manifest import file_checksum
 
@@ -27,6 +29,8 @@ class ModelInfo:
     image_size: int
     threshold: float
     threshold_source: str
+    pixels: str = "rgb"  # what the model takes: rgb, or flux in ``bands``
+    bands: str = "grz"
 
 
 _models: dict[str, Any] = {}
@@ -42,6 +46,8 @@ def loaded_model(info: ModelInfo) -> Any:
             from pipeline.learn.quiet_import import import_keras
 
             keras = import_keras()
+            import pipeline.learn.model  # noqa: F401  (registers AsinhStretch, the flux models' first layer)
+
             _models.clear()
             _models[info.sha256] = (keras.saving.load_model(info.path, compile=False), threading.Lock())
             model_loads[info.sha256] += 1
@@ -74,8 +80,10 @@ def resolve_model(args: ScoreArgs) -> ModelInfo:
     path = path.absolute()
     sha = file_checksum(path)
     image_size = model_input_size(path)
+    kind = dataclasses.astuple(model_file_kind(path))
     if args.threshold is not None:
-        return ModelInfo(str(path), sha, path.parent.name, image_size, float(args.threshold), "--threshold")
+        return ModelInfo(str(path), sha, path.parent.name, image_size, float(args.threshold), "--threshold",
+                         *kind)  # fmt: skip
     stored = path.parent / "threshold.json"
     if not stored.is_file():
         raise ScoreError(
@@ -92,8 +100,8 @@ def resolve_model(args: ScoreArgs) -> ModelInfo:
             f"{stored} was chosen for another version of {path.name} (the model was retrained since); re-run "
             "`agnsurvey evaluate`, or give --threshold"
         )
-    return ModelInfo(str(path), sha, path.parent.name, image_size, threshold,
-                     f"{stored} ({chosen.get('policy', '?')}, chosen on {chosen.get('chosen_on', 'val')})")  # fmt: skip
+    source = f"{stored} ({chosen.get('policy', '?')}, chosen on {chosen.get('chosen_on', 'val')})"
+    return ModelInfo(str(path), sha, path.parent.name, image_size, threshold, source, *kind)
 
 
 def model_input_size(path: Path) -> int:

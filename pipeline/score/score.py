@@ -95,6 +95,11 @@ def _score(args: ScoreArgs, client: Client | None, report: Report) -> Manifest:
     manifest = Manifest(stage="score", parameters=_parameters(args, model))
     started = time.monotonic()
     if args.images:
+        if model.pixels != "rgb":
+            raise ScoreError(
+                f"{model.path} was trained on flux pixels in bands {model.bands}; local image files (--images) are "
+                "RGB: score a catalog instead (its cutouts fetched with --pixels flux), or use an rgb model"
+            )
         source, frame = image_catalog(args)
         fingerprint = make_fingerprint(args, model, source)
         existing = existing_parts(ws.scores, fingerprint, args.restart)

@@ -15,10 +15,11 @@ from pipeline.catalog.args import IngestArgs
 from pipeline.catalog.canonical import canonical_frame
 from pipeline.catalog.sources import inspect_all, plan_chunks, read_raw, rows_before
 from pipeline.errors import CatalogError, ScoreError, WorkspaceError
+from pipeline.learn.pixels import PixelKind, check_kind
 from pipeline.score.args import ScoreArgs
 from pipeline.score.model import ModelInfo
 from pipeline.stage import Report, writing
-from storage.cube import open_cube
+from storage.cube import OLD_CUBE_ATTRS, open_cube
 from storage.hats_catalog import (
     check_table,
     is_hats,
@@ -156,7 +157,7 @@ def cube_parts(frame: pd.DataFrame, partitions: list[tuple[int, int, Path]],
     return by_shard
 
 
-CUBE_SETTINGS = ("layer", "size", "radius_scale", "pixscale_bounds")
+CUBE_SETTINGS = ("layer", "size", "radius_scale", "pixscale_bounds", "pixels", "bands")
 
 
 def scoring_cube_settings(args: ScoreArgs, source_ws: Workspace, model: ModelInfo) -> dict:
@@ -178,6 +179,10 @@ def scoring_cube_settings(args: ScoreArgs, source_ws: Workspace, model: ModelInf
             f"--image-size {model.image_size} (a new cube: --restart, or another --workspace), or use a model "
             "trained on these cutouts"
         )
+    if settings:
+        check_kind(PixelKind(model.pixels, model.bands), model.path,
+                   PixelKind(settings["pixels"], settings["bands"]),
+                   source_ws.cube if have and settings is have else "--pixels/--bands")  # fmt: skip
     return asked if have and asked and have != asked else settings
 
 
@@ -186,4 +191,5 @@ def cube_have(source_ws: Workspace) -> dict | None:
     if not source_ws.cube.exists():
         return None
     cube = open_cube(source_ws.cube, mode="r")
-    return {"image_size": cube.layout.image_size, **{k: cube.attrs.get(k) for k in CUBE_SETTINGS}}
+    return {"image_size": cube.layout.image_size,
+            **{k: cube.attrs.get(k, OLD_CUBE_ATTRS.get(k)) for k in CUBE_SETTINGS}}  # fmt: skip

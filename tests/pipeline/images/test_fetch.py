@@ -1,5 +1,6 @@
 """Fetch: URLs, statuses, the Zarr cube layout, real JPEGs round-trip, early errors."""
 
+import dataclasses
 import io
 import shutil
 from pathlib import Path
@@ -358,7 +359,7 @@ def test_failed_rows_give_exit_code_3_after_writing_what_succeeded(tmp_path, cap
 
 def test_a_failure_never_overwrites_an_ok_row(tmp_path):
     """A shard task planned from a stale status (another run fetched those rows meanwhile)."""
-    from pipeline.images.fetch import ShardJob, fetch_shard, plan_jobs
+    from pipeline.images.fetch import fetch_shard, plan_jobs
     from storage.cube import open_cube
 
     labels = write_labels(tmp_path, np.linspace(150, 151, 8), np.full(8, 2.0), np.full(8, 10.0))
@@ -375,8 +376,8 @@ def test_a_failure_never_overwrites_an_ok_row(tmp_path):
         return web.Response(status=500)
 
     with serve_in_thread(failing) as (url, _):
-        stale = ShardJob(job.cube, job.shard, job.rows, [u.replace("http://x/c.jpg", url) for u in job.urls],
-                         job.settings)  # fmt: skip
+        source = dataclasses.replace(job.source, settings=dataclasses.replace(job.source.settings, cutout_url=url))
+        stale = dataclasses.replace(job, source=source)
         fetch_shard(stale)
     assert list(read_cube_status(tmp_path)) == ["ok"] * 8
     np.testing.assert_array_equal(open_cube(tmp_path / "cube.zarr").images[:], before)

@@ -46,6 +46,7 @@ only the galaxies of its brick, the reason naming it; a brick WCS that is not TA
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -532,31 +533,61 @@ def cut_cutouts(bricks: BrickSet, ra: np.ndarray, dec: np.ndarray, field_arcsec:
     gal, brk = gal[with_data], brk[with_data]
     order = np.lexsort((gal, brk))
     gal, brk = gal[order], brk[order]
-    remaining = np.bincount(gal, minlength=len(ra))
-    fields: dict[int, _Field] = {}
-    failed: dict[int, str] = {}
+    call = _Call(bricks, ra, dec, fld, n_out, cut_bands, with_invvar, pixels, out, np.bincount(gal, minlength=len(ra)))
     bounds = np.flatnonzero(np.diff(brk)) + 1
-    for members, b in zip(np.split(gal, bounds), brk[np.r_[0, bounds]], strict=True):
-        brick = _Brick(bricks, int(b), cut_bands, with_invvar)
+    with _one_blas_thread():  # products of a few hundred rows: threads would only wait on each other
+        for members, b in zip(np.split(gal, bounds), brk[np.r_[0, bounds]], strict=True):
+            call.cut_brick(int(b), members)
+    return out
+
+
+def _one_blas_thread():
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - scikit-learn brings it
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+@dataclass(eq=False)
+class _Call:
+    """One cut_cutouts call: its request, the outcomes so far, the fields being summed."""
+
+    bricks: BrickSet
+    ra: np.ndarray
+    dec: np.ndarray
+    fld: np.ndarray
+    n_out: int
+    bands: str
+    with_invvar: bool
+    pixels: str
+    out: list
+    remaining: np.ndarray  # bricks still to add, per galaxy
+    fields: dict[int, _Field] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)
+
+    def cut_brick(self, b: int, members: np.ndarray) -> None:
+        """Add brick ``b`` to the fields of its galaxies ``members``; finish those it was the last brick of."""
+        brick = _Brick(self.bricks, b, self.bands, self.with_invvar)
         try:
             brick.open()
             for g in members:
-                if g in failed:
+                if g in self.failed:
                     continue
-                if g not in fields:
-                    fields[g] = _new_field(ra[g], dec[g], fld[g], n_out, len(cut_bands), with_invvar)
-                plan = _plan(brick, fields[g])
+                if g not in self.fields:
+                    self.fields[g] = _new_field(self.ra[g], self.dec[g], self.fld[g], self.n_out, len(self.bands),
+                                                self.with_invvar)  # fmt: skip
+                plan = _plan(brick, self.fields[g])
                 if plan is not None:
-                    _add(brick, fields[g], plan)
+                    _add(brick, self.fields[g], plan)
         except _BadFile as exc:
             for g in members:
-                failed.setdefault(int(g), str(exc))
+                self.failed.setdefault(int(g), str(exc))
         finally:
             brick.close()
         for g in members:
-            remaining[g] -= 1
-            if remaining[g] == 0:
-                f = fields.pop(int(g), None)
-                out[g] = (Outcome(FAILED, reason=failed[g], kind="unreadable brick file", attempts=1)
-                          if g in failed else _finish(f, pixels, fld[g]))  # fmt: skip
-    return out
+            self.remaining[g] -= 1
+            if self.remaining[g] == 0:
+                f = self.fields.pop(int(g), None)
+                self.out[g] = (Outcome(FAILED, reason=self.failed[g], kind="unreadable brick file", attempts=1)
+                               if g in self.failed else _finish(f, self.pixels, self.fld[g]))  # fmt: skip

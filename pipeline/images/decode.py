@@ -10,6 +10,8 @@ import numpy as np
 from astropy.io import fits
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.images.resample import cutout_edges, resample_flux
+
 
 def decode_jpeg(body: bytes, size: int) -> np.ndarray:
     """RGB uint8 (size, size, 3) from JPEG bytes; ValueError saying what is wrong otherwise
@@ -62,8 +64,6 @@ def decode_fits(body: bytes, size: int, bands: str) -> np.ndarray:
 def resize_flux(flux: np.ndarray, image_size: int) -> np.ndarray:
     """Flux-conserving resample of a square flux cutout (S, S, B) to (image_size, image_size, B):
     each output pixel holds the flux of the input over its footprint (nanomaggies per output pixel)."""
-    from pipeline.images.resample import cutout_edges, resample_flux
-
     size = flux.shape[0]
     if size == image_size:
         return flux.astype(np.float32, copy=False)

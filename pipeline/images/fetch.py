@@ -194,14 +194,10 @@ def tasks_at_once(args: FetchArgs, n_jobs: int, threads: int) -> int:
     return max(1, min(threads, n_jobs, args.concurrency))
 
 
-def plan_jobs(args: FetchArgs, cube: Cube, labels: pd.DataFrame, parallel: int, wanted: np.ndarray) -> list[ShardJob]:
-    """One job per shard that has ``wanted`` rows without a final status; rate and concurrency
-    shared out over the ``parallel`` tasks that run at once."""
-    todo = ~np.isin(cube.status_codes(), FINAL_CODES) & wanted
-    pixscale = cube.pixscales()
-    shards = sorted({int(r) // cube.layout.shard_images for r in np.flatnonzero(todo)})
-    share = tasks_at_once(args, len(shards), parallel)
-    settings = ClientSettings(
+def client_settings(args: FetchArgs, share: int = 1) -> ClientSettings:
+    """How each task's client asks the viewer: the totals for rate and concurrency shared out over
+    ``share`` tasks running at once."""
+    return ClientSettings(
         pixels=args.pixels,
         bands=args.bands,
         cutout_url=args.cutout_url,
@@ -216,6 +212,16 @@ def plan_jobs(args: FetchArgs, cube: Cube, labels: pd.DataFrame, parallel: int, 
         give_up_window=args.give_up_window,
         give_up_fraction=args.give_up_fraction,
     )
+
+
+def plan_jobs(args: FetchArgs, cube: Cube, labels: pd.DataFrame, parallel: int, wanted: np.ndarray) -> list[ShardJob]:
+    """One job per shard that has ``wanted`` rows without a final status; rate and concurrency
+    shared out over the ``parallel`` tasks that run at once."""
+    todo = ~np.isin(cube.status_codes(), FINAL_CODES) & wanted
+    pixscale = cube.pixscales()
+    shards = sorted({int(r) // cube.layout.shard_images for r in np.flatnonzero(todo)})
+    share = tasks_at_once(args, len(shards), parallel)
+    settings = client_settings(args, share)
     source = pixel_source(args, settings)
     ra, dec = labels["ra"].to_numpy(), labels["dec"].to_numpy()
     jobs = []
@@ -286,7 +292,7 @@ def _fetch(args: FetchArgs, client: Client | None, on_shard: Callable[[int], Non
                         "n_wanted": int(wanted.sum())}]  # fmt: skip
     fresh = args.restart or not ws.cube.exists()
     if fresh:  # before a cube is made: an unusable source leaves the workspace as it was
-        pixel_source(args, ClientSettings(args.cutout_url, pixels=args.pixels)).check()
+        pixel_source(args, client_settings(args)).check()
     cube = prepare_cube(args, labels)
     threads = sum(client.nthreads().values()) if client is not None else 1
     threads = min(threads, max_tasks or threads)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ScoreError
-from pipeline.learn.pixels import model_file_kind
+from pipeline.learn.pixels import model_kind
 from pipeline.score.args import ScoreArgs
 from storage.manifest import file_checksum
 
@@ -79,8 +79,9 @@ def resolve_model(args: ScoreArgs) -> ModelInfo:
         )
     path = path.absolute()
     sha = file_checksum(path)
-    image_size = model_input_size(path)
-    kind = dataclasses.astuple(model_file_kind(path))
+    config = model_config(path)
+    image_size = model_input_size(path, config)
+    kind = dataclasses.astuple(model_kind(config))
     if args.threshold is not None:
         return ModelInfo(str(path), sha, path.parent.name, image_size, float(args.threshold), "--threshold",
                          *kind)  # fmt: skip
@@ -104,13 +105,17 @@ def resolve_model(args: ScoreArgs) -> ModelInfo:
     return ModelInfo(str(path), sha, path.parent.name, image_size, threshold, source, *kind)
 
 
-def model_input_size(path: Path) -> int:
-    """Image size (pixels) a saved ``.keras`` model takes, from its config (no Keras import)."""
+def model_config(path: Path) -> dict:
+    """The Keras config of a saved ``.keras`` model (no Keras import)."""
     try:
         with zipfile.ZipFile(path) as archive:
-            config = json.loads(archive.read("config.json"))
+            return json.loads(archive.read("config.json"))
     except (zipfile.BadZipFile, KeyError, ValueError, OSError):
         raise ScoreError(f"{path} is not a Keras model file (damaged?); re-run `agnsurvey train`") from None
+
+
+def model_input_size(path: Path, config: dict) -> int:
+    """Image size (pixels) the model of ``config`` (saved at ``path``) takes."""
     shapes = list(_find(config, "batch_shape"))
     if not shapes or len(shapes[0]) != 4:
         raise ScoreError(f"{path}: its input is not an image batch (batch, size, size, 3); not a model of train's")

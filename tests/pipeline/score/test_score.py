@@ -19,6 +19,7 @@ from pipeline.score.model import load_counts
 from pipeline.score.score import score
 from pipeline.synthetic.args import SkyArgs
 from pipeline.synthetic.catalog import SKY_V1_FITS, make_sky
+from pipeline.synthetic.render import SKY_COUNTS
 from pipeline.synthetic.server import serve_in_background
 from pipeline.synthetic.server_config import build_server_config
 from pipeline.synthetic.skyindex import SkyIndex
@@ -41,7 +42,8 @@ def brightness_model(directory: Path, image_size: int, threshold: float | None =
     x = keras.layers.GlobalAveragePooling2D()(x)
     output = keras.layers.Dense(1, activation="sigmoid")
     model = keras.Model(inputs, output(x))
-    output.set_weights([np.full((3, 1), 20.0), np.array([-20 * 0.30])])  # P = sigmoid(20 (Σ channel means - 0.3))
+    # P = sigmoid(20 (Σ channel means - c)), c a little above an empty offline sky's (the viewer mapping's sky level)
+    output.set_weights([np.full((3, 1), 20.0), np.array([-20 * (3 * SKY_COUNTS / 255 + 0.11)])])
     directory.mkdir(parents=True, exist_ok=True)
     model.save(directory / "model.keras")
     if threshold is not None:

@@ -38,12 +38,15 @@ def cutout_url(base: str, ra: float, dec: float, size: int, pixscale: float, lay
 
 
 def fits_endpoint(jpeg_url: str) -> str:
-    """The viewer's FITS cutout endpoint beside its JPEG one (``…/cutout.jpg`` → ``…/cutout.fits``)."""
+    """The viewer's FITS cutout endpoint beside its JPEG one (``…/cutout.jpg`` → ``…/cutout.fits``), or
+    the FITS endpoint itself when given."""
+    if jpeg_url.endswith("/cutout.fits"):  # given the FITS endpoint itself
+        return jpeg_url
     if not jpeg_url.endswith("/cutout.jpg"):
         raise FetchError(
             f"--pixels flux asks the viewer for FITS cutouts at the endpoint beside cutout.jpg, but the cutout URL "
-            f"{jpeg_url!r} does not end in /cutout.jpg; give the JPEG endpoint (…/viewer/cutout.jpg) or cut from "
-            "local bricks with --bricks ROOT"
+            f"{jpeg_url!r} does not end in /cutout.jpg (nor /cutout.fits); give the viewer's endpoint "
+            "(…/viewer/cutout.jpg or …/viewer/cutout.fits) or cut from local bricks with --bricks ROOT"
         )
     return jpeg_url[: -len("jpg")] + "fits"
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline.errors import FetchError
 from pipeline.images.client import ClientSettings, ClientStats, fetch_many, probe, run_async
 from pipeline.images.outcome import Outcome
 from pipeline.images.requests import cutout_url, fits_endpoint
@@ -37,7 +38,14 @@ class ViewerSource:
     @property
     def endpoint(self) -> str:
         url = self.settings.cutout_url
-        return fits_endpoint(url) if self.settings.pixels == "flux" else url
+        if self.settings.pixels == "flux":
+            return fits_endpoint(url)
+        if url.endswith("/cutout.fits"):
+            raise FetchError(
+                f"the cutout URL {url!r} is the viewer's FITS endpoint: for rgb pixels give …/viewer/cutout.jpg, or "
+                "fetch flux with --pixels flux"
+            )
+        return url
 
     def urls(self, ra: np.ndarray, dec: np.ndarray, pixscale: np.ndarray) -> list[str]:
         s = self.settings

@@ -138,7 +138,7 @@ def _score_cube(args: ScoreArgs, source_ws: Workspace, frame: pd.DataFrame, mode
     refetch = bool(args.restart and args.inputs and have and fingerprint["source"]["cube"] != have)
     cube = open_cube(source_ws.cube, mode="r") if source_ws.cube.exists() and not refetch else None
     need_fetch = cube is None or bool((status_rank(cube.status_codes()) < 2).any())
-    if need_fetch and (args.fetch is None or not args.fetch.cutout_url):
+    if need_fetch and (args.fetch is None or not (args.fetch.cutout_url or args.fetch.bricks)):
         missing = "has no cube" if cube is None else "lacks some cutouts"
         raise ScoreError(f"{source_ws.root} {missing}: give --cutout-url (the Legacy Surveys viewer's cutout.jpg, or "
                          "an offline sky server's), or score local files with --images COLUMN")  # fmt: skip

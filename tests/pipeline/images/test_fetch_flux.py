@@ -121,6 +121,7 @@ def test_a_fits_body_that_is_not_the_asked_image_is_a_failed_row(tmp_path, body,
         (["--bands", "gr"], "--pixels rgb is the survey's g,r,z colour mapping and needs --bands grz"),
         (["--pixels", "flux", "--bands", "gx"], "fetch.bands must be distinct letters of 'grz'"),
         (["--pixels", "flux", "--cutout-url", "http://127.0.0.1:9/other/endpoint"], "does not end in /cutout.jpg"),
+        (["--cutout-url", "http://127.0.0.1:9/viewer/cutout.fits"], "is the viewer's FITS endpoint: for rgb pixels"),
     ],
 )
 def test_pixel_options_that_cannot_work_are_one_line_errors(tmp_path, capsys, flags, message):
@@ -136,3 +137,14 @@ def test_pixel_options_that_cannot_work_are_one_line_errors(tmp_path, capsys, fl
 def test_fetch_args_refuse_bad_pixel_kinds():
     with pytest.raises(ConfigError, match="fetch.pixels must be one of"):
         FetchArgs(workspace="/tmp/x", cutout_url="http://a/viewer/cutout.jpg", pixels="jpeg")
+
+
+def test_the_fits_endpoint_may_be_given_itself(sky, tmp_path):
+    import shutil
+
+    ws = tmp_path / "ws"
+    shutil.copytree(sky / "ws" / "catalog", ws / "catalog")
+    with serve_in_background(ServerConfig(catalog=(str(sky / "sky" / SKY_FITS),))) as server:
+        manifest = fetch(args_for(ws, server.url.replace("/cutout.jpg", "/cutout.fits"), pixels="flux"))
+        assert all(r.path.endswith("/cutout.fits") for r in server.requests)
+    assert manifest.rows_out == manifest.rows_in > 0 and open_cube(ws / "cube.zarr", mode="r").pixels == "flux"

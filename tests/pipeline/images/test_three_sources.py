@@ -98,3 +98,18 @@ def test_bricks_errors_are_one_line_and_write_nothing(cubes, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and text in err[0], err
         assert not (tmp_path / "cube.zarr").exists()
+
+
+def test_score_cuts_a_new_catalog_from_the_bricks_without_a_viewer(cubes, tmp_path):
+    """No --cutout-url: --bricks is the pixel source of score's own cube."""
+    from pipeline.learn.model import build_model
+    from storage.tables import read_scores
+
+    build_model("paper", IMAGE).save(tmp_path / "model.keras")
+    catalog = cubes["base"] / "sky" / SKY_FITS
+    assert main(["--quiet", "--workers", "1", "score", str(catalog), "-w", str(tmp_path / "ws"), "--model",
+                 str(tmp_path / "model.keras"), "--threshold", "0.5", "--bricks", str(cubes["base"] / "bricks"),
+                 "--size", str(SIZE), "--image-size", str(IMAGE)]) == 0  # fmt: skip
+    scores = read_scores(tmp_path / "ws")
+    assert len(scores) == 30 and (scores["status"] == "ok").all()
+    assert open_cube(tmp_path / "ws" / "scoring" / "cube.zarr", mode="r").attrs["source"] == "bricks"

@@ -17,6 +17,14 @@ plausible round trip to the real service), in ONE run on the same machine and th
    project dependency): ``legacystamps.download`` on the same galaxies, one after another, as it
    works; pointed at the local server by replacing the ``requests`` name inside its module (below).
 
+5. **viewer, polite**: the same fetch stage on the cluster at the politeness rate users run it with
+   (``FetchArgs.rate``, 20 requests/s): what the viewer path gives a survey, whatever the client can do.
+6. **bricks** (:mod:`_fetch_bricks`): cutouts cut from a local brick mirror (``fetch --bricks``) at 1, 10
+   and 1,000 galaxies per brick: ``BrickSource.cut`` on the worker processes and the whole stage,
+   side by side with the floor (decompressing just the tiles those cutouts touch, one process), and
+   each worker's peak memory. Aim: >= 0.7 of the floor per core, time per cutout falling as
+   galaxies per brick grow, peak worker memory a few decompressed bricks, not the catalog.
+
 Plus, in-process on pre-fetched JPEG bytes: CPU milliseconds per image for ``decode_jpeg``,
 ``resize`` and writing into a Zarr cube shard (``Cube.write_shard``), and the cube's bytes per image.
 
@@ -28,7 +36,8 @@ rendering while a method is timed (checked: renders during timing are reported).
 few cores the client and the server share them: the table says, for every point, the client's and
 the server's CPU per image, how busy the whole machine was, and the CPU limit these imply.
 
-    python benchmarks/bench_fetch.py [--latency 0.05] [--concurrency 1 8 32 64 128] [--images N] [--keep]
+    python benchmarks/bench_fetch.py [--latency 0.05] [--concurrency 1 8 32 64 128] [--images N]
+        [--bricks 64] [--per-brick 1 10 1000] [--brick-cutouts 4000] [--keep]
 
 Prints tables and writes ``benchmarks/results/bench_fetch-<timestamp>.json`` (machine info,
 parameters, every raw measurement).
@@ -38,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import math
 import os
@@ -54,6 +64,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from _fetch_baselines import ensure_legacystamps, legacystamps_local_urls, legacystamps_point, sequential_point
+from _fetch_bricks import brick_points
 from _fetch_server import CACHE_MB, IMAGE_SIZE, LAYER, SIZE, Galaxy, Meter, Server, cutout_server
 from _machine import Table, arg_parser, machine_info, report, summary_row, usable_cores
 from distributed import Client, LocalCluster
@@ -78,6 +89,8 @@ TARGET_S = 4.0  # a client point gets about this many seconds' worth of images a
 MIN_IMAGES = 64
 LABELLED_FRACTION = 0.6  # at least this share of the offline sky survives labelling (~0.70 measured)
 CPU_REPEAT = 3
+POLITE = {f.name: f.default for f in dataclasses.fields(FetchArgs) if f.name in ("rate", "concurrency")}
+"""The fetch stage's own defaults: the politeness users run the viewer path with."""
 EXTRA_PACKAGES = ("aiohttp", "zarr", "numcodecs", "pillow", "psutil", "requests", "legacystamps")
 
 now = time.perf_counter
@@ -170,13 +183,15 @@ def warm_up(urls: list[str], server: Server) -> dict[str, Any]:
 
 
 def stage_point(ws: Path, server: Server, concurrency: int, client: Client | None, meter: Meter,
-                n: int) -> dict[str, Any]:  # fmt: skip
+                n: int, rate: float = RATE_OFF) -> dict[str, Any]:  # fmt: skip
     shutil.rmtree(ws / "cube.zarr", ignore_errors=True)
     args = FetchArgs(workspace=ws, cutout_url=server.url, layer=LAYER, size=SIZE, image_size=IMAGE_SIZE,
-                     concurrency=concurrency, rate=RATE_OFF, restart=True)  # fmt: skip
+                     concurrency=concurrency, rate=rate, restart=True)  # fmt: skip
     loops = sum(client.nthreads().values()) if client is not None else 1
     where = f"LocalCluster {len(client.nthreads())} workers" if client is not None else "1 process"
-    point: dict[str, Any] = {"method": f"fetch stage, {where}", "concurrency": concurrency, "loops": loops}
+    polite = f", polite {rate:g}/s" if rate != RATE_OFF else ""
+    point: dict[str, Any] = {"method": f"fetch stage, {where}{polite}", "concurrency": concurrency, "loops": loops,
+                             "rate_limit": rate}  # fmt: skip
     with meter.measure(n, point):
         manifest = fetch(args, client)
     status = manifest.extra["status"]
@@ -264,7 +279,7 @@ def enrich(point: dict[str, Any], latency_s: float, cores: int, sequential_rate:
     c, loops = point["concurrency"], point["loops"]
     cc = point["client_cpu_ms_per_image"] / 1e3
     sc = point["server_cpu_ms_per_image"] / 1e3
-    ideal = c / latency_s
+    ideal = min(c / latency_s, point.get("rate_limit", math.inf))
     # the client's work runs in `loops` event-loop threads (one core each at most); client and server
     # together share the machine's cores
     limits = [cores / (cc + sc)] if cc + sc > 0 else []
@@ -313,6 +328,7 @@ def table_rows(points: list[dict[str, Any]]) -> list[dict[str, str]]:
     return rows
 
 
+CPU_COLUMNS = ["step", "CPU ms/img", "wall ms/img"]
 COLUMNS = ["method", "conc", "images", "s", "img/s", "ideal", "% ideal", "CPU limit", "bound", "% of bound",
            "x seq", "client ms/img", "server ms/img", "busy %", "others %"]  # fmt: skip
 
@@ -342,6 +358,44 @@ def cpu_table(cpu: dict[str, Any], cube: dict[str, Any] | None) -> list[dict[str
         rows.append({"step": "cube bytes/image (images array)", "CPU ms/img": f"{cube['bytes_per_image']:,.0f}",
                      "wall ms/img": f"raw {cube['raw_bytes_per_image']:,}"})  # fmt: skip
     return rows
+
+
+BRICK_COLUMNS = ["per brick", "bricks", "cutouts", "floor img/s", "workers img/s", "x floor/core", "stage img/s",
+                 "worker ms/cutout", "x polite viewer", "worker peak MB", "growth / brick band"]  # fmt: skip
+
+
+GROWTH = "worker_peak_growth_in_brick_bands"
+
+
+def brick_rows(bricks: dict[str, Any], polite_rate: float) -> list[dict[str, str]]:
+    """One row per galaxies-per-brick: floor, workers and stage side by side."""
+    rows = []
+    for density in dict.fromkeys(p["per_brick"] for p in bricks["points"]):
+        floor, workers, stage = (p for p in bricks["points"] if p["per_brick"] == density)
+        rows.append({
+            "per brick": f"{density:,}", "bricks": str(floor["bricks"]), "cutouts": f"{floor['images']:,}",
+            "floor img/s": fmt_rate(floor["images_per_s"]), "workers img/s": fmt_rate(workers["images_per_s"]),
+            "x floor/core": f"{workers['x_floor_per_core']:.2f}", "stage img/s": fmt_rate(stage["images_per_s"]),
+            "worker ms/cutout": f"{1e3 * workers['loops'] / workers['images_per_s']:.2f}",
+            "x polite viewer": f"{workers['images_per_s'] / polite_rate:.0f}",
+            "worker peak MB": f"{max(workers['worker_peak_rss_mb'], stage['worker_peak_rss_mb']):.0f}",
+            "growth / brick band": f"{max(p[GROWTH] for p in (workers, stage)):.1f}",
+        })  # fmt: skip
+    return rows
+
+
+def brick_aims(bricks: dict[str, Any]) -> list[str]:
+    workers = [p for p in bricks["points"] if p["method"].startswith("BrickSource")]
+    lines = [f"  bricks, {p['per_brick']:,} per brick: {p['x_floor_per_core']:.2f} of the floor per core (aim >= 0.7: "
+             f"{'met' if p['x_floor_per_core'] >= 0.7 else 'NOT met'})" for p in workers]  # fmt: skip
+    ms = [p["loops"] / p["images_per_s"] for p in workers]
+    falling = all(b < a for a, b in zip(ms, ms[1:], strict=False))
+    lines.append(f"  bricks: worker time per cutout {' -> '.join(f'{1e3 * m:.2f}' for m in ms)} ms as galaxies per "
+                 f"brick grow (aim: falling: {'met' if falling else 'NOT met'})")  # fmt: skip
+    peak = max(p[GROWTH] for p in bricks["points"] if GROWTH in p)
+    lines.append(f"  bricks: peak worker memory growth {peak:.1f} decompressed brick bands (3600^2 float32 each; "
+                 "aim: a few, whatever the catalog)")  # fmt: skip
+    return lines
 
 
 def aims(points: list[dict[str, Any]], sequential: dict[str, Any] | None, latency_s: float) -> list[str]:
@@ -393,6 +447,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stage-concurrency", type=int, default=64, help="fetch stage concurrency (default 64)")
     parser.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes for the fetch stage")
     parser.add_argument("--cpu-images", type=int, default=1024, help="JPEGs for the CPU-per-image measurement")
+    parser.add_argument("--bricks", type=int, default=64,
+                        help="bricks in the local mirror for the brick points (default 64; 0 skips them)")  # fmt: skip
+    parser.add_argument("--per-brick", type=int, nargs="+", default=[1, 10, 1000],
+                        help="galaxies per brick, one brick point each (default 1 10 1000)")  # fmt: skip
+    parser.add_argument("--brick-cutouts", type=int, default=4000,
+                        help="most cutouts per brick point (bricks used: min(--bricks, this / per brick))")  # fmt: skip
     parser.add_argument("--no-legacystamps", action="store_true", help="skip the legacystamps baseline")
     parser.add_argument("--keep", action="store_true", help="keep the data directory (sky, workspace, files)")
     args = parser.parse_args(argv)
@@ -400,6 +460,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--latency, --images, --baseline-images and --workers must be positive")
     if any(c < 1 for c in args.concurrency) or args.stage_concurrency < 1 or args.cpu_images < 1:
         parser.error("concurrencies and --cpu-images must be positive")
+    if args.bricks < 0 or any(d < 1 for d in args.per_brick) or args.brick_cutouts < 1:
+        parser.error("--bricks must be >= 0, --per-brick and --brick-cutouts positive")
     return args
 
 
@@ -436,16 +498,20 @@ def measure(args: argparse.Namespace, data: Path, module: Any | None, legacy_inf
             n = point_images(c, args.latency, len(urls))
             print(f"fetch_many concurrency {c}, {n:,} images ...", flush=True)
             points.append(client_point(urls[:n], server, c, meter))
-        points += stage_points(ws, server, args, len(urls), meter)
+        stage, bricks = cluster_points(ws, server, args, labels, meter, data)
+        points += stage
 
         print(f"CPU per image on {n_cpu:,} JPEGs ...", flush=True)
         cpu = cpu_per_image(fetch_bodies(urls[:n_cpu]), data)
         return {"setup": setup, "warm_up": warm, "points": points, "cpu_per_image": cpu, "cube": points[-1]["cube"],
-                "server_stats_end": server.stats()}  # fmt: skip
+                "bricks": bricks, "server_stats_end": server.stats()}  # fmt: skip
 
 
-def stage_points(ws: Path, server: Server, args: argparse.Namespace, n: int, meter: Meter) -> list[dict[str, Any]]:
-    """The whole fetch stage in one process, then on a LocalCluster of ``--workers`` processes."""
+def cluster_points(ws: Path, server: Server, args: argparse.Namespace, labels: pd.DataFrame, meter: Meter,
+                   data: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:  # fmt: skip
+    """The whole fetch stage in one process, then on a LocalCluster of ``--workers`` processes with the
+    rate limit off and at the polite rate; then, on the same cluster, the bricks (None: ``--bricks 0``)."""
+    n = len(labels)
     print(f"fetch stage, 1 process, concurrency {args.stage_concurrency}, {n:,} images ...", flush=True)
     points = [stage_point(ws, server, args.stage_concurrency, None, meter, n)]
     with (
@@ -454,10 +520,19 @@ def stage_points(ws: Path, server: Server, args: argparse.Namespace, n: int, met
         Client(cluster) as client,
     ):  # fmt: skip
         worker_pids = list(client.run(os.getpid).values())
-        print(f"fetch stage, LocalCluster {args.workers} workers, {n:,} images ...", flush=True)
         cluster_meter = Meter(server, lambda: [os.getpid(), *worker_pids])
-        points.append(stage_point(ws, server, args.stage_concurrency, client, cluster_meter, n))
-    return points
+        polite_n = min(n, max(8, round(POLITE["rate"] * TARGET_S)))
+        print(f"fetch stage, LocalCluster {args.workers} workers, polite {POLITE['rate']:g}/s, {polite_n} images ...",
+              flush=True)  # fmt: skip
+        polite_ws = data / "ws-polite"
+        write_frame(labels.head(polite_n), polite_ws / "catalog", "catalog")
+        polite = stage_point(polite_ws, server, POLITE["concurrency"], client, cluster_meter, polite_n, POLITE["rate"])
+        print(f"fetch stage, LocalCluster {args.workers} workers, {n:,} images ...", flush=True)
+        points += [polite, stage_point(ws, server, args.stage_concurrency, client, cluster_meter, n)]
+        bricks = None
+        if args.bricks:
+            bricks = brick_points(client, data, labels, cluster_meter, args.bricks, args.per_brick, args.brick_cutouts)
+    return points, bricks
 
 
 DEFINITIONS = {
@@ -470,6 +545,12 @@ DEFINITIONS = {
     "server_cpu_ms_per_image": "CPU of the server process and its render pool / images",
     "machine_busy_fraction": "busy / total CPU time of the whole machine over the point",
     "others_busy_fraction": "CPU of processes other than the client(s) and the server / total CPU time",
+    "bricks.floor": "per brick: open its file, read each cutout's pixel box (field + 1 px, from the file's WCS) "
+    "through hdu.section, which decompresses only the tiles it touches; one process",
+    "bricks.x_floor_per_core": "workers' cutouts/s / (worker processes x the floor's cutouts/s)",
+    "bricks.worker_peak_rss_mb": "largest worker VmHWM over the point (reset before it via /proc/self/clear_refs)",
+    "bricks.worker_peak_growth_in_brick_bands": "(that peak - the worker's RSS before the point) / one decompressed "
+    "brick band (3600^2 float32, 49.4 MiB)",
 }
 
 
@@ -482,6 +563,10 @@ def parameters(args: argparse.Namespace) -> dict[str, Any]:
         "stage_concurrency": args.stage_concurrency,
         "workers": args.workers,
         "cpu_images": min(args.cpu_images, args.images),
+        "bricks": args.bricks,
+        "per_brick": args.per_brick,
+        "brick_cutouts": args.brick_cutouts,
+        "polite": {"rate": POLITE["rate"], "concurrency": POLITE["concurrency"]},
         "size": SIZE,
         "image_size": IMAGE_SIZE,
         "layer": LAYER,
@@ -534,6 +619,27 @@ def main(argv: list[str] | None = None) -> int:
     summary = [summary_row(f"fetch ({stage['method']})", f"{stage['images']:,} images, latency {args.latency:g} s",
                            stage["images_per_s"], "img/s", "bound: min(ideal, CPU limit)",
                            min(stage["ideal_images_per_s"], stage["cpu_limit_images_per_s"]))]  # fmt: skip
+    bricks = run["bricks"]
+    tables = [
+        Table(table_rows(points), COLUMNS, right=COLUMNS[1:8] + COLUMNS[9:]),
+        Table(cpu_table(run["cpu_per_image"], run["cube"]), CPU_COLUMNS, CPU_COLUMNS[1:], "cpu_table_text"),
+    ]
+    if bricks is not None:
+        polite = next(p for p in points if "polite" in p["method"])
+        tables.append(Table(brick_rows(bricks, polite["images_per_s"]), BRICK_COLUMNS, BRICK_COLUMNS[1:],
+                            "bricks_table_text", f"\nbricks (band r, {IMAGE_SIZE} px flux cutouts), "
+                            f"polite viewer {fmt_rate(polite['images_per_s'])} img/s:"))  # fmt: skip
+        lines += brick_aims(bricks)
+        dense = [p for p in bricks["points"] if p["method"].startswith("BrickSource")][-1]
+        floor = next(p for p in bricks["points"] if p["per_brick"] == dense["per_brick"])
+        summary += [
+            summary_row(f"fetch --bricks ({dense['method']})", f"{dense['images']:,} cutouts, "
+                        f"{dense['per_brick']:,}/brick", dense["images_per_s"], "img/s",
+                        f"floor x {dense['loops']} (1 process)", floor["images_per_s"] * dense["loops"]),
+            summary_row("fetch --bricks vs the viewer", f"{dense['per_brick']:,}/brick; viewer at "
+                        f"{POLITE['rate']:g} req/s", dense["images_per_s"], "img/s", "viewer, polite",
+                        polite["images_per_s"]),
+        ]  # fmt: skip
     payload = {
         "parameters": parameters(args),
         "definitions": DEFINITIONS,
@@ -548,12 +654,8 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_per_image": run["cpu_per_image"],
         "cube": run["cube"],
         "server_stats_end": run["server_stats_end"],
+        "bricks": bricks,
     }
-    cpu_columns = ["step", "CPU ms/img", "wall ms/img"]
-    tables = [
-        Table(table_rows(points), COLUMNS, right=COLUMNS[1:8] + COLUMNS[9:]),
-        Table(cpu_table(run["cpu_per_image"], run["cube"]), cpu_columns, cpu_columns[1:], "cpu_table_text"),
-    ]
     report("bench_fetch", machine, payload, tables, lines, summary=summary)
     return 0
 

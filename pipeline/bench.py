@@ -25,7 +25,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SUITES: dict[str, tuple[str, list[str], list[str]]] = {
     "catalog": ("bench_catalog.py", ["--sizes", "1000000", "10000000"], ["--sizes", "200000"]),
     "fetch": ("bench_fetch.py", [], ["--images", "512", "--concurrency", "8", "64", "--baseline-images", "40",
-                                     "--cpu-images", "128", "--no-legacystamps"]),
+                                     "--cpu-images", "128", "--no-legacystamps", "--bricks", "2",
+                                     "--per-brick", "1", "10", "100", "--brick-cutouts", "200"]),
     "train": ("bench_train.py", [], ["--quick", "--backends", "tensorflow"]),
     "score": ("bench_score.py", [], ["--quick"]),
 }  # fmt: skip

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from pipeline.errors import Interrupted, WorkspaceError
@@ -26,6 +27,11 @@ def writing(ws: Workspace, output: str, stage: str, kept: str = "", reads: tuple
     :class:`Interrupted` saying ``kept`` (default: the output is as it was) unless the stage raised
     its own.
     """
+    if reads and not Path(ws.root).is_dir():  # before a lock would make the directory
+        raise WorkspaceError(
+            f"{ws.root} does not exist: {stage} reads its {', '.join(reads)}; make the workspace first with "
+            f"`agnsurvey ingest --workspace {ws.root} CATALOG` (or `agnsurvey run`), or pass the --workspace you meant"
+        )
     with ExitStack() as stack:
         stack.enter_context(locked(ws, output))
         for upstream in reads:

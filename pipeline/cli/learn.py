@@ -55,6 +55,9 @@ def add_parsers(stages: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--threshold-policy", help="balanced (default: max balanced accuracy), youden, f1, "
                           "purity:P (lowest threshold with AGN precision >= P), fixed:T")  # fmt: skip
     evaluate.add_argument("--tta", action="store_true", default=None, help="average the 8 flips/rotations")
+    evaluate.add_argument("--compare", nargs="+", metavar="WS",
+                          help="other workspaces (or metrics.json files) evaluated before: their test metrics and "
+                          "pixel kind go beside this run's in report.md (e.g. the same galaxies as --pixels flux)")
     evaluate.set_defaults(handler=_evaluate, needs_cluster=False)
 
 
@@ -83,5 +86,5 @@ def _evaluate(ns: argparse.Namespace, raw: dict, client: options.ClientFactory) 
     from pipeline.learn.evaluate import evaluate
 
     args = build(EvaluateArgs, raw, workspace=ns.workspace, model=ns.model,
-                 threshold_policy=ns.threshold_policy, tta=ns.tta)  # fmt: skip
+                 threshold_policy=ns.threshold_policy, tta=ns.tta, compare=ns.compare)  # fmt: skip
     return [print_summary("evaluate", evaluate(args))]

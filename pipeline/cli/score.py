@@ -8,6 +8,7 @@ from pipeline.cli import options
 from pipeline.cli.images import fetch_args_from
 from pipeline.cli.summary import print_summary
 from pipeline.config import build
+from pipeline.errors import ConfigError
 from pipeline.score.args import ScoreArgs
 from storage.manifest import Manifest
 
@@ -42,10 +43,23 @@ def add_parsers(stages: argparse._SubParsersAction) -> None:
     score.set_defaults(handler=_score)
 
 
+CUTOUT_OPTIONS = ("layer", "size", "image_size", "pixels", "bands", "with_invvar")
+"""Options that change what a cutout is: meaningless (and refused) when score fetches nothing."""
+
+
 def _score_args(ns: argparse.Namespace, raw: dict) -> ScoreArgs:
     """The score stage's arguments; its cutouts are fetched with the [fetch] settings and flags."""
     fetch_table = raw.get("fetch", {})
     url = ns.cutout_url or fetch_table.get("cutout_url") or ns.bricks or fetch_table.get("bricks")
+    if not url:
+        given = [f"--{k.replace('_', '-')}" for k in CUTOUT_OPTIONS if getattr(ns, k, None) is not None]
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)} describe cutouts to fetch, but no --cutout-url or --bricks says where from: score "
+                f"reads {ns.workspace}'s cube as it was fetched; drop {'them' if len(given) > 1 else 'it'}, or give "
+                f"--cutout-url/--bricks to fetch with {'them' if len(given) > 1 else 'it'} (new cutouts: "
+                f"`agnsurvey fetch --workspace {ns.workspace} --restart` with the same options)"
+            )
     fetch_args = fetch_args_from(ns, raw) if url else None
     score_table = raw.get("score", {})
     ingest_table = raw.get("ingest", {})

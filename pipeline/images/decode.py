@@ -13,22 +13,42 @@ from PIL import Image, UnidentifiedImageError
 from pipeline.images.resample import cutout_edges, resample_flux
 
 
+def bomb_reason(exc: BaseException) -> str | None:
+    """The reason to give for an image PIL refuses (or warns of) as a decompression bomb, else None."""
+    if isinstance(exc, Image.DecompressionBombError | Image.DecompressionBombWarning):
+        return (f"too many pixels to decode safely ({exc}); PIL's limit is Image.MAX_IMAGE_PIXELS = "
+                f"{Image.MAX_IMAGE_PIXELS:,}")  # fmt: skip
+    return None
+
+
+def open_rgb(source, expect_format: str | None = None) -> np.ndarray:
+    """RGB uint8 (H, W, 3) of an image file or file object; ValueError saying what is wrong ("not an
+    image", "a PNG image, not a JPEG", "corrupt or truncated ...", too many pixels: a decompression bomb)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as img:
+                if expect_format is not None and img.format != expect_format:
+                    raise ValueError(f"a {img.format} image, not a {expect_format}")
+                img.load()
+                return np.asarray(img.convert("RGB"))
+    except FileNotFoundError:
+        raise
+    except UnidentifiedImageError:
+        raise ValueError("not an image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ValueError(bomb_reason(exc)) from None
+    except (OSError, SyntaxError):
+        raise ValueError(f"corrupt or truncated {expect_format or 'image'}") from None
+
+
 def decode_jpeg(body: bytes, size: int) -> np.ndarray:
     """RGB uint8 (size, size, 3) from JPEG bytes; ValueError saying what is wrong otherwise
     ("not an image", "a PNG image, not a JPEG", "corrupt or truncated JPEG", "shape ...")."""
-    try:
-        with Image.open(io.BytesIO(body)) as img:
-            if img.format != "JPEG":
-                raise ValueError(f"a {img.format} image, not a JPEG")
-            img.load()
-            rgb = img.convert("RGB")
-    except UnidentifiedImageError:
-        raise ValueError("not an image") from None
-    except (OSError, SyntaxError):
-        raise ValueError("corrupt or truncated JPEG") from None
-    if rgb.size != (size, size):
-        raise ValueError(f"shape {rgb.size[1]}x{rgb.size[0]}, asked for {size}x{size}")
-    return np.asarray(rgb)
+    rgb = open_rgb(io.BytesIO(body), "JPEG")
+    if rgb.shape[:2] != (size, size):
+        raise ValueError(f"shape {rgb.shape[0]}x{rgb.shape[1]}, asked for {size}x{size}")
+    return rgb
 
 
 FITS_BLOCK = 2880  # a FITS file is a whole number of 2880-byte blocks

@@ -62,3 +62,21 @@ def cutout_edges(centre: float, n_out: int, step: float) -> np.ndarray:
     if not np.isfinite(step) or step == 0:
         raise ValueError(f"step must be finite and non-zero (got {step}); it is input pixels per output pixel")
     return float(centre) + (np.arange(n_out + 1, dtype=np.float64) - n_out / 2.0) * float(step)
+
+
+def integrate_axis(image: np.ndarray, edges: np.ndarray, axis: int) -> np.ndarray:
+    """``image`` resampled along ``axis`` onto output pixels bounded by ``edges`` (input-pixel
+    coordinates, increasing or decreasing): the same sums as ``overlap_weights(edges, n) @ image``
+    along that axis, from the running integral of the image instead of a dense matrix, so the cost is
+    one cumulative sum over the input, not (outputs × inputs) per line. float64."""
+    img = np.moveaxis(np.asarray(image, dtype=np.float64), axis, 0)
+    n = img.shape[0]
+    e = np.asarray(edges, dtype=np.float64)
+    x = np.clip(e + 0.5, 0.0, n)  # distance from the first pixel's outer edge, within the image
+    j = np.minimum(x.astype(np.int64), n - 1)
+    shape = (-1, *[1] * (img.ndim - 1))
+    frac = (x - j).reshape(shape)
+    running = np.cumsum(img, axis=0)  # running[k]: sum of pixels 0..k
+    at = np.where((j > 0).reshape(shape), running[j - 1], 0.0) + frac * img[j]
+    sign = np.sign(e[1:] - e[:-1]).reshape(-1, *[1] * (img.ndim - 1))
+    return np.moveaxis((at[1:] - at[:-1]) * sign, 0, axis)

@@ -58,7 +58,8 @@ class TrainArgs:
     def __post_init__(self) -> None:
         object.__setattr__(self, "workspace", validate.workspace(self.workspace))
         validate.one_of("train.model", self.model, MODEL_NAMES)
-        object.__setattr__(self, "name", validate.model_name("train.name", self.name or self.model))
+        name = self.model if self.name is None else self.name  # "" is refused, not taken for the default
+        object.__setattr__(self, "name", validate.model_name("train.name", name))
         if not (isinstance(self.seed, int) and 0 <= self.seed < 2**32):
             raise ConfigError(f"train.seed must be an integer in [0, 2**32) (got {self.seed!r})")
         for key in ("epochs", "batch_size", "shuffle_buffer", "block_rows", "readers", "prefetch"):
@@ -78,6 +79,8 @@ class EvaluateArgs:
     ``threshold_policy``: how the threshold is chosen on the *validation* split: ``balanced``
     (max balanced accuracy), ``youden`` (max TPR - FPR), ``f1`` (max F1), ``purity:P`` (lowest
     threshold whose AGN precision >= P), ``fixed:T``. ``tta``: average the 8 flips/rotations.
+    ``compare``: other workspaces (or their ``reports/metrics.json``) whose last evaluation the report
+    shows beside this one, e.g. the same galaxies fetched as flux.
     """
 
     SECTION: ClassVar[str] = "evaluate"  # its table in the TOML config
@@ -87,9 +90,11 @@ class EvaluateArgs:
     threshold_policy: str = "balanced"
     tta: bool = False
     batch_size: int = 256
+    compare: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "workspace", validate.workspace(self.workspace))
+        object.__setattr__(self, "compare", tuple(str(p) for p in self.compare))
         validate.model_name("evaluate.model", self.model)
         validate.positive("evaluate.batch_size", self.batch_size)
         parse_policy(self.threshold_policy)

@@ -11,20 +11,21 @@ WS/reports/ metrics.json  predictions.parquet  roc.png  pr.png  confusion.png  g
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import DataError, WorkspaceError
+from pipeline.errors import ConfigError, DataError, WorkspaceError
 from pipeline.learn import metrics, plots
 from pipeline.learn.args import EvaluateArgs, parse_policy
 from pipeline.learn.modeldir import TRAINED_ON, load_model, read_json, read_state
 from pipeline.learn.pixels import check_kind, cube_kind, model_file_kind
 from pipeline.learn.rows import Rows, select_rows
 from pipeline.stage import RunContext, Step, locked, writing
-from storage.cube import open_cube
+from storage.cube import OLD_CUBE_ATTRS, open_cube
 from storage.manifest import Manifest, atomic_file, file_checksum, write_json_atomic
 
 PAPER = {"name": "the paper (its CNN)", "n": 141_305, "threshold": 0.3, "accuracy": 0.781, "roc_auc": 0.85,
@@ -68,6 +69,7 @@ def _evaluate(args: EvaluateArgs) -> Manifest:
                 "are needed to choose a threshold and measure; fetch more cutouts or ingest a larger catalog"
             )
 
+    compared = [read_compared(path) for path in args.compare]  # before any work: a wrong path costs nothing
     cube = open_cube(ws.cube, mode="r")
     check_kind(model_file_kind(model_path), model_path, cube_kind(cube), ws.cube)
     model = load_model(model_path)
@@ -96,7 +98,10 @@ def _evaluate(args: EvaluateArgs) -> Manifest:
 
     result = measure(splits, p_val, p_test, threshold)
     result |= {"model": args.model, "policy": args.threshold_policy, "tta": args.tta, "paper": PAPER,
-               "guo2022": GUO_2022, "training": _training_summary(directory, trained_with)}  # fmt: skip
+               "guo2022": GUO_2022, "training": _training_summary(directory, trained_with),
+               "pixels": {"pixels": cube.pixels, "bands": cube.bands, "workspace": str(ws.root),
+                          "source": cube.group.attrs.get("source", OLD_CUBE_ATTRS["source"])},
+               "compared": compared}  # fmt: skip
     reports = ws.reports
     reports.mkdir(parents=True, exist_ok=True)
     _write_predictions(reports / "predictions.parquet", splits, p_val, p_test)
@@ -218,6 +223,27 @@ def _gallery(rows: Rows, p: np.ndarray, threshold: float, cube: Any) -> dict[str
     return panels
 
 
+COMPARED = ("n", "roc_auc", "pr_auc", "accuracy", "balanced_accuracy")
+
+
+def read_compared(path: str) -> dict[str, Any]:
+    """One ``--compare`` entry: a workspace's (or a file's) last ``metrics.json``, cut to what the
+    report's comparison shows; ConfigError naming the path and the fix when there is none."""
+    given = Path(path)
+    file = given / "reports" / "metrics.json" if given.is_dir() else given
+    try:
+        metrics = json.loads(file.read_text())
+        test = metrics["test"]
+        row = {"from": str(given), "model": metrics["model"], **{k: test[k] for k in COMPARED}}
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(
+            f"--compare {path}: {file} is not an evaluation's metrics.json; run `agnsurvey evaluate --workspace "
+            f"{given if given.is_dir() else '...'}` first, or give a workspace that has been evaluated"
+        ) from None
+    old = {k: OLD_CUBE_ATTRS[k] for k in ("pixels", "bands", "source")}
+    return row | old | (metrics.get("pixels") or {})
+
+
 def report_markdown(result: dict[str, Any], figures: dict[str, Path]) -> str:
     """``report.md``: this run beside the paper and Guo et al. 2022, with sample sizes."""
     test, train = result["test"], result.get("training", {})
@@ -265,8 +291,27 @@ def report_markdown(result: dict[str, Any], figures: dict[str, Path]) -> str:
         f"{train.get('seconds', 0):.0f} s.",
         "",
     ]
+    lines += _comparison(result)
     lines += [f"![{name}]({path.name})" for name, path in figures.items()]
     return "\n".join(lines) + "\n"
+
+
+def _comparison(result: dict[str, Any]) -> list[str]:
+    """This run's pixel kind, and (``--compare``) the other runs' test metrics beside its own."""
+    px = result.get("pixels", {})
+    kind = {k: px.get(k, OLD_CUBE_ATTRS[k]) for k in ("pixels", "bands", "source")}
+    lines = [f"Pixels: {kind['pixels']} ({kind['bands']}, from {kind['source']}).", ""]
+    if not result.get("compared"):
+        return lines
+    this = {"from": "this run", "model": result["model"], **kind, **{k: result["test"][k] for k in COMPARED}}
+    lines += ["Beside other runs (their last evaluation; same galaxies only if their workspaces were made alike):", "",
+              "| run | model | pixels | bands | source | test galaxies | ROC AUC | PR AUC | accuracy | balanced acc. |",
+              "|---|---|---|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for row in [this, *result["compared"]]:
+        kind = " | ".join(str(row.get(k, OLD_CUBE_ATTRS[k])) for k in ("pixels", "bands", "source"))
+        lines.append(f"| {row['from']} | {row['model']} | {kind} | {row['n']:,} | {row['roc_auc']:.3f} | "
+                     f"{row['pr_auc']:.3f} | {row['accuracy']:.3f} | {row['balanced_accuracy']:.3f} |")  # fmt: skip
+    return lines + [""]
 
 
 # --- as a stage of `agnsurvey run` ------------------------------------------------------------------

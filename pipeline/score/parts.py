@@ -85,21 +85,16 @@ def score_part(part: Part) -> PartResult:
 
 def _read_images(paths: list[str], size: int) -> tuple[np.ndarray, list[str], list[str]]:
     """uint8 (n, size, size, 3) images from files; status ``bad_image`` (with why) where unreadable."""
-    from PIL import Image, UnidentifiedImageError
-
-    from pipeline.images.decode import resize
+    from pipeline.images.decode import open_rgb, resize
 
     images = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
     status, problems = ["ok"] * len(paths), []
     for i, path in enumerate(paths):
         try:
-            with Image.open(path) as img:
-                img.load()
-                rgb = np.asarray(img.convert("RGB"))
-        except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as exc:
+            rgb = open_rgb(path)
+        except (OSError, ValueError) as exc:
             status[i] = "bad_image"
-            why = "not an image or corrupt" if isinstance(exc, UnidentifiedImageError | SyntaxError) else str(exc)
-            problems.append(f"{path}: {why}")
+            problems.append(f"{path}: {exc}")
             continue
         height, width = rgb.shape[:2]
         side = min(height, width)

@@ -250,6 +250,10 @@ def _finish(manifest: Manifest, args: ScoreArgs, model: ModelInfo, frame: pd.Dat
     if left:
         why = fetched.unfinished if fetched is not None and fetched.unfinished else "their cutouts are missing"
         manifest.unfinished = f"{left:,} rows have no score yet ({why}); re-run the same command to score them"
+    elif len(frame) and not counts.get("ok") and counts.get("bad_image"):
+        example = problems[0] if problems else "?"
+        manifest.unfinished = (f"no row was scored: all {counts['bad_image']:,} images could not be read (e.g. "
+                               f"{example}); fix the files, then re-run with --restart")  # fmt: skip
     manifest.finish()
     ws.write_manifest("score", manifest.to_dict())
     return manifest

@@ -171,7 +171,9 @@ def scoring_cube_settings(args: ScoreArgs, source_ws: Workspace, model: ModelInf
     settings = (asked if args.restart and args.inputs and asked else have or asked) or {}
     if have and asked and have != asked and not (args.restart and args.inputs):
         diff = ", ".join(f"{k} {have[k]!r} -> {asked[k]!r}" for k in have if have[k] != asked[k])
-        fix = "pass --restart to fetch them anew" if args.inputs else "score with the cube's settings"
+        fix = ("pass --restart to fetch them anew" if args.inputs else "drop the options that differ to score the "
+               f"cube as it is, or fetch it anew with them first (`agnsurvey fetch --workspace {source_ws.root} "
+               "--restart` with the same options)")  # fmt: skip
         raise ScoreError(f"{source_ws.cube} holds cutouts made with other settings ({diff}); {fix}")
     if settings and settings["image_size"] != model.image_size:
         raise ScoreError(

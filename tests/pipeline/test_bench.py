@@ -14,9 +14,18 @@ def test_bench_fetch_quick_prints_one_table_and_writes_json(tmp_path, monkeypatc
     out = capsys.readouterr().out
     assert "stage" in out and "reference (same run)" in out and "fetch (fetch stage, LocalCluster 2 workers)" in out
     combined = json.loads(next(tmp_path.glob("bench-*.json")).read_text())
-    row = combined["summary"][0]
-    assert row["ratio"] == pytest.approx(row["rate"] / row["reference_rate"], rel=1e-2) and row["rate"] > 0
+    for row in combined["summary"]:
+        assert row["ratio"] == pytest.approx(row["rate"] / row["reference_rate"], rel=1e-2) and row["rate"] > 0
     assert combined["machine"]["cpu_count"] and len(list(tmp_path.glob("bench_fetch-*.json"))) == 1
+    # the bricks beside the floor and the polite viewer, each density measured three ways
+    assert [r["stage"] for r in combined["summary"][1:]] == [
+        "fetch --bricks (BrickSource.cut on 2 worker processes)", "fetch --bricks vs the viewer"]
+    fetch = json.loads(next(tmp_path.glob("bench_fetch-*.json")).read_text())
+    points = fetch["bricks"]["points"]
+    assert [p["per_brick"] for p in points] == [1] * 3 + [10] * 3 + [100] * 3
+    assert [p["images"] for p in points[::3]] == [2, 20, 200]  # 2 bricks; 100 per brick: 200 cutouts at most
+    assert all(p["worker_peak_rss_mb"] > 0 for p in points if "worker_peak_rss_mb" in p)
+    assert "x floor/core" in fetch["bricks_table_text"] and "polite" in out
 
 
 def test_a_checkout_without_benchmarks_is_a_clear_error(tmp_path):

@@ -423,3 +423,32 @@ def test_a_url_root_gives_the_local_cutouts_reading_only_their_tiles(sky, served
         assert np.array_equal(r.image, loc.image) and np.array_equal(r.invvar, loc.invvar)
     files = sum(p.stat().st_size for p in (sky / "coadd").rglob("*.fits.fz"))
     assert 0 < counts["coadd"] < files / 20, (counts, files)
+
+
+def test_many_galaxies_in_a_brick_read_each_file_once_and_cut_the_same(sky, monkeypatch):
+    """120 galaxies in one brick: each file is read once over the box around them all (one section per
+    file, not one per galaxy), and every cutout equals the one cut with a section read of its own."""
+    from pipeline.images import bricks as reader
+
+    bricks = open_bricks(str(sky))
+    _, w = _brick_wcs(sky, "0001p000")
+    rng = np.random.default_rng(3)
+    ra, dec = w.pixel_to_world_values(*rng.uniform(300, 3300, (2, 120)))
+    sections = []
+    original_read, original_prefetch = reader._Brick.read, reader._Brick.prefetch
+
+    def counted_prefetch(self, boxes):
+        original_prefetch(self, boxes)
+        sections.append(("union", self.union is not None, len(boxes)))
+
+    monkeypatch.setattr(reader._Brick, "prefetch", counted_prefetch)
+    together = cut_cutouts(bricks, ra, dec, 20.0, 32, "r", with_invvar=True)
+    assert ("union", True, 120) in sections
+    monkeypatch.setattr(reader._Brick, "prefetch", lambda self, boxes: None)  # every galaxy its own section
+    reads = []
+    monkeypatch.setattr(reader._Brick, "read", lambda self, *a: reads.append(a) or original_read(self, *a))
+    alone = cut_cutouts(bricks, ra, dec, 20.0, 32, "r", with_invvar=True)
+    assert len(reads) == 2 * 120  # image and invvar per galaxy: what the union read saved
+    for a, b in zip(together, alone, strict=True):
+        assert a.status == b.status == "ok"
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.invvar, b.invvar)

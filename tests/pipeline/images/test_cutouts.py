@@ -164,3 +164,10 @@ def test_probe_refuses_a_wrong_endpoint():
 
     with serve_in_thread(handler) as (url, _), pytest.raises(FetchError, match=r"answered HTTP 404 .*endpoint path"):
         asyncio.run(probe(url))
+
+
+def test_a_decompression_bomb_jpeg_is_refused_with_its_reason():
+    body = io.BytesIO()
+    Image.new("L", (12_000, 12_000)).save(body, "JPEG")  # 144M pixels in a few hundred kB
+    with pytest.raises(ValueError, match="^too many pixels to decode safely"):
+        decode_jpeg(body.getvalue(), 250)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.images.resample import cutout_edges, overlap_weights, resample_flux
+from pipeline.images.resample import cutout_edges, integrate_axis, overlap_weights, resample_flux
 
 
 @pytest.mark.parametrize("step", [0.3, 1.0, 1.7, 4.2])
@@ -119,3 +119,17 @@ def test_bad_edges_raise():
         overlap_weights(np.array([1.0]), 4)
     with pytest.raises(ValueError, match="step"):
         cutout_edges(0.0, 4, 0.0)
+
+
+@pytest.mark.parametrize("edges", [(-3.0, 60.0, 21), (40.0, 5.3, 21), (0.2, 6.1, 31), (-0.5, 99.5, 129)])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_integrate_axis_is_the_overlap_matrix_product(edges, axis):
+    """The running-integral resampler gives the dense overlap matrix's sums (up, down, flipped, past
+    the borders), along either axis of a (H, W, B) image."""
+    lo, hi, n = edges
+    e = np.linspace(lo, hi, n)
+    rng = np.random.default_rng(n)
+    image = rng.normal(size=(50, 37, 2)) if axis == 0 else rng.normal(size=(11, 50, 2))
+    w = overlap_weights(e, 50)
+    dense = np.einsum("ok,kwb->owb", w, image) if axis == 0 else np.einsum("ok,hkb->hob", w, image)
+    np.testing.assert_allclose(integrate_axis(image, e, axis), dense, rtol=0, atol=1e-12)

@@ -93,3 +93,34 @@ def test_a_flux_model_scores_its_cube_as_evaluate_measured(tmp_path):
     assert np.allclose(model.layers[0](images), by_hand, atol=1e-5)
     expected = np.asarray(model.predict_on_batch(images)).reshape(-1)
     np.testing.assert_allclose(scores["p_agn"].to_numpy(), expected, atol=1e-5)
+
+
+def test_evaluate_reports_rgb_and_flux_side_by_side(tmp_path):
+    """``evaluate --compare WS``: the report shows this run's pixel kind and test metrics beside another
+    workspace's last evaluation; a workspace never evaluated is refused before any work."""
+    from pipeline.errors import ConfigError
+
+    flux = flux_workspace(tmp_path / "flux", n=200)
+    train(TrainArgs(workspace=flux, epochs=1, batch_size=32))
+    evaluate(EvaluateArgs(workspace=flux))
+    flux_metrics = json.loads((flux / "reports" / "metrics.json").read_text())
+    assert flux_metrics["pixels"]["pixels"] == "flux" and flux_metrics["pixels"]["bands"] == "gz"
+
+    rgb = tmp_path / "rgb"
+    with_catalog(rgb, training_workspace(rgb, n=200, image_size=32))
+    train(TrainArgs(workspace=rgb, epochs=1, batch_size=32))
+    with pytest.raises(ConfigError, match=r"--compare .*never.*is not an evaluation's metrics.json"):
+        evaluate(EvaluateArgs(workspace=rgb, compare=(str(tmp_path / "never"),)))
+    assert not (rgb / "reports" / "metrics.json").exists()
+    main(["--quiet", "evaluate", "-w", str(rgb), "--compare", str(flux)])
+    report = (rgb / "reports" / "report.md").read_text()
+    rgb_metrics = json.loads((rgb / "reports" / "metrics.json").read_text())
+    wanted = ("| this run |", f"| {flux} |")
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
+            for line in report.splitlines() if line.startswith(wanted)}  # fmt: skip
+    assert rows["this run"][2:5] == ["rgb", "grz", "viewer-jpeg"]
+    assert rows[str(flux)][2:4] == ["flux", "gz"]
+    for name, metrics in (("this run", rgb_metrics), (str(flux), flux_metrics)):
+        assert float(rows[name][6]) == pytest.approx(metrics["test"]["roc_auc"], abs=6e-4)
+        assert int(rows[name][5].replace(",", "")) == metrics["test"]["n"]
+    assert rgb_metrics["compared"][0]["roc_auc"] == flux_metrics["test"]["roc_auc"]

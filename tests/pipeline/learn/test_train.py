@@ -355,3 +355,15 @@ def test_a_missing_gpu_is_an_error_with_exit_code_2(tmp_path, capsys):
     ws = small(tmp_path)
     assert main(["--quiet", "train", "-w", str(ws), "--epochs", "1", "--accelerator", "gpu"]) == 2
     assert "--accelerator gpu: no GPU is visible" in capsys.readouterr().err
+
+
+def test_train_on_no_workspace_or_with_an_empty_name_is_refused_and_makes_nothing(tmp_path, capsys):
+    missing = tmp_path / "typo"
+    assert main(["--quiet", "train", "-w", str(missing), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{missing} does not exist" in err and "agnsurvey ingest --workspace" in err
+    assert not missing.exists()  # no lock directory left behind
+    ws = small(tmp_path / "a")
+    assert main(["--quiet", "train", "-w", str(ws), "--name", "", "--epochs", "1"]) == 2
+    assert "train.name '' must be letters" in capsys.readouterr().err
+    assert not (ws / "models").exists()

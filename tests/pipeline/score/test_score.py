@@ -11,6 +11,7 @@ import pytest
 from conftest import kill_a_worker_running, training_workspace, write_table
 from distributed import Client, LocalCluster
 
+from pipeline.cli import main
 from pipeline.errors import CatalogError, ScoreError
 from pipeline.images.args import FetchArgs
 from pipeline.images.decode import resize
@@ -276,3 +277,49 @@ def test_another_catalog_is_refused_and_a_bad_one_keeps_the_cutouts(v1_sky, tmp_
     with pytest.raises(CatalogError, match="no usable rows"):  # found by ingest itself
         score(ScoreArgs(workspace=ws, model=str(model_dir), inputs=(str(broken),), restart=True))
     assert open_cube(ws / "scoring" / "cube.zarr", mode="r").status_codes().size == 300  # the cutouts are kept
+
+
+def test_scoring_a_cube_with_other_pixel_options_names_the_fetch_that_makes_them(tmp_path, capsys):
+    ws = tmp_path / "ws"
+    cube_workspace(ws, n=64, image_size=16)
+    model_dir = brightness_model(tmp_path / "model", 16)
+    base = ["--quiet", "--workers", "1", "score", "-w", str(ws), "--model", str(model_dir), "--pixels", "flux"]
+    assert main(base) == 2  # nothing to fetch with: the option would be ignored
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--pixels describe cutouts to fetch, but no --cutout-url or --bricks" in err[0], err
+    assert main([*base, "--cutout-url", "http://127.0.0.1:9/viewer/cutout.jpg"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pixels 'rgb' -> 'flux'" in err[0], err
+    assert f"agnsurvey fetch --workspace {ws}" in err[0] and "--restart" in err[0]
+    assert not (ws / "scores").exists()
+
+
+def test_a_decompression_bomb_is_a_bad_image_row_with_its_reason(tmp_path):
+    """A 12,000² PNG (144M pixels, over PIL's 89M limit, a few kB on disk) is a ``bad_image`` row that
+    says why; the other rows are scored and the run ends normally."""
+    from PIL import Image
+
+    Image.new("1", (12_000, 12_000)).save(tmp_path / "bomb.png")
+    Image.fromarray(np.full((20, 20, 3), 200, np.uint8)).save(tmp_path / "fine.png")
+    catalog = tmp_path / "images.csv"
+    pd.DataFrame({"id": [1, 2], "file": ["bomb.png", "fine.png"]}).to_csv(catalog, index=False)
+    model_dir = brightness_model(tmp_path / "model", 16)
+    m = score(ScoreArgs(workspace=tmp_path / "ws", model=str(model_dir), inputs=(str(catalog),), images="file",
+                        columns={"objid": "id"}))  # fmt: skip
+    status = read_scores(tmp_path / "ws").set_index("objid")["status"].to_dict()
+    assert status == {1: "bad_image", 2: "ok"}
+    [reason] = m.extra["bad_images"]
+    assert "bomb.png" in reason and "too many pixels" in reason and "MAX_IMAGE_PIXELS" in reason
+
+
+def test_when_no_image_can_be_read_score_exits_3_and_says_so(tmp_path, capsys):
+    (tmp_path / "a.jpg").write_bytes(b"not a jpeg")
+    catalog = tmp_path / "images.csv"
+    pd.DataFrame({"id": [1, 2], "file": ["a.jpg", "gone.jpg"]}).to_csv(catalog, index=False)
+    model_dir = brightness_model(tmp_path / "model", 16)
+    code = main(["--quiet", "score", str(catalog), "--images", "file", "--column", "objid=id", "-w",
+                 str(tmp_path / "ws"), "--model", str(model_dir), "--threshold", "0.5"])  # fmt: skip
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "no row was scored: all 2 images could not be read" in err and "--restart" in err
+    assert set(read_scores(tmp_path / "ws")["status"]) == {"bad_image"}  # every row kept, with its status

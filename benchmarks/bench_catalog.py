@@ -464,9 +464,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def missing_peer() -> str | None:
+    """Why the hats-import comparison cannot run here (it is a dev extra, not a dependency), or None."""
+    try:
+        import hats_import.pipeline  # noqa: F401
+    except ImportError as exc:
+        return (f"hats-import is not installed ({exc}); `pip install -e '.[dev]'` installs it. Measured without it: "
+                "the pandas loop and the I/O floors are the references")  # fmt: skip
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     machine = machine_info()  # before anything runs: the commit measured, not the one at the end
+    peer = None if args.no_hats_import else missing_peer()
+    if peer:
+        print(peer, flush=True)
+        args.no_hats_import = True
     data = args.data or Path(tempfile.mkdtemp(prefix="agnsurvey-bench-"))
     data.mkdir(parents=True, exist_ok=True)
     keep_data = args.keep or args.data is not None
@@ -489,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(data, ignore_errors=True)
 
     table = [row for r in results for row in summarise(r, args.workers)] + kernel_rows(kernel)
-    notes = [f"LocalCluster start-up (not timed above): {startup_s:.2f} s"]
+    notes = [f"LocalCluster start-up (not timed above): {startup_s:.2f} s"] + ([peer] if peer else [])
     notes += ["agnsurvey worker time by task kind (compute seconds summed over workers):"]
     notes += [line for r in results for line in breakdown_lines(r)]
     notes += ["aims:"] + aims(results, kernel, args.workers)
@@ -512,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
             "floor x2": "FITS -> Parquet, then that file -> Parquet again (ingest and label each write)",
         },
         "cluster_startup_s": startup_s,
+        "peers_missing": [peer] if peer else [],
         "sizes": results,
         "kernel": kernel,
         "table": table,

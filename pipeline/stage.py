@@ -29,8 +29,8 @@ def writing(ws: Workspace, output: str, stage: str, kept: str = "", reads: tuple
     """
     if reads and not Path(ws.root).is_dir():  # before a lock would make the directory
         raise WorkspaceError(
-            f"{ws.root} does not exist: {stage} reads its {', '.join(reads)}; make the workspace first with "
-            f"`agnsurvey ingest --workspace {ws.root} CATALOG` (or `agnsurvey run`), or pass the --workspace you meant"
+            f"{ws.root} does not exist: {stage} reads its {', '.join(reads)}; run `agnsurvey ingest CATALOG "
+            f"--workspace {ws.root}` first (or `agnsurvey run`), or pass the --workspace you meant"
         )
     with ExitStack() as stack:
         stack.enter_context(locked(ws, output))

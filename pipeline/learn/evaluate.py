@@ -72,7 +72,8 @@ def _evaluate(args: EvaluateArgs) -> Manifest:
     compared = [read_compared(path) for path in args.compare]  # before any work: a wrong path costs nothing
     cube = open_cube(ws.cube, mode="r")
     check_kind(model_file_kind(model_path), model_path, cube_kind(cube), ws.cube)
-    model = load_model(model_path)
+    model = load_model(model_path, fix=f"train it again: `agnsurvey train --workspace {ws.root} --name {args.model} "
+                                       "--restart`")  # fmt: skip
     expects = tuple(model.inputs[0].shape[1:3])
     if expects != (cube.layout.image_size,) * 2:
         raise DataError(

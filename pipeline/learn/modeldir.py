@@ -4,6 +4,7 @@ epoch of its history, :func:`epoch_line`), and loading the models it holds."""
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -38,17 +39,34 @@ def read_json(path: Path) -> Any:
         raise TrainingError(f"{path} is damaged (not JSON); pass --restart to train anew") from None
 
 
-def load_model(path: Path) -> Any:
-    """A checkpoint or model, or a clear error when it is missing or damaged."""
+def whole_model(path: Path) -> bool:
+    """``path`` is a whole .keras file: a zip archive whose members all read back (one cut short by a
+    kill or a full disk is not)."""
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def load_model(path: Path, fix: str = "pass --restart to train anew") -> Any:
+    """A checkpoint or model, or a clear error when it is missing or damaged (``fix``: what to do then)."""
     import keras
 
     import pipeline.learn.model  # noqa: F401  (registers AsinhStretch, the flux models' first layer)
 
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"{path} is missing; {fix}")
+    if not zipfile.is_zipfile(path):
+        raise TrainingError(f"{path} is damaged: not a whole .keras file (truncated or overwritten?); {fix}")
     try:
         return keras.saving.load_model(path)
-    except (ValueError, OSError) as exc:
-        raise TrainingError(f"{path} cannot be loaded ({str(exc).splitlines()[0][:120]}); pass --restart to train "
-                            "anew") from None  # fmt: skip
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as exc:
+        cause = " ".join(str(exc).split()) or type(exc).__name__
+        raise TrainingError(f"{path} is damaged: Keras cannot load it ({cause}); {fix}") from None
 
 
 def epoch_line(epoch: int, epochs: int, logs: dict, seconds: float) -> str:

@@ -36,7 +36,7 @@ import numpy as np
 from cluster.devices import DeviceError, Processes
 from pipeline.errors import DataError, TrainingError, WorkspaceError
 from pipeline.learn.args import TrainArgs
-from pipeline.learn.modeldir import TRAINED_ON, epoch_line, load_model, model_dir, read_json, read_state
+from pipeline.learn.modeldir import TRAINED_ON, epoch_line, load_model, model_dir, read_json, read_state, whole_model
 from pipeline.learn.stretch import Stretch
 from pipeline.stage import RunContext, Step, writing
 from storage.cube import Cube
@@ -64,13 +64,11 @@ def train(args: TrainArgs, client: Any = None) -> Manifest:
         if state["epochs_done"] >= args.epochs:
             _final_from_checkpoint(model_dir(args), state)
             print(f"{model_dir(args)} has already trained {state['epochs_done']} epochs; nothing to do")
-        elif client is None:
-            (model_dir(args) / "model.keras").unlink(missing_ok=True)  # the epochs before: rebuilt at the end
+        elif client is None:  # model.keras of the epochs before stays until the new one replaces it
             fit(args)
         else:
             from cluster.multiworker import run_in_every_worker
 
-            (model_dir(args) / "model.keras").unlink(missing_ok=True)
             spec = dataclasses.asdict(args) | {"workspace": str(ws.root)}
             run_in_every_worker(
                 client, "pipeline.learn.train", spec, model_dir(args), watch=lambda: _print_new_epochs(args)
@@ -80,11 +78,13 @@ def train(args: TrainArgs, client: Any = None) -> Manifest:
 
 
 def _final_from_checkpoint(directory: Path, state: dict[str, Any]) -> None:
-    """The final model of a run killed between its last checkpoint and ``model.keras``: that
-    checkpoint (the same weights), copied then renamed into place."""
+    """The final model of a run killed between its last checkpoint and ``model.keras``, or whose
+    ``model.keras`` was cut short: that checkpoint (the same weights), copied then renamed into place."""
     final = directory / "model.keras"
-    if final.exists() or not state["checkpoint"]:
+    if whole_model(final) or not state["checkpoint"]:
         return
+    if final.exists():
+        print(f"{final} is damaged (not a whole .keras file); restored from {state['checkpoint']}")
     with atomic_file(final) as tmp:
         shutil.copyfile(directory / state["checkpoint"], tmp)
 
@@ -288,8 +288,11 @@ def _print_new_epochs(args: TrainArgs) -> None:
 def _finish(args: TrainArgs, manifest: Manifest, splits: dict, seconds: float) -> Manifest:
     directory = model_dir(args)
     state = read_state(directory)
-    if state["epochs_done"] < args.epochs or not (directory / "model.keras").exists():
+    if state["epochs_done"] < args.epochs:
         raise TrainingError(f"training stopped after {state['epochs_done']} of {args.epochs} epochs; re-run to resume")
+    if not whole_model(directory / "model.keras"):
+        raise TrainingError(f"{directory / 'model.keras'} is missing or damaged and no checkpoint can replace it; "
+                            "pass --restart to train anew")  # fmt: skip
     last = state["history"][-1] if state["history"] else {}
     manifest.rows_in = len(splits["train"]) + len(splits["val"])
     manifest.rows_out = len(splits["train"])
@@ -356,6 +359,15 @@ def _train_for_run(args: TrainArgs, run: RunContext, before: dict, fingerprint: 
     return train(dataclasses.replace(args, restart=bool(other)))
 
 
+def _trained(args: TrainArgs) -> bool:
+    """``args.epochs`` epochs done and their model.keras whole (a continuation keeps an older one)."""
+    try:
+        done = read_state(model_dir(args))["epochs_done"] >= args.epochs
+    except TrainingError:
+        return False
+    return done and whole_model(model_dir(args) / "model.keras")
+
+
 def _result(manifest: dict) -> str:
     extra = manifest.get("extra", {})
     final = extra.get("final") or {}
@@ -365,7 +377,7 @@ def _result(manifest: dict) -> str:
 STEP = Step(
     "train",
     settings=_run_settings,
-    complete=lambda args, run, made: (model_dir(args) / "model.keras").exists(),
+    complete=lambda args, run, made: _trained(args),
     execute=_train_for_run,
     manifest=lambda args: f"train-{args.name}",
     result=_result,

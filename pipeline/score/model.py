@@ -96,6 +96,11 @@ def resolve_model(args: ScoreArgs) -> ModelInfo:
         threshold = float(chosen["threshold"])
     except (ValueError, KeyError, TypeError):
         raise ScoreError(f"{stored} is damaged; re-run `agnsurvey evaluate`, or give --threshold") from None
+    if not 0 < threshold < 1:  # the rule --threshold is held to (NaN fails it too)
+        raise ScoreError(
+            f"{stored} holds threshold {chosen['threshold']!r}, not a probability in (0, 1): the file is damaged; "
+            "re-run `agnsurvey evaluate`, or give --threshold"
+        )
     if chosen.get("model_checksum") not in (None, sha):
         raise ScoreError(
             f"{stored} was chosen for another version of {path.name} (the model was retrained since); re-run "

@@ -22,6 +22,7 @@ from distributed import Client, LocalCluster
 from cluster.multiworker import TrainingProcessError
 from pipeline.cli import main
 from pipeline.errors import DataError, TrainingError, WorkspaceError
+from pipeline.learn import train as train_module
 from pipeline.learn.args import EvaluateArgs, TrainArgs
 from pipeline.learn.evaluate import evaluate
 from pipeline.learn.modeldir import read_state
@@ -345,10 +346,47 @@ def test_damaged_model_files_and_other_pixels_are_clear_errors(tmp_path):
     with pytest.raises(TrainingError, match=r"state.json is damaged \(not JSON\); pass --restart"):
         train(TrainArgs(workspace=ws, epochs=2, batch_size=32))
     train(TrainArgs(workspace=ws, epochs=1, batch_size=32, restart=True))
+    kept = (directory / "model.keras").read_bytes()
     (directory / "checkpoints" / "epoch-0001.keras").write_bytes(b"not a zip")
-    with pytest.raises(TrainingError, match=r"epoch-0001.keras cannot be loaded.*--restart"):
+    with pytest.raises(TrainingError, match=r"epoch-0001.keras is damaged: not a whole .keras file.*--restart") as bad:
         train(TrainArgs(workspace=ws, epochs=2, batch_size=32))
-    assert not (directory / "model.keras").exists()  # a continuation never leaves the older model as the final one
+    assert "File not found" not in str(bad.value)  # the file is there: it is damaged
+    # the continuation failed: the last good model.keras (1 epoch) is kept, and the run is not done
+    assert (directory / "model.keras").read_bytes() == kept
+    assert not train_module._trained(TrainArgs(workspace=ws, epochs=2, batch_size=32))
+
+
+def test_a_truncated_final_model_is_restored_from_the_last_checkpoint(tmp_path, capsys):
+    ws = small(tmp_path)
+    train(TrainArgs(workspace=ws, epochs=1, batch_size=32))
+    final = ws / "models" / "paper" / "model.keras"
+    whole = final.read_bytes()
+    final.write_bytes(whole[: len(whole) // 2])  # a kill or a full disk while it was written
+    assert not train_module._trained(TrainArgs(workspace=ws, epochs=1, batch_size=32))
+    train(TrainArgs(workspace=ws, epochs=1, batch_size=32))  # its epochs are done: nothing to train
+    assert "is damaged (not a whole .keras file); restored from checkpoints/" in capsys.readouterr().out
+    keras.saving.load_model(final)  # whole again
+    assert train_module._trained(TrainArgs(workspace=ws, epochs=1, batch_size=32))
+
+
+def test_evaluate_names_its_own_fix_for_a_model_keras_cannot_load(tmp_path):
+    """A model.keras that is a zip with its config but without weights: Keras' whole cause, and the
+    train command to run (evaluate has no --restart of its own)."""
+    import zipfile
+
+    ws = small(tmp_path)
+    train(TrainArgs(workspace=ws, epochs=1, batch_size=32))
+    path = ws / "models" / "paper" / "model.keras"
+    with zipfile.ZipFile(path) as archive:
+        kept = {n: archive.read(n) for n in archive.namelist() if not n.endswith(".h5")}
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in kept.items():
+            archive.writestr(name, data)
+    with pytest.raises(TrainingError, match=r"model.keras is damaged: Keras cannot load it") as bad:
+        evaluate(EvaluateArgs(workspace=ws))
+    message = str(bad.value)
+    assert f"agnsurvey train --workspace {ws} --name paper --restart" in message
+    assert "pass --restart" not in message and not (ws / "reports" / "metrics.json").exists()
 
 
 def test_a_missing_gpu_is_an_error_with_exit_code_2(tmp_path, capsys):
@@ -361,7 +399,7 @@ def test_train_on_no_workspace_or_with_an_empty_name_is_refused_and_makes_nothin
     missing = tmp_path / "typo"
     assert main(["--quiet", "train", "-w", str(missing), "--epochs", "1"]) == 2
     err = capsys.readouterr().err
-    assert f"{missing} does not exist" in err and "agnsurvey ingest --workspace" in err
+    assert f"{missing} does not exist" in err and f"agnsurvey ingest CATALOG --workspace {missing}" in err
     assert not missing.exists()  # no lock directory left behind
     ws = small(tmp_path / "a")
     assert main(["--quiet", "train", "-w", str(ws), "--name", "", "--epochs", "1"]) == 2

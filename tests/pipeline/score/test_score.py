@@ -323,3 +323,20 @@ def test_when_no_image_can_be_read_score_exits_3_and_says_so(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no row was scored: all 2 images could not be read" in err and "--restart" in err
     assert set(read_scores(tmp_path / "ws")["status"]) == {"bad_image"}  # every row kept, with its status
+
+
+@pytest.mark.parametrize("stored", ["5", "NaN", "-0.2"])
+def test_a_threshold_file_outside_0_1_is_refused_like_the_option(tmp_path, capsys, stored):
+    """A damaged threshold.json (5: every galaxy star-forming; NaN: no score could ever match) is refused
+    as --threshold 5 is, before anything is written; --threshold still overrides it."""
+    ws = tmp_path / "ws"
+    cube_workspace(ws, n=64, image_size=16)
+    model_dir = brightness_model(tmp_path / "model", 16)
+    path = model_dir / "threshold.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"threshold": float(stored)}))
+    base = ["--quiet", "--workers", "1", "score", "-w", str(ws), "--model", str(model_dir)]
+    assert main(base) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a probability in (0, 1)" in err[0] and "threshold.json" in err[0], err
+    assert not (ws / "scores").exists()
+    assert main([*base, "--threshold", "0.5"]) == 0

@@ -39,6 +39,8 @@ def add_parsers(stages: argparse._SubParsersAction) -> None:
                        help="no random flips / 90-degree rotations of training images")  # fmt: skip
     train.add_argument("--shuffle-buffer", type=int, help="images mixed in memory (default 4096, ~49 KB each)")
     train.add_argument("--seed", type=int, help="initial weights, data order and augmentation (default 0)")
+    train.add_argument("--keep-checkpoints", type=int, metavar="K",
+                       help="keep the last K epoch checkpoints and the best (lowest val loss); default 3")  # fmt: skip
     train.add_argument("--restart", action="store_true", default=None, help="discard the model directory, train anew")
     train.set_defaults(handler=_train, needs_cluster=False)
 
@@ -71,7 +73,7 @@ def _train(ns: argparse.Namespace, raw: dict, client: options.ClientFactory) -> 
         TrainArgs, raw, workspace=ns.workspace, model=ns.model, name=ns.name, epochs=ns.epochs,
         batch_size=ns.batch_size, lr=ns.lr, precision=ns.precision, devices=ns.devices, accelerator=ns.accelerator,
         composites=ns.composites, class_weight=ns.class_weight, augment=ns.augment, shuffle_buffer=ns.shuffle_buffer,
-        seed=ns.seed, restart=ns.restart,
+        seed=ns.seed, keep_checkpoints=ns.keep_checkpoints, restart=ns.restart,
     )  # fmt: skip
     processes = ns.cluster or ns.n_workers or raw.get("cluster", {}).get("spec")
     if processes:  # one training process per Dask worker

@@ -31,7 +31,9 @@ class TrainArgs:
     flips and 90° rotations of training images. ``shuffle_buffer`` images (memory: 49 KB each at
     128 pixels) mix ``block_rows``-row blocks read in a random order each epoch; ``readers``
     threads read ahead; ``prefetch`` batches wait ready. ``seed`` fixes initial weights, data
-    order and augmentation. ``restart`` discards an existing model directory.
+    order and augmentation. ``keep_checkpoints``: the last this many epoch checkpoints are kept, and
+    the one of the lowest validation loss; older ones are deleted. ``restart`` discards an existing
+    model directory.
     """
 
     SECTION: ClassVar[str] = "train"  # its table in the TOML config
@@ -53,6 +55,7 @@ class TrainArgs:
     readers: int = 4
     prefetch: int = 8
     seed: int = 0
+    keep_checkpoints: int = 3
     restart: bool = False
 
     def __post_init__(self) -> None:
@@ -62,7 +65,7 @@ class TrainArgs:
         object.__setattr__(self, "name", validate.model_name("train.name", name))
         if not (isinstance(self.seed, int) and 0 <= self.seed < 2**32):
             raise ConfigError(f"train.seed must be an integer in [0, 2**32) (got {self.seed!r})")
-        for key in ("epochs", "batch_size", "shuffle_buffer", "block_rows", "readers", "prefetch"):
+        for key in ("epochs", "batch_size", "shuffle_buffer", "block_rows", "readers", "prefetch", "keep_checkpoints"):
             validate.positive(f"train.{key}", getattr(self, key))
         validate.positive("train.devices", self.devices, optional=True)
         if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and 0 < self.lr < 1):

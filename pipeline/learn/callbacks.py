@@ -65,11 +65,13 @@ class EpochClock(keras.callbacks.Callback):
 
 class Checkpoint(EpochClock):
     """After every epoch: ``checkpoints/epoch-NNNN.keras`` (written, then renamed), the history
-    (JSON and CSV), then ``state.json``, the commit point a resumed run starts from."""
+    (JSON and CSV), then ``state.json``, the commit point a resumed run starts from; then the
+    checkpoints other than the last ``keep`` and the best (lowest ``val_loss``) are deleted."""
 
-    def __init__(self, directory: Path, state: dict[str, Any], images_per_epoch: int, writer: bool = True) -> None:
+    def __init__(self, directory: Path, state: dict[str, Any], images_per_epoch: int, writer: bool = True,
+                 keep: int = 3) -> None:  # fmt: skip
         super().__init__(images_per_epoch)
-        self.directory, self.history, self.writer = directory, list(state["history"]), writer
+        self.directory, self.history, self.writer, self.keep = directory, list(state["history"]), writer, keep
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}, **self.times()}
@@ -85,6 +87,17 @@ class Checkpoint(EpochClock):
             pd.DataFrame(self.history).to_csv(tmp, index=False)
         write_json_atomic(self.directory / "state.json",
                           {"epochs_done": epoch + 1, "checkpoint": name, "history": self.history})  # fmt: skip
+        for old in checkpoints_to_prune(self.directory / "checkpoints", self.history, self.keep):
+            old.unlink(missing_ok=True)
+
+
+def checkpoints_to_prune(directory: Path, history: list[dict[str, Any]], keep: int) -> list[Path]:
+    """The epoch checkpoints in ``directory`` other than the last ``keep`` epochs' and the best epoch's
+    (lowest ``val_loss`` in ``history``; none without one)."""
+    files = {int(p.stem.split("-")[1]): p for p in directory.glob("epoch-*.keras") if p.stem.split("-")[1].isdigit()}
+    scored = [h for h in history if isinstance(h.get("val_loss"), int | float) and h["val_loss"] == h["val_loss"]]
+    kept = set(sorted(files)[-keep:]) | ({min(scored, key=lambda h: h["val_loss"])["epoch"]} if scored else set())
+    return [files[e] for e in sorted(files) if e not in kept]
 
 
 class Progress(EpochClock):

@@ -43,7 +43,8 @@ from storage.cube import Cube
 from storage.manifest import Manifest, atomic_file, write_json_atomic
 
 MIN_ROWS_PER_CLASS = 5  # in each of train and val: fewer cannot train or measure anything
-RESUMABLE = {"epochs", "devices", "accelerator", "readers", "prefetch", "restart"}  # may change between runs
+RESUMABLE = {"epochs", "devices", "accelerator", "readers", "prefetch", "keep_checkpoints", "restart"}
+"""Arguments that may change between runs of one model directory."""
 
 
 def train(args: TrainArgs, client: Any = None) -> Manifest:
@@ -248,7 +249,7 @@ def _fit(args: TrainArgs, processes: Processes | None, where: Any, state: dict[s
         images = len(splits["train"])
         callbacks: list[keras.callbacks.Callback] = [
             SetEpoch(train_batches),
-            Checkpoint(directory, state, images, writer),
+            Checkpoint(directory, state, images, writer, keep=args.keep_checkpoints),
         ]
         if writer:
             callbacks.append(Progress(args.epochs, args.batch_size, images))

@@ -405,3 +405,25 @@ def test_train_on_no_workspace_or_with_an_empty_name_is_refused_and_makes_nothin
     assert main(["--quiet", "train", "-w", str(ws), "--name", "", "--epochs", "1"]) == 2
     assert "train.name '' must be letters" in capsys.readouterr().err
     assert not (ws / "models").exists()
+
+
+def test_checkpoints_are_pruned_to_the_last_k_and_the_best(tmp_path):
+    from pipeline.learn.callbacks import checkpoints_to_prune
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for e in range(1, 7):
+        (folder / f"epoch-{e:04d}.keras").write_bytes(b"x")
+    history = [{"epoch": e, "val_loss": v} for e, v in zip(range(1, 7), [0.9, 0.2, 0.5, 0.6, 0.7, 0.8], strict=True)]
+    assert [p.name for p in checkpoints_to_prune(folder, history, 3)] == ["epoch-0001.keras", "epoch-0003.keras"]
+    assert [p.name for p in checkpoints_to_prune(folder, [], 6)] == []  # no val loss: only the last K count
+
+    ws = small(tmp_path / "ws")
+    assert main(["--quiet", "train", "-w", str(ws), "--epochs", "4", "--batch-size", "32",
+                 "--keep-checkpoints", "2"]) == 0  # fmt: skip
+    directory = ws / "models" / "paper"
+    history = json.loads((directory / "history.json").read_text())["history"]
+    best = min(history, key=lambda h: h["val_loss"])["epoch"]
+    expected = sorted({3, 4, best})
+    assert sorted(int(p.stem[-4:]) for p in (directory / "checkpoints").glob("epoch-*.keras")) == expected
+    assert read_state(directory)["checkpoint"] == "checkpoints/epoch-0004.keras"

@@ -66,9 +66,9 @@ def default_batch_size() -> int:
     return 1024 if has_gpu else 256
 
 
-def resolve_model(args: ScoreArgs) -> ModelInfo:
-    """The model file (a directory train wrote, its model.keras, or a name under WS/models/) and the
-    threshold: ``args.threshold``, else the ``threshold.json`` evaluate stored beside the model."""
+def model_file(args: ScoreArgs) -> Path:
+    """The model file ``args.model`` names: a directory train wrote, its model.keras, or a name under
+    WS/models/ (absolute); ScoreError when there is none."""
     given = Path(args.model).expanduser()
     candidates = [given, given / "model.keras", args.workspace.models / args.model / "model.keras"]
     path = next((p for p in candidates if p.is_file()), None)
@@ -77,7 +77,13 @@ def resolve_model(args: ScoreArgs) -> ModelInfo:
             f"no model at {args.model}: give the directory `agnsurvey train` wrote (e.g. "
             f"{args.workspace.models}/paper) or its model.keras; train one with `agnsurvey train`"
         )
-    path = path.absolute()
+    return path.absolute()
+
+
+def resolve_model(args: ScoreArgs) -> ModelInfo:
+    """The model file (see :func:`model_file`) and the threshold: ``args.threshold``, else the
+    ``threshold.json`` evaluate stored beside the model."""
+    path = model_file(args)
     sha = file_checksum(path)
     config = model_config(path)
     image_size = model_input_size(path, config)

@@ -31,6 +31,7 @@ and the threshold.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
@@ -43,7 +44,7 @@ from distributed import Client, as_completed
 from cluster.client import progress_enabled
 from pipeline.errors import ScoreError
 from pipeline.score.args import ScoreArgs
-from pipeline.score.model import ModelInfo, resolve_model
+from pipeline.score.model import ModelInfo, model_file, resolve_model
 from pipeline.score.parts import (
     PART_NAME,
     STATUSES,
@@ -85,8 +86,20 @@ def score(args: ScoreArgs, client: Client | None = None, report: Report | None =
     that scoring ran for itself.
     """
     ws = args.workspace
-    with writing(ws, "scores", "score", kept=f"{ws.scores} keeps every part that was written (whole files)"):
+    with (
+        writing(ws, "scores", "score", kept=f"{ws.scores} keeps every part that was written (whole files)"),
+        _reading_model(args),
+    ):
         return _score(args, client, report or (lambda stage, manifest: None))
+
+
+def _reading_model(args: ScoreArgs) -> Any:
+    """A reader's lock on the model's directory when it is one ``train`` wrote (``WS2/models/NAME``):
+    no training replaces the model or its threshold while they are read and used."""
+    directory = model_file(args).parent
+    if directory.parent.name != "models":  # a model file kept elsewhere: nobody writes it through us
+        return contextlib.nullcontext()
+    return locked(Workspace(directory.parent.parent), f"models/{directory.name}", shared=True)
 
 
 def _score(args: ScoreArgs, client: Client | None, report: Report) -> Manifest:

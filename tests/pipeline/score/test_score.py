@@ -340,3 +340,20 @@ def test_a_threshold_file_outside_0_1_is_refused_like_the_option(tmp_path, capsy
     assert len(err) == 1 and "not a probability in (0, 1)" in err[0] and "threshold.json" in err[0], err
     assert not (ws / "scores").exists()
     assert main([*base, "--threshold", "0.5"]) == 0
+
+
+def test_score_reads_a_model_no_training_is_replacing(tmp_path):
+    """score takes a reader's lock on WS/models/NAME: while a train holds that directory, score is
+    refused naming it, before anything is written; once the train is done, it scores."""
+    from pipeline.errors import WorkspaceError
+    from storage.workspace import Workspace
+
+    ws = tmp_path / "ws"
+    cube_workspace(ws, n=64, image_size=16)
+    brightness_model(ws / "models" / "paper", 16)
+    args = ScoreArgs(workspace=ws, model="paper")
+    with Workspace(ws).lock("models/paper"):  # what `agnsurvey train --name paper` holds while it trains
+        with pytest.raises(WorkspaceError, match=r"models/paper is being written by another run"):
+            score(args)
+        assert not (ws / "scores").exists() or not any((ws / "scores").iterdir())
+    assert score(args).rows_out == 64

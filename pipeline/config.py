@@ -214,7 +214,31 @@ def load_config(path: Path | str | None) -> dict[str, Any]:
         elif key not in TOP_LEVEL_KEYS | SELF_CHECKED_TABLES:
             known = ", ".join(sorted(TOP_LEVEL_KEYS | SELF_CHECKED_TABLES | set(SECTIONS)))
             raise ConfigError(f"{path}: unknown key {key!r}; known top-level keys and tables: {known}")
-    return raw
+    return relative_to_file(raw, path.parent)
+
+
+PATH_KEYS = ((None, "workspace"), ("ingest", "inputs"), ("score", "inputs"), ("fetch", "bricks"))
+"""(table, key) of a config's paths: read relative to the config file's directory, as `init` writes them."""
+
+
+def relative_to_file(raw: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """``raw`` with its relative paths (:data:`PATH_KEYS`; URLs and absolute paths as they are) made
+    relative to ``directory``, so a config means the same files from whatever directory it is run."""
+
+    def anchored(value: Any) -> Any:
+        if isinstance(value, list):
+            return [anchored(v) for v in value]
+        if not isinstance(value, str) or "://" in value or Path(value).expanduser().is_absolute():
+            return value
+        return str(directory / value)
+
+    out = dict(raw)
+    for table, key in PATH_KEYS:
+        holder = out if table is None else out.get(table)
+        if isinstance(holder, dict) and key in holder:
+            holder = dict(holder) | {key: anchored(holder[key])}
+            out = holder if table is None else out | {table: holder}
+    return out
 
 
 def _is_str(value: Any) -> bool:

@@ -12,6 +12,7 @@ INIT_NAME = "agnsurvey.toml"
 INIT_CONFIG = """\
 # agnsurvey run config: `agnsurvey run agnsurvey.toml` runs ingest -> label -> fetch -> train -> evaluate -> score,
 # skipping every stage whose outputs are complete for the same inputs and settings. Flags override this file.
+# Relative paths here (workspace, inputs, bricks) are relative to this file's directory, wherever you run from.
 
 workspace = "nsa-run"                 # every output goes here (a shared file system on a cluster)
 

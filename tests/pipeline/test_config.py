@@ -89,3 +89,20 @@ def test_workspace_must_be_a_local_directory(tmp_path):
         LabelArgs(workspace=tmp_path / "afile")
     with pytest.raises(ConfigError, match=r"only local paths are supported"):
         LabelArgs(workspace="s3://bucket/ws")
+
+
+def test_paths_in_a_config_are_relative_to_its_file(tmp_path, monkeypatch):
+    """Run from anywhere, a config means the files beside it; absolute paths and URLs are kept."""
+    (tmp_path / "site").mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    raw = load_config(write(tmp_path / "site", 'workspace = "ws"\n[ingest]\ninputs = ["nsa.fits", "/data/v1.fits"]\n'
+                            '[fetch]\ncutout_url = "http://x/viewer/cutout.jpg"\nbricks = "s3://bucket/dr10"\n'
+                            '[score]\ninputs = ["../other/new.parquet"]\n'))  # fmt: skip
+    site = tmp_path / "site"
+    assert raw["workspace"] == str(site / "ws")
+    assert raw["ingest"]["inputs"] == [str(site / "nsa.fits"), "/data/v1.fits"]
+    assert raw["fetch"]["bricks"] == "s3://bucket/dr10" and raw["fetch"]["cutout_url"] == "http://x/viewer/cutout.jpg"
+    assert raw["score"]["inputs"] == [str(site / "../other/new.parquet")]
+    assert build(LabelArgs, raw, "label").workspace.root == site / "ws"

@@ -116,10 +116,13 @@ def test_init_writes_a_config_that_run_accepts(tmp_path):
     path = write_init_config(tmp_path)
     raw = load_config(path)
     assert raw["fetch"]["cutout_url"] == "https://www.legacysurvey.org/viewer/cutout.jpg"
-    assert raw["fetch"]["rate"] <= 20 and raw["ingest"]["inputs"] == ["nsa_v0_1_2.fits"]
+    # the file names its paths relative to itself, and they are read so
+    assert tomllib.loads(path.read_text())["ingest"]["inputs"] == ["nsa_v0_1_2.fits"]
+    assert raw["fetch"]["rate"] <= 20 and raw["ingest"]["inputs"] == [str(tmp_path / "nsa_v0_1_2.fits")]
+    assert raw["workspace"] == str(tmp_path / "nsa-run")
     args = run_args(raw)
     assert args.sky is None and args.score is not None and args.stages[-1] == "score"
-    assert tomllib.loads(path.read_text()) == raw
+    assert args.ingest.workspace.root == tmp_path / "nsa-run"
     with pytest.raises(ConfigError, match="exists; edit it.*--force"):
         write_init_config(tmp_path)
     assert main(["init", str(tmp_path), "--force"]) == 0

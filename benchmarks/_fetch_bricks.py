@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from _fetch_server import IMAGE_SIZE, SIZE, Meter
+from _fetch_server import IMAGE_SIZE, SIZE, Meter, fmt_rate
+from _machine import summary_row
 from astropy.io import fits
 from astropy.wcs import WCS
 from distributed import Client
@@ -247,3 +248,68 @@ def _warm(root: str) -> None:
     from pipeline.images.sources import _open
 
     _open(root)
+
+
+# --------------------------------------------------------------------------------------------------
+# Table, aims and summary rows of bench_fetch
+
+
+BRICK_COLUMNS = ["per brick", "bricks", "cutouts", "floor img/s", "workers img/s", "x floor/core", "stage img/s",
+                 "worker ms/cutout", "x polite viewer", "worker peak MB", "growth / brick band"]  # fmt: skip
+
+
+GROWTH = "worker_peak_growth_in_brick_bands"
+
+
+def brick_rows(bricks: dict[str, Any], polite_rate: float) -> list[dict[str, str]]:
+    """One row per galaxies-per-brick: floor, workers and stage side by side."""
+    rows = []
+    for density in dict.fromkeys(p["per_brick"] for p in bricks["points"]):
+        floor, workers, stage = (p for p in bricks["points"] if p["per_brick"] == density)
+        rows.append({
+            "per brick": f"{density:,}", "bricks": str(floor["bricks"]), "cutouts": f"{floor['images']:,}",
+            "floor img/s": fmt_rate(floor["images_per_s"]), "workers img/s": fmt_rate(workers["images_per_s"]),
+            "x floor/core": f"{workers['x_floor_per_core']:.2f}", "stage img/s": fmt_rate(stage["images_per_s"]),
+            "worker ms/cutout": f"{1e3 * workers['loops'] / workers['images_per_s']:.2f}",
+            "x polite viewer": f"{workers['images_per_s'] / polite_rate:.0f}",
+            "worker peak MB": f"{max(workers['worker_peak_rss_mb'], stage['worker_peak_rss_mb']):.0f}",
+            "growth / brick band": f"{max(p[GROWTH] for p in (workers, stage)):.1f}",
+        })  # fmt: skip
+    return rows
+
+
+def brick_aims(bricks: dict[str, Any]) -> list[str]:
+    workers = [p for p in bricks["points"] if p["method"].startswith("BrickSource")]
+    lines = [f"  bricks, {p['per_brick']:,} per brick: {p['x_floor_per_core']:.2f} of the floor per core (aim >= 0.7: "
+             f"{'met' if p['x_floor_per_core'] >= 0.7 else 'NOT met'})" for p in workers]  # fmt: skip
+    ms = [p["loops"] / p["images_per_s"] for p in workers]
+    falling = all(b < a for a, b in zip(ms, ms[1:], strict=False))
+    lines.append(f"  bricks: worker time per cutout {' -> '.join(f'{1e3 * m:.2f}' for m in ms)} ms as galaxies per "
+                 f"brick grow (aim: falling: {'met' if falling else 'NOT met'})")  # fmt: skip
+    peak = max(p[GROWTH] for p in bricks["points"] if GROWTH in p)
+    lines.append(f"  bricks: peak worker memory growth {peak:.1f} decompressed brick bands (3600^2 float32 each; "
+                 "aim: a few, whatever the catalog)")  # fmt: skip
+    return lines
+
+
+BRICK_DEFINITIONS = {
+    "bricks.floor": "per brick, the faster of one hdu.section read per cutout box (field + 1 px, from the file's "
+    "WCS) and one read of the box around them all, file open included; one process",
+    "bricks.x_floor_per_core": "workers' cutouts/s / (worker processes x the floor's cutouts/s)",
+    "bricks.worker_peak_rss_mb": "largest worker VmHWM over the point (reset before it via /proc/self/clear_refs)",
+    "bricks.worker_peak_growth_in_brick_bands": "(that peak - the worker's RSS before the point) / one decompressed "
+    "brick band (3600^2 float32, 49.4 MiB)",
+}
+
+
+def brick_summary(bricks: dict[str, Any], polite: dict[str, Any], polite_rate: float) -> list[dict[str, Any]]:
+    """``agnsurvey bench``'s rows: the densest point against the floor on as many cores, and against the viewer."""
+    dense = [p for p in bricks["points"] if p["method"].startswith("BrickSource")][-1]
+    floor = next(p for p in bricks["points"] if p["per_brick"] == dense["per_brick"])
+    work = f"{dense['images']:,} cutouts, {dense['per_brick']:,}/brick"
+    return [
+        summary_row(f"fetch --bricks ({dense['method']})", work, dense["images_per_s"], "img/s",
+                    f"floor x {dense['loops']} (1 process)", floor["images_per_s"] * dense["loops"]),
+        summary_row("fetch --bricks vs the viewer", f"{dense['per_brick']:,}/brick; viewer at {polite_rate:g} req/s",
+                    dense["images_per_s"], "img/s", "viewer, polite", polite["images_per_s"]),
+    ]  # fmt: skip

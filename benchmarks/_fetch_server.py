@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -170,3 +171,9 @@ class Meter:
                 "loadavg_1m_after": os.getloadavg()[0],
             }
         )
+
+
+def fmt_rate(v: float | None) -> str:
+    if v is None or not math.isfinite(v):
+        return "-"
+    return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"

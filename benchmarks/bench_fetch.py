@@ -17,13 +17,9 @@ plausible round trip to the real service), in ONE run on the same machine and th
    project dependency): ``legacystamps.download`` on the same galaxies, one after another, as it
    works; pointed at the local server by replacing the ``requests`` name inside its module (below).
 
-5. **viewer, polite**: the same fetch stage on the cluster at the politeness rate users run it with
-   (``FetchArgs.rate``, 20 requests/s): what the viewer path gives a survey, whatever the client can do.
-6. **bricks** (:mod:`_fetch_bricks`): cutouts cut from a local brick mirror (``fetch --bricks``) at 1, 10
-   and 1,000 galaxies per brick: ``BrickSource.cut`` on the worker processes and the whole stage,
-   side by side with the floor (decompressing just the tiles those cutouts touch, one process), and
-   each worker's peak memory. Aim: >= 0.7 of the floor per core, time per cutout falling as
-   galaxies per brick grow, peak worker memory a few decompressed bricks, not the catalog.
+5. **viewer, polite**: the fetch stage on the cluster at its own politeness (20 requests/s).
+6. **bricks** (:mod:`_fetch_bricks`): ``fetch --bricks`` at 1, 10 and 1,000 galaxies per brick on the
+   workers, beside the tile-decompression floor (one process) and the polite viewer; peak worker memory.
 
 Plus, in-process on pre-fetched JPEG bytes: CPU milliseconds per image for ``decode_jpeg``,
 ``resize`` and writing into a Zarr cube shard (``Cube.write_shard``), and the cube's bytes per image.
@@ -39,8 +35,7 @@ the server's CPU per image, how busy the whole machine was, and the CPU limit th
     python benchmarks/bench_fetch.py [--latency 0.05] [--concurrency 1 8 32 64 128] [--images N]
         [--bricks 64] [--per-brick 1 10 1000] [--brick-cutouts 4000] [--keep]
 
-Prints tables and writes ``benchmarks/results/bench_fetch-<timestamp>.json`` (machine info,
-parameters, every raw measurement).
+Prints tables and writes ``benchmarks/results/bench_fetch-<timestamp>.json`` (machine info, parameters, raw timings).
 """
 
 from __future__ import annotations
@@ -64,8 +59,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from _fetch_baselines import ensure_legacystamps, legacystamps_local_urls, legacystamps_point, sequential_point
-from _fetch_bricks import brick_points
-from _fetch_server import CACHE_MB, IMAGE_SIZE, LAYER, SIZE, Galaxy, Meter, Server, cutout_server
+from _fetch_bricks import BRICK_COLUMNS, BRICK_DEFINITIONS, brick_aims, brick_points, brick_rows, brick_summary
+from _fetch_server import CACHE_MB, IMAGE_SIZE, LAYER, SIZE, Galaxy, Meter, Server, cutout_server, fmt_rate
 from _machine import Table, arg_parser, machine_info, report, summary_row, usable_cores
 from distributed import Client, LocalCluster
 
@@ -297,12 +292,6 @@ def enrich(point: dict[str, Any], latency_s: float, cores: int, sequential_rate:
     }
 
 
-def fmt_rate(v: float | None) -> str:
-    if v is None or not math.isfinite(v):
-        return "-"
-    return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
-
-
 def table_rows(points: list[dict[str, Any]]) -> list[dict[str, str]]:
     rows = []
     for p in points:
@@ -358,44 +347,6 @@ def cpu_table(cpu: dict[str, Any], cube: dict[str, Any] | None) -> list[dict[str
         rows.append({"step": "cube bytes/image (images array)", "CPU ms/img": f"{cube['bytes_per_image']:,.0f}",
                      "wall ms/img": f"raw {cube['raw_bytes_per_image']:,}"})  # fmt: skip
     return rows
-
-
-BRICK_COLUMNS = ["per brick", "bricks", "cutouts", "floor img/s", "workers img/s", "x floor/core", "stage img/s",
-                 "worker ms/cutout", "x polite viewer", "worker peak MB", "growth / brick band"]  # fmt: skip
-
-
-GROWTH = "worker_peak_growth_in_brick_bands"
-
-
-def brick_rows(bricks: dict[str, Any], polite_rate: float) -> list[dict[str, str]]:
-    """One row per galaxies-per-brick: floor, workers and stage side by side."""
-    rows = []
-    for density in dict.fromkeys(p["per_brick"] for p in bricks["points"]):
-        floor, workers, stage = (p for p in bricks["points"] if p["per_brick"] == density)
-        rows.append({
-            "per brick": f"{density:,}", "bricks": str(floor["bricks"]), "cutouts": f"{floor['images']:,}",
-            "floor img/s": fmt_rate(floor["images_per_s"]), "workers img/s": fmt_rate(workers["images_per_s"]),
-            "x floor/core": f"{workers['x_floor_per_core']:.2f}", "stage img/s": fmt_rate(stage["images_per_s"]),
-            "worker ms/cutout": f"{1e3 * workers['loops'] / workers['images_per_s']:.2f}",
-            "x polite viewer": f"{workers['images_per_s'] / polite_rate:.0f}",
-            "worker peak MB": f"{max(workers['worker_peak_rss_mb'], stage['worker_peak_rss_mb']):.0f}",
-            "growth / brick band": f"{max(p[GROWTH] for p in (workers, stage)):.1f}",
-        })  # fmt: skip
-    return rows
-
-
-def brick_aims(bricks: dict[str, Any]) -> list[str]:
-    workers = [p for p in bricks["points"] if p["method"].startswith("BrickSource")]
-    lines = [f"  bricks, {p['per_brick']:,} per brick: {p['x_floor_per_core']:.2f} of the floor per core (aim >= 0.7: "
-             f"{'met' if p['x_floor_per_core'] >= 0.7 else 'NOT met'})" for p in workers]  # fmt: skip
-    ms = [p["loops"] / p["images_per_s"] for p in workers]
-    falling = all(b < a for a, b in zip(ms, ms[1:], strict=False))
-    lines.append(f"  bricks: worker time per cutout {' -> '.join(f'{1e3 * m:.2f}' for m in ms)} ms as galaxies per "
-                 f"brick grow (aim: falling: {'met' if falling else 'NOT met'})")  # fmt: skip
-    peak = max(p[GROWTH] for p in bricks["points"] if GROWTH in p)
-    lines.append(f"  bricks: peak worker memory growth {peak:.1f} decompressed brick bands (3600^2 float32 each; "
-                 "aim: a few, whatever the catalog)")  # fmt: skip
-    return lines
 
 
 def aims(points: list[dict[str, Any]], sequential: dict[str, Any] | None, latency_s: float) -> list[str]:
@@ -545,13 +496,7 @@ DEFINITIONS = {
     "server_cpu_ms_per_image": "CPU of the server process and its render pool / images",
     "machine_busy_fraction": "busy / total CPU time of the whole machine over the point",
     "others_busy_fraction": "CPU of processes other than the client(s) and the server / total CPU time",
-    "bricks.floor": "per brick: open its file, read each cutout's pixel box (field + 1 px, from the file's WCS) "
-    "through hdu.section, which decompresses only the tiles it touches; one process",
-    "bricks.x_floor_per_core": "workers' cutouts/s / (worker processes x the floor's cutouts/s)",
-    "bricks.worker_peak_rss_mb": "largest worker VmHWM over the point (reset before it via /proc/self/clear_refs)",
-    "bricks.worker_peak_growth_in_brick_bands": "(that peak - the worker's RSS before the point) / one decompressed "
-    "brick band (3600^2 float32, 49.4 MiB)",
-}
+} | BRICK_DEFINITIONS
 
 
 def parameters(args: argparse.Namespace) -> dict[str, Any]:
@@ -630,16 +575,7 @@ def main(argv: list[str] | None = None) -> int:
                             "bricks_table_text", f"\nbricks (band r, {IMAGE_SIZE} px flux cutouts), "
                             f"polite viewer {fmt_rate(polite['images_per_s'])} img/s:"))  # fmt: skip
         lines += brick_aims(bricks)
-        dense = [p for p in bricks["points"] if p["method"].startswith("BrickSource")][-1]
-        floor = next(p for p in bricks["points"] if p["per_brick"] == dense["per_brick"])
-        summary += [
-            summary_row(f"fetch --bricks ({dense['method']})", f"{dense['images']:,} cutouts, "
-                        f"{dense['per_brick']:,}/brick", dense["images_per_s"], "img/s",
-                        f"floor x {dense['loops']} (1 process)", floor["images_per_s"] * dense["loops"]),
-            summary_row("fetch --bricks vs the viewer", f"{dense['per_brick']:,}/brick; viewer at "
-                        f"{POLITE['rate']:g} req/s", dense["images_per_s"], "img/s", "viewer, polite",
-                        polite["images_per_s"]),
-        ]  # fmt: skip
+        summary += brick_summary(bricks, polite, POLITE["rate"])
     payload = {
         "parameters": parameters(args),
         "definitions": DEFINITIONS,

@@ -13,14 +13,6 @@ from PIL import Image, UnidentifiedImageError
 from pipeline.images.resample import cutout_edges, resample_flux
 
 
-def bomb_reason(exc: BaseException) -> str | None:
-    """The reason to give for an image PIL refuses (or warns of) as a decompression bomb, else None."""
-    if isinstance(exc, Image.DecompressionBombError | Image.DecompressionBombWarning):
-        return (f"too many pixels to decode safely ({exc}); PIL's limit is Image.MAX_IMAGE_PIXELS = "
-                f"{Image.MAX_IMAGE_PIXELS:,}")  # fmt: skip
-    return None
-
-
 def open_rgb(source, expect_format: str | None = None) -> np.ndarray:
     """RGB uint8 (H, W, 3) of an image file or file object; ValueError saying what is wrong ("not an
     image", "a PNG image, not a JPEG", "corrupt or truncated ...", too many pixels: a decompression bomb)."""
@@ -37,7 +29,8 @@ def open_rgb(source, expect_format: str | None = None) -> np.ndarray:
     except UnidentifiedImageError:
         raise ValueError("not an image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ValueError(bomb_reason(exc)) from None
+        raise ValueError(f"too many pixels to decode safely ({exc}); PIL's limit is Image.MAX_IMAGE_PIXELS = "
+                         f"{Image.MAX_IMAGE_PIXELS:,}") from None
     except (OSError, SyntaxError):
         raise ValueError(f"corrupt or truncated {expect_format or 'image'}") from None
 

@@ -17,67 +17,26 @@ import json
 import logging
 import multiprocessing.forkserver
 import os
-import re
-import shutil
 import signal
 import socket
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dask
 from distributed import Client, LocalCluster, WorkerPlugin, wait
 
-
-class ClusterSpecError(ValueError):
-    """The cluster spec names nothing we can connect to, or its workers cannot do the work."""
-
+from cluster.errors import ClusterSpecError
+from cluster.slurm import Slurm, SlurmSettings  # noqa: F401 - part of this module's interface
 
 SPEC_HELP = (
     "local, local:N (N worker processes), local-cuda (one worker per GPU), slurm, a scheduler address "
     "(tcp://host:8786) or a scheduler file"
 )
-
-
-@dataclass(frozen=True)
-class SlurmSettings:
-    """The SLURM jobs dask-jobqueue submits: each job runs ``processes`` workers sharing ``cores`` and
-    ``memory``; ``jobs`` of them are requested. None leaves Dask's ``jobqueue.slurm`` config value."""
-
-    queue: str | None = None
-    account: str | None = None
-    walltime: str | None = "01:00:00"
-    cores: int | None = None
-    memory: str | None = None
-    processes: int | None = None
-    jobs: int = 1
-    job_extra_directives: tuple[str, ...] = ()
-    job_script_prologue: tuple[str, ...] = ()
-    local_directory: str | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "job_extra_directives", tuple(self.job_extra_directives))
-        object.__setattr__(self, "job_script_prologue", tuple(self.job_script_prologue))
-        for key in ("cores", "processes", "jobs"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-                raise ClusterSpecError(f"cluster.slurm.{key} must be a positive integer (got {value!r})")
-        if self.walltime is not None and not re.fullmatch(r"(\d+-)?\d{1,3}(:\d{2}){1,2}", str(self.walltime)):
-            raise ClusterSpecError(f"cluster.slurm.walltime {self.walltime!r} must look like 01:00:00 or 1-12:00:00")
-
-    @classmethod
-    def from_table(cls, table: Mapping[str, Any] | None) -> SlurmSettings:
-        """From the ``[cluster.slurm]`` table; unknown keys are named with the known ones."""
-        table = dict(table or {})
-        known = [f.name for f in fields(cls)]
-        for key in table:
-            if key not in known:
-                raise ClusterSpecError(f"unknown key cluster.slurm.{key}; known keys: {', '.join(known)}")
-        return cls(**table)
 
 
 class QuietWorkers(WorkerPlugin):
@@ -205,46 +164,6 @@ class SchedulerFile:
         return stack.enter_context(Client(scheduler_file=scheduler_address(self.path), timeout="20s"))
 
 
-@dataclass(frozen=True)
-class Slurm:
-    """Workers submitted as SLURM batch jobs by dask-jobqueue (the ``hpc`` extra)."""
-
-    settings: SlurmSettings = field(default_factory=SlurmSettings)
-    remote = True
-
-    def cluster(self) -> Any:
-        """The (not yet scaled) SLURMCluster; its ``job_script()`` is what would be submitted."""
-        try:
-            from dask_jobqueue import SLURMCluster
-        except ImportError as exc:
-            raise ClusterSpecError(
-                f"--cluster slurm needs dask-jobqueue ({exc}); pip install 'agnsurvey[hpc]'"
-            ) from None
-        s = self.settings
-        options = {k: getattr(s, k) for k in ("queue", "account", "walltime", "cores", "memory", "processes",
-                                             "local_directory") if getattr(s, k) is not None}  # fmt: skip
-        if s.job_extra_directives:
-            options["job_extra_directives"] = list(s.job_extra_directives)
-        if s.job_script_prologue:
-            options["job_script_prologue"] = list(s.job_script_prologue)
-        try:
-            return SLURMCluster(scheduler_options={"dashboard_address": ":0"}, **options)
-        except ValueError as exc:  # e.g. cores or memory neither given nor in Dask's jobqueue config
-            raise ClusterSpecError(
-                f"--cluster slurm: {exc}; set it in [cluster.slurm] (cores, memory, queue, account, walltime)"
-            ) from None
-
-    def open(self, stack: ExitStack) -> Client:
-        if shutil.which("sbatch") is None:
-            raise ClusterSpecError(
-                "--cluster slurm: sbatch is not on this machine's PATH; run agnsurvey on a SLURM login node (or "
-                "load the slurm module)"
-            )
-        cluster = stack.enter_context(self.cluster())
-        cluster.scale(jobs=self.settings.jobs)
-        return stack.enter_context(Client(cluster))
-
-
 ClusterKind = Local | LocalCuda | Address | SchedulerFile | Slurm
 
 
@@ -350,6 +269,22 @@ def check_workspace_visible(client: Client, root: Path) -> None:
             "workspace on a file system the workers share (e.g. /scratch or /home, not /tmp) and pass that path as "
             "--workspace"
         )
+
+
+def this_machines_addresses() -> set[str]:
+    """The names and IP addresses by which a worker's host may be this machine."""
+    import psutil
+
+    found = {"localhost", socket.gethostname(), socket.getfqdn()}
+    for addresses in psutil.net_if_addrs().values():
+        found.update(a.address.split("%")[0] for a in addresses if a.family in (socket.AF_INET, socket.AF_INET6))
+    return found
+
+
+def workers_elsewhere(client: Client) -> list[str]:
+    """The workers of ``client``'s cluster that run on another machine than this process."""
+    here = this_machines_addresses()
+    return sorted(w for w, info in client.scheduler_info()["workers"].items() if info.get("host") not in here)
 
 
 def dashboard_link(client: Client) -> str:

@@ -217,8 +217,11 @@ def load_config(path: Path | str | None) -> dict[str, Any]:
     return relative_to_file(raw, path.parent)
 
 
-PATH_KEYS = ((None, "workspace"), ("ingest", "inputs"), ("score", "inputs"), ("fetch", "bricks"))
-"""(table, key) of a config's paths: read relative to the config file's directory, as `init` writes them."""
+PATH_KEYS = (
+    ((), "workspace"), (("ingest",), "inputs"), (("score",), "inputs"), (("fetch",), "bricks"),
+    (("cluster", "slurm"), "log_directory"),
+)
+"""(tables, key) of a config's paths: read relative to the config file's directory, as `init` writes them."""
 
 
 def relative_to_file(raw: dict[str, Any], directory: Path) -> dict[str, Any]:
@@ -232,12 +235,17 @@ def relative_to_file(raw: dict[str, Any], directory: Path) -> dict[str, Any]:
             return value
         return str(directory / value)
 
+    def replaced(table: Any, tables: tuple[str, ...], key: str) -> Any:
+        if not isinstance(table, dict):
+            return table
+        if tables:
+            inner = tables[0]
+            return table | {inner: replaced(table[inner], tables[1:], key)} if inner in table else table
+        return table | {key: anchored(table[key])} if key in table else table
+
     out = dict(raw)
-    for table, key in PATH_KEYS:
-        holder = out if table is None else out.get(table)
-        if isinstance(holder, dict) and key in holder:
-            holder = dict(holder) | {key: anchored(holder[key])}
-            out = holder if table is None else out | {table: holder}
+    for tables, key in PATH_KEYS:
+        out = replaced(out, tables, key)
     return out
 
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real 2-process LocalCluster and small hand-made catalogs in the NSA layout."""
+"""Shared fixtures: a real 2-process LocalCluster, a real single-node Slurm, and small hand-made catalogs in
+the NSA layout."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 from aiohttp import web
 from astropy.io import fits
 from distributed import Client, LocalCluster
+from slurm_node import PACKAGES, SlurmNode, missing_programs
 
 NSA_FORMATS = {
     "NSAID": "J",
@@ -227,3 +229,40 @@ def kill_a_worker_running(client, prefix: str, timeout: float = 120.0) -> _Kille
     killer = _Killer(client, prefix, timeout)
     killer.start()
     return killer
+
+
+# --- a real single-node Slurm (tests/slurm_node.py) -------------------------------------------------
+# Started once for the session, stopped after it. Where Slurm is not installed (or not as root) its
+# tests skip with the reason, except under CI=true, where that is a failure: .ci/run installs it.
+
+
+def _slurm_unavailable() -> str:
+    missing = missing_programs()
+    if missing:
+        return f"Slurm is not installed ({', '.join(missing)} missing): apt-get install {PACKAGES}"
+    if os.geteuid() != 0:
+        return "a single-node Slurm needs root here (slurmd runs the jobs)"
+    return ""
+
+
+@pytest.fixture(scope="session")
+def slurm_node(tmp_path_factory):
+    why = _slurm_unavailable()
+    if why:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{why}; CI must run the Slurm tests (.ci/run installs the packages)")
+        pytest.skip(why)
+    node = SlurmNode(tmp_path_factory.mktemp("slurm")).start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def slurm(slurm_node, monkeypatch):
+    """The running node, ``SLURM_CONF`` set for this test; no job is left when the test ends."""
+    monkeypatch.setenv("SLURM_CONF", str(slurm_node.conf))
+    slurm_node.cancel_all()
+    yield slurm_node
+    slurm_node.cancel_all()

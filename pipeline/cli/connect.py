@@ -19,6 +19,7 @@ def open_cluster(stack: ExitStack, cluster: ClusterConfig, ns: argparse.Namespac
     """Connect to the configured cluster, print its dashboard, and check that the workers of a
     remote one see the workspace (before any work starts)."""
     from cluster.client import ClusterSpecError, check_workspace_visible, connect, dashboard_link, parse_spec
+    from cluster.slurm import Slurm, job_ids, worker_jobs
 
     try:
         kind = parse_spec(cluster.spec, cluster.n_workers, cluster.threads_per_worker, cluster.memory_limit,
@@ -32,6 +33,10 @@ def open_cluster(stack: ExitStack, cluster: ClusterConfig, ns: argparse.Namespac
     if link and not ns.quiet:
         workers = len(client.scheduler_info().get("workers", {}))
         print(f"dask: {type(kind).__name__.lower()} cluster, {workers} workers, dashboard {link}", file=sys.stderr)
+    if isinstance(kind, Slurm) and not ns.quiet:
+        started = ", ".join(sorted(set(worker_jobs(client).values()), key=int))
+        print(f"slurm: jobs {', '.join(job_ids(client.cluster))} submitted, workers running in {started} so far; "
+              "all are scancelled when this command ends", file=sys.stderr)  # fmt: skip
     workspace = getattr(ns, "workspace", None) or raw.get("workspace")
     if kind.remote:
         try:

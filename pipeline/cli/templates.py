@@ -27,6 +27,9 @@ spec = "local"                        # local | local:N | local-cuda | slurm | t
 # memory = "64GiB"
 # processes = 4                       # Dask workers per job
 # jobs = 4
+# job_script_prologue = ["source /path/to/venv/bin/activate"]
+# log_directory = "slurm-logs"        # the jobs' output files (default: the directory agnsurvey runs in)
+# start_timeout = 600                 # seconds to wait for the first job to start
 
 [ingest]
 # NSA v0_1_2 (145,155 galaxies, ~0.5 GB): https://data.sdss.org/sas/dr13/sdss/atlas/v0/nsa_v0_1_2.fits
@@ -55,6 +58,7 @@ epochs = 10
 batch_size = 64
 # class_weight = "balanced"           # weigh AGN and star-forming equally
 # precision = "mixed_bfloat16"        # on GPUs that support it
+# on = "workers"                      # driver | workers (default: workers on a cluster of other machines)
 
 [evaluate]
 threshold_policy = "balanced"         # chosen on the validation split: balanced | youden | f1 | purity:0.8 | fixed:0.3

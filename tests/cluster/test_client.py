@@ -102,6 +102,22 @@ def test_the_slurm_job_script_it_would_submit():
         assert line in script, (line, script)
 
 
+def test_making_a_slurm_cluster_keeps_the_ctrl_c_handler():
+    """dask_jobqueue's import sets SIGINT to sys.exit() (exit status 0 on Ctrl-C): a fresh process
+    shows whether our handler survives it."""
+    pytest.importorskip("dask_jobqueue")
+    code = (
+        "import signal\n"
+        "def ours(*_): raise KeyboardInterrupt\n"
+        "signal.signal(signal.SIGINT, ours)\n"
+        "from cluster.slurm import Slurm, SlurmSettings\n"
+        "Slurm(SlurmSettings(cores=1, memory='1GB')).cluster().close()\n"
+        "print(signal.getsignal(signal.SIGINT) is ours)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "True", done.stdout + done.stderr
+
+
 def test_the_slurm_table_is_checked_at_load(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('[cluster]\nspec = "slurm"\n[cluster.slurm]\nqueue = "gpu"\ncores = 8\nwalltime = "2h"\n')

@@ -99,10 +99,13 @@ def test_paths_in_a_config_are_relative_to_its_file(tmp_path, monkeypatch):
     monkeypatch.chdir(elsewhere)
     raw = load_config(write(tmp_path / "site", 'workspace = "ws"\n[ingest]\ninputs = ["nsa.fits", "/data/v1.fits"]\n'
                             '[fetch]\ncutout_url = "http://x/viewer/cutout.jpg"\nbricks = "s3://bucket/dr10"\n'
-                            '[score]\ninputs = ["../other/new.parquet"]\n'))  # fmt: skip
+                            '[score]\ninputs = ["../other/new.parquet"]\n'
+                            '[cluster]\nspec = "slurm"\n[cluster.slurm]\nlog_directory = "logs"\ncores = 2\n'
+                            ))  # fmt: skip
     site = tmp_path / "site"
     assert raw["workspace"] == str(site / "ws")
     assert raw["ingest"]["inputs"] == [str(site / "nsa.fits"), "/data/v1.fits"]
     assert raw["fetch"]["bricks"] == "s3://bucket/dr10" and raw["fetch"]["cutout_url"] == "http://x/viewer/cutout.jpg"
     assert raw["score"]["inputs"] == [str(site / "../other/new.parquet")]
+    assert raw["cluster"]["slurm"] == {"log_directory": str(site / "logs"), "cores": 2}
     assert build(LabelArgs, raw, "label").workspace.root == site / "ws"

@@ -31,6 +31,10 @@ class TrainingProcessError(RuntimeError):
     """A training process failed; the message holds the end of its log."""
 
 
+class WorkerLost(TrainingProcessError):
+    """A Dask worker left while its training process ran (killed, out of memory, its job ended)."""
+
+
 def free_port() -> int:
     """A TCP port free on this host now."""
     with socket.socket() as sock:
@@ -125,7 +129,7 @@ def run_in_every_worker(
             missing = gone()  # asked once: a restarted worker may be back by the next question
             if missing:
                 stop.set()
-                raise TrainingProcessError(
+                raise WorkerLost(
                     f"Dask worker {missing[0]} left while training (killed, or out of memory); re-run the same "
                     "command to resume from the last checkpoint"
                 )

@@ -16,6 +16,7 @@ Precision = Literal["float32", "mixed_bfloat16"]
 Accelerator = Literal["auto", "gpu", "cpu"]
 Composites = Literal["exclude", "agn"]
 ClassWeight = Literal["none", "balanced"]
+TrainOn = Literal["driver", "workers"]
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,11 @@ class TrainArgs:
     128 pixels) mix ``block_rows``-row blocks read in a random order each epoch; ``readers``
     threads read ahead; ``prefetch`` batches wait ready. ``seed`` fixes initial weights, data
     order and augmentation. ``keep_checkpoints``: the last this many epoch checkpoints are kept, and
-    the one of the lowest validation loss; older ones are deleted. ``restart`` discards an existing
-    model directory.
+    the one of the lowest validation loss; older ones are deleted. ``on``: where ``agnsurvey run``
+    trains: ``driver`` (this process) or ``workers`` (one training process per Dask worker,
+    gradients combined across them); None: ``workers`` when the cluster has more than one worker
+    process and some are on other machines, else ``driver``. ``restart`` discards an existing model
+    directory.
     """
 
     SECTION: ClassVar[str] = "train"  # its table in the TOML config
@@ -56,6 +60,7 @@ class TrainArgs:
     prefetch: int = 8
     seed: int = 0
     keep_checkpoints: int = 3
+    on: TrainOn | None = None
     restart: bool = False
 
     def __post_init__(self) -> None:
@@ -73,6 +78,8 @@ class TrainArgs:
         for key, allowed in (("precision", Precision), ("accelerator", Accelerator), ("composites", Composites),
                              ("class_weight", ClassWeight)):  # fmt: skip
             validate.one_of(f"train.{key}", getattr(self, key), get_args(allowed))
+        if self.on is not None:
+            validate.one_of("train.on", self.on, get_args(TrainOn))
 
 
 @dataclass(frozen=True)

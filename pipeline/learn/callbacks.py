@@ -42,6 +42,40 @@ class SetEpoch(keras.callbacks.Callback):
         self.batches.set_epoch(epoch)
 
 
+VAL_LOSS_METRIC = "bce"
+"""The name of :func:`val_loss_metric`, whose validation figure :class:`ValLoss` reports as ``val_loss``."""
+
+
+def val_loss_metric() -> keras.metrics.Metric:
+    """Per-image binary cross-entropy, averaged by sample weight (compile it in ``weighted_metrics``).
+
+    It is built from Keras' own classes only, so a saved model still loads with a plain
+    ``keras.saving.load_model``. The loss object is used because it matches labels of shape (n,)
+    to predictions of shape (n, 1); ``keras.metrics.BinaryCrossentropy`` refuses them."""
+    return keras.metrics.MeanMetricWrapper(keras.losses.BinaryCrossentropy(reduction="none"), name=VAL_LOSS_METRIC)
+
+
+class ValLoss(keras.callbacks.Callback):
+    """Reports ``val_loss`` as the mean binary cross-entropy of the real validation images.
+
+    Validation batches padded for several devices hold copies at weight 0. Keras' own
+    ``val_loss`` divides each batch's weighted sum by the batch size, padding included, so it comes
+    out too small by real / (real + padding). A weighted metric divides by the sum of the weights,
+    which leaves the padding out. This callback puts the metric's ``val_bce`` in place of
+    ``val_loss`` and drops the metric's own keys (they would only repeat the losses). It must come
+    first in the list, because it edits the logs in place for the callbacks after it and for
+    Keras' History. (The models have no regularisation losses, so the two figures measure the
+    same thing.)
+    """
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is None:
+            return
+        if f"val_{VAL_LOSS_METRIC}" in logs:
+            logs["val_loss"] = logs.pop(f"val_{VAL_LOSS_METRIC}")
+        logs.pop(VAL_LOSS_METRIC, None)
+
+
 class EpochClock(keras.callbacks.Callback):
     """Times each epoch: all of it, and its training part alone (until validation starts), for
     the training rate in images/s (``images`` real training images per epoch)."""

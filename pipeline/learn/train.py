@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from cluster.devices import DeviceError, Processes
-from pipeline.errors import DataError, TrainingError, WorkspaceError
+from pipeline.errors import ConfigError, DataError, TrainingError, WorkspaceError
 from pipeline.learn.args import TrainArgs
 from pipeline.learn.modeldir import TRAINED_ON, epoch_line, load_model, model_dir, read_json, read_state, whole_model
 from pipeline.learn.stretch import Stretch
@@ -43,7 +43,7 @@ from storage.cube import Cube
 from storage.manifest import Manifest, atomic_file, write_json_atomic
 
 MIN_ROWS_PER_CLASS = 5  # in each of train and val: fewer cannot train or measure anything
-RESUMABLE = {"epochs", "devices", "accelerator", "readers", "prefetch", "keep_checkpoints", "restart"}
+RESUMABLE = {"epochs", "devices", "accelerator", "readers", "prefetch", "keep_checkpoints", "on", "restart"}
 """Arguments that may change between runs of one model directory."""
 
 
@@ -68,14 +68,46 @@ def train(args: TrainArgs, client: Any = None) -> Manifest:
         elif client is None:  # model.keras of the epochs before stays until the new one replaces it
             fit(args)
         else:
-            from cluster.multiworker import run_in_every_worker
-
-            spec = dataclasses.asdict(args) | {"workspace": str(ws.root)}
-            run_in_every_worker(
-                client, "pipeline.learn.train", spec, model_dir(args), watch=lambda: _print_new_epochs(args)
-            )
+            _fit_on_workers(args, client)
         seconds = time.monotonic() - started
-        return _finish(args, manifest, splits, seconds)
+        return _finish(args, manifest, splits, seconds, processes=_worker_count(client))
+
+
+WORKER_LOSSES = 3  # workers lost in one training before it gives up (each resumes from the last checkpoint)
+WORKERS_BACK_S = 20.0  # how long a lost worker may take to come back (a nanny restarts it) before going on without
+
+
+def _fit_on_workers(args: TrainArgs, client: Any) -> None:
+    """One training process per Dask worker; when a worker is lost mid-epoch, resume from the last
+    checkpoint on the workers there are (up to :data:`WORKER_LOSSES` times)."""
+    from cluster.multiworker import WorkerLost, run_in_every_worker
+
+    spec = dataclasses.asdict(args) | {"workspace": str(args.workspace.root)}
+    for losses in range(WORKER_LOSSES + 1):
+        count = _worker_count(client)
+        try:
+            run_in_every_worker(client, "pipeline.learn.train", spec, model_dir(args),
+                                watch=lambda: _print_new_epochs(args))  # fmt: skip
+            return
+        except WorkerLost as exc:
+            if losses == WORKER_LOSSES:
+                raise TrainingError(f"{exc} ({losses + 1} workers lost in this training)") from None
+            _await_workers(client, count)
+            _check_data(args, processes=_worker_count(client))  # the batch must split over the workers left
+            print(f"train: {exc}; resuming from epoch {read_state(model_dir(args))['epochs_done'] + 1} on "
+                  f"{_worker_count(client)} workers", flush=True)  # fmt: skip
+
+
+def _await_workers(client: Any, count: int) -> None:
+    """Wait up to :data:`WORKERS_BACK_S` for ``count`` workers again, and at least for one."""
+    deadline = time.monotonic() + WORKERS_BACK_S
+    while _worker_count(client, at_least=0) < count and time.monotonic() < deadline:
+        time.sleep(0.5)
+    try:
+        client.wait_for_workers(1, timeout=max(1.0, deadline - time.monotonic()))
+    except TimeoutError:
+        raise TrainingError("every Dask worker left while training; re-run to resume from the last checkpoint") \
+            from None
 
 
 def _final_from_checkpoint(directory: Path, state: dict[str, Any]) -> None:
@@ -90,8 +122,8 @@ def _final_from_checkpoint(directory: Path, state: dict[str, Any]) -> None:
         shutil.copyfile(directory / state["checkpoint"], tmp)
 
 
-def _worker_count(client: Any) -> int:
-    return 1 if client is None else max(1, len(client.scheduler_info()["workers"]))
+def _worker_count(client: Any, at_least: int = 1) -> int:
+    return 1 if client is None else max(at_least, len(client.scheduler_info()["workers"]))
 
 
 def _check_data(args: TrainArgs, processes: int) -> tuple[dict, str]:
@@ -208,7 +240,7 @@ def fit(args: TrainArgs, processes: Processes | None = None) -> None:
     train_batches = CubeBatches(args.workspace.cube, splits["train"], local_batch, shuffle=True,
                                 augment_images=args.augment, shuffle_buffer=args.shuffle_buffer, seed=args.seed,
                                 class_weight=class_weights(splits["train"], args.class_weight), **common)  # fmt: skip
-    # validation batches are padded only where the devices need equal batches (padding biases val_loss)
+    # validation batches are padded only where the devices need equal batches (callbacks.ValLoss leaves it out)
     val_batches = CubeBatches(args.workspace.cube, splits["val"], local_batch, pad=where.total > 1, **common)
     keras.utils.set_random_seed(args.seed)  # the same initial weights in every process
     policy = keras.mixed_precision.dtype_policy()
@@ -230,7 +262,7 @@ def _fit(args: TrainArgs, processes: Processes | None, where: Any, state: dict[s
     import keras
 
     from cluster import devices
-    from pipeline.learn.callbacks import Checkpoint, Progress, SetEpoch, save_atomic
+    from pipeline.learn.callbacks import Checkpoint, Progress, SetEpoch, ValLoss, save_atomic, val_loss_metric
     from pipeline.learn.model import build_model
 
     writer = processes is None or processes.index == 0
@@ -239,15 +271,17 @@ def _fit(args: TrainArgs, processes: Processes | None, where: Any, state: dict[s
     with devices.distributed(where):
         if state["checkpoint"]:
             model = load_model(directory / state["checkpoint"])
+            optimizer = model.optimizer  # with its state: the same training as without the recompile
         else:
             model = build_model(args.model, image_size, fit_stretch(train_batches.cube, splits["train"].cube_row))
-            model.compile(
-                optimizer=keras.optimizers.Adam(args.lr),
-                loss="binary_crossentropy",
-                weighted_metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
-            )
+            optimizer = keras.optimizers.Adam(args.lr)
+        # a checkpoint too: one written before the val-loss metric gets it
+        model.compile(optimizer=optimizer, loss="binary_crossentropy",
+                      weighted_metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc"),
+                                        val_loss_metric()])  # fmt: skip
         images = len(splits["train"])
         callbacks: list[keras.callbacks.Callback] = [
+            ValLoss(),  # first: the others see its val_loss, without the padding of the val batches
             SetEpoch(train_batches),
             Checkpoint(directory, state, images, writer, keep=args.keep_checkpoints),
         ]
@@ -286,7 +320,7 @@ def _print_new_epochs(args: TrainArgs) -> None:
     _shown_epochs[directory] = len(history)
 
 
-def _finish(args: TrainArgs, manifest: Manifest, splits: dict, seconds: float) -> Manifest:
+def _finish(args: TrainArgs, manifest: Manifest, splits: dict, seconds: float, processes: int) -> Manifest:
     directory = model_dir(args)
     state = read_state(directory)
     if state["epochs_done"] < args.epochs:
@@ -302,6 +336,7 @@ def _finish(args: TrainArgs, manifest: Manifest, splits: dict, seconds: float) -
         "epochs_done": state["epochs_done"],
         "final": {k: last[k] for k in ("loss", "val_loss", "val_accuracy", "val_auc") if k in last},
         "images_per_second": last.get("images_per_second"),
+        "processes": processes,  # training processes of this command's last epochs (1: in the driver)
     }
     manifest.outputs = {"model": str(directory / "model.keras"), "history": str(directory / "history.csv")}
     manifest.finish()
@@ -357,7 +392,24 @@ def _train_for_run(args: TrainArgs, run: RunContext, before: dict, fingerprint: 
                               or before.get("upstream") != json.loads(json.dumps(tokens)))  # fmt: skip
     if other:  # this run trained it with other settings or data: the config changed, so train anew
         print(f"\ntrain: settings or data changed since {model_dir(args)} was trained; training anew")
-    return train(dataclasses.replace(args, restart=bool(other)))
+    return train(dataclasses.replace(args, restart=bool(other)), client=training_client(args, run.client))
+
+
+def training_client(args: TrainArgs, client: Any) -> Any:
+    """Where ``agnsurvey run`` trains: on ``client``'s workers (one process per worker) or in this
+    process (None), by ``args.on``. Unset: the workers when there are several and some run on other
+    machines (a remote cluster, Slurm jobs); with every worker on this machine (a LocalCluster), this
+    process, which trains on all its cores at once without exchanging gradients between processes."""
+    if args.on == "workers" and client is None:
+        raise ConfigError("train.on = 'workers' needs a Dask cluster; run with --cluster or --workers, or set "
+                          "train.on = 'driver'")  # fmt: skip
+    if args.on == "driver" or client is None:
+        return None
+    if args.on == "workers":
+        return client
+    from cluster.client import workers_elsewhere
+
+    return client if _worker_count(client) > 1 and workers_elsewhere(client) else None
 
 
 def _trained(args: TrainArgs) -> bool:

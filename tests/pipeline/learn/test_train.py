@@ -21,7 +21,7 @@ from distributed import Client, LocalCluster
 
 from cluster.multiworker import TrainingProcessError
 from pipeline.cli import main
-from pipeline.errors import DataError, TrainingError, WorkspaceError
+from pipeline.errors import ConfigError, DataError, TrainingError, WorkspaceError
 from pipeline.learn import train as train_module
 from pipeline.learn.args import EvaluateArgs, TrainArgs
 from pipeline.learn.evaluate import evaluate
@@ -304,10 +304,11 @@ def test_a_failing_training_process_stops_the_others_with_its_log(tmp_path, clus
 
 
 
-def test_a_worker_killed_mid_training_then_a_rerun_resumes_from_the_last_checkpoint(tmp_path):
+def test_a_worker_killed_mid_epoch_is_resumed_from_the_last_checkpoint_not_a_failed_run(tmp_path, capsys):
     ws = small(tmp_path)
     args = TrainArgs(workspace=ws, name="killed", epochs=3, batch_size=32, augment=False)
     directory = ws / "models" / "killed"
+    killed: list[int] = []
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
         Client(cluster) as client,
@@ -319,23 +320,45 @@ def test_a_worker_killed_mid_training_then_a_rerun_resumes_from_the_last_checkpo
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline:
                 if (directory / "state.json").exists() and read_state(directory)["epochs_done"] >= 1:
+                    killed.append(read_state(directory)["epochs_done"])
+                    history.extend(read_state(directory)["history"])
                     os.kill(pids[worker], signal.SIGKILL)
                     return
                 time.sleep(0.05)
 
+        history: list[dict] = []
         killer = threading.Thread(target=kill_after_first_epoch, daemon=True)
         killer.start()
-        with pytest.raises(TrainingProcessError, match=r"left while training .* re-run the same command to resume"):
-            train(args, client=client)
+        manifest = train(args, client=client)  # the nanny restarts the worker; training goes on from the checkpoint
         killer.join()
-        done = read_state(directory)["epochs_done"]
-        assert 1 <= done < 3 and not (directory / "model.keras").exists()
-        history = read_state(directory)["history"][:done]
-        client.wait_for_workers(2, timeout=60)  # the nanny restarted the killed worker
-        manifest = train(args, client=client)
-    assert manifest.extra["epochs_done"] == 3
-    assert read_state(directory)["history"][:done] == history  # the finished epochs were kept, not redone
+    done = killed[0]
+    assert 1 <= done < 3 and manifest.extra["epochs_done"] == 3
+    assert "left while training" in capsys.readouterr().out
+    state = read_state(directory)
+    assert state["history"][:done] == history[:done]  # the finished epochs were kept, not redone
+    assert [row["epoch"] for row in state["history"]] == [1, 2, 3]
     assert f"from epoch {done + 1}" in (directory / "process-0.log").read_text()
+
+
+def test_where_run_trains_follows_train_on(tmp_path, cluster_client, monkeypatch):
+    """Unset, a cluster whose workers all run on this machine trains in this process (one process
+    on all cores, no gradient exchange); ``workers`` asks for one process per worker."""
+    from pipeline.learn.train import training_client
+
+    ws = small(tmp_path)
+    assert training_client(TrainArgs(workspace=ws), cluster_client) is None
+    assert training_client(TrainArgs(workspace=ws, on="workers"), cluster_client) is cluster_client
+    assert training_client(TrainArgs(workspace=ws, on="driver"), cluster_client) is None
+    assert training_client(TrainArgs(workspace=ws), None) is None
+    with pytest.raises(ConfigError, match="train.on = 'workers' needs a Dask cluster"):
+        training_client(TrainArgs(workspace=ws, on="workers"), None)
+    with pytest.raises(ConfigError, match="train.on must be one of driver, workers"):
+        TrainArgs(workspace=ws, on="gpu")
+    import cluster.client
+
+    # the same two workers seen from a machine that is not theirs (no other machine can run them here)
+    monkeypatch.setattr(cluster.client, "this_machines_addresses", lambda: {"login-node"})
+    assert training_client(TrainArgs(workspace=ws), cluster_client) is cluster_client
 
 
 def test_damaged_model_files_and_other_pixels_are_clear_errors(tmp_path):

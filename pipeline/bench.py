@@ -4,7 +4,8 @@ Each benchmark script measures a stage beside a reference in the same run (an al
 measured ceiling) and writes its JSON, with machine info, to ``benchmarks/results/``; its
 ``summary`` rows (stage, work, rate, reference, reference rate, ratio) are what this table shows.
 The combined table is written there too (``bench-<timestamp>.json``). ``AGNSURVEY_BENCH_RESULTS``
-names another results directory.
+names another results directory. ``gpu`` (``benchmarks/gpu_check.py``) needs NVIDIA GPUs: ``all``
+runs it only with ``--quick``, as its ``--dry-run`` (the same code paths on the CPU).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ SUITES: dict[str, tuple[str, list[str], list[str]]] = {
                                      "--per-brick", "1", "10", "100", "--brick-cutouts", "200"]),
     "train": ("bench_train.py", [], ["--quick", "--backends", "tensorflow"]),
     "score": ("bench_score.py", [], ["--quick"]),
+    "gpu": ("gpu_check.py", [], ["--dry-run"]),  # needs NVIDIA GPUs; --quick: the same code paths on the CPU
 }  # fmt: skip
 
 
@@ -42,7 +44,7 @@ def run_benchmarks(which: str = "all", quick: bool = False, directory: Path = BE
     if not (directory / "_machine.py").exists():
         raise BenchError(f"the benchmarks are not here ({directory}); run `agnsurvey bench` from a checkout of the "
                          "agnsurvey repository (pip install -e .)")  # fmt: skip
-    names = list(SUITES) if which == "all" else [which]
+    names = [n for n in SUITES if n != "gpu" or quick] if which == "all" else [which]
     rows, files = [], []
     for name in names:
         script, full, short = SUITES[name]

@@ -135,43 +135,91 @@ class Workspace:
         path = self.root / ".locks" / f"{output}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        me = ""
         try:
             try:
                 fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise WorkspaceBusy(_busy_message(self.output_path(output), path)) from None
-            holder = {
+            me = json.dumps({
                 "mode": "read" if shared else "write",
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "",
                 "since": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-            }
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(holder).encode(), 0)
+                "token": uuid.uuid4().hex,
+            })  # fmt: skip
+            _edit_holders(path, lambda lines: [*lines, me] if shared else [me])
             yield
         except BaseException:
-            _clean_up(functools.partial(os.close, fd))  # releases the flock, once the command's cluster has stopped
+            _clean_up(functools.partial(_release, path, fd, me))  # once the command's cluster has stopped
             fd = -1
             raise
         finally:
             if fd >= 0:
-                os.close(fd)  # releases the flock
+                _release(path, fd, me)
+
+
+def _edit_holders(path: Path, edit: Callable[[list[str]], list[str]]) -> None:
+    """Rewrite the lock file's holder lines (one JSON object per holder) with ``edit``, one process at
+    a time (readers share the lock, so two may edit at once: a second lock file orders them)."""
+    with open(path.with_suffix(".holders-lock"), "a") as guard:
+        fcntl.flock(guard.fileno(), fcntl.LOCK_EX)
+        lines = [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        path.write_text("".join(f"{line}\n" for line in edit(lines)))
+
+
+def _release(path: Path, fd: int, me: str) -> None:
+    """Take this holder's line out of the lock file, then release the flock (closing ``fd``)."""
+    try:
+        if me:
+            _edit_holders(path, lambda lines: [line for line in lines if line != me])
+    finally:
+        os.close(fd)
+
+
+def _live_holders(lock_file: Path) -> list[dict[str, Any]]:
+    """The lock file's holders, less those known dead (a process of this host that no longer runs)."""
+    holders = []
+    with contextlib.suppress(OSError):
+        for line in lock_file.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                holder = json.loads(line)
+                if isinstance(holder, dict):
+                    holders.append(holder)
+    here = socket.gethostname()
+
+    def alive(holder: dict[str, Any]) -> bool:
+        if holder.get("host") != here or not isinstance(holder.get("pid"), int):
+            return True
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # another user's process: it runs
+            pass
+        return True
+
+    return [h for h in holders if alive(h)]
 
 
 def _busy_message(output: Path, lock_file: Path) -> str:
-    try:
-        holder = json.loads(lock_file.read_text() or "{}")
-    except (OSError, ValueError):
-        holder = {}
-    who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
-    if holder.get("since"):
-        who += f", since {holder['since']}"
-    if holder.get("command"):
-        who += f": `{holder['command']}`"
-    doing = "read by another run that derives its output from it" if holder.get("mode") == "read" else (
-        "written by another run")  # fmt: skip
-    return f"{output} is being {doing} ({who}); wait for it to finish or stop it, or use another --workspace"
+    holders = _live_holders(lock_file)
+    writers = [h for h in holders if h.get("mode") != "read"]
+    named = writers[:1] or holders
+
+    def who(holder: dict[str, Any]) -> str:
+        text = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
+        if holder.get("since"):
+            text += f", since {holder['since']}"
+        if holder.get("command"):
+            text += f": `{holder['command']}`"
+        return text
+
+    reading = holders and not writers
+    doing = "read by another run that derives its output from it" if reading else "written by another run"
+    holders_text = "; ".join(who(h) for h in named) if named else "pid ? on ?"
+    return f"{output} is being {doing} ({holders_text}); wait for it to finish or stop it, or use another --workspace"
 
 
 def as_workspace(value: Workspace | str | Path) -> Workspace:

@@ -69,3 +69,41 @@ def test_a_failed_writers_temporary_directory_is_removed_after_the_late_writes(t
     with pytest.raises(RuntimeError), atomic_directory(final) as tmp:  # outside such a block: at once
         raise RuntimeError("a task failed")
     assert not tmp.exists()
+
+
+def test_the_lock_keeps_naming_who_holds_it_whoever_else_asks(tmp_path):
+    """A refused reader or writer leaves the holder's text as it was; of two readers, the one that
+    finished is no longer named, the one still reading is."""
+    ws = Workspace(tmp_path / "ws")
+    root = Path(__file__).resolve().parents[2]
+    hold = ("import sys, time\nfrom storage.workspace import Workspace\n"
+            "with Workspace(sys.argv[1]).lock('catalog', shared=sys.argv[2] == 'read'):\n"
+            "    print('held', flush=True)\n    time.sleep(120)\n")  # fmt: skip
+
+    def holding(mode: str) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-c", hold, str(ws.root), mode], cwd=root, stdout=subprocess.PIPE,
+                                text=True)  # fmt: skip
+        assert proc.stdout.readline().strip() == "held"
+        return proc
+
+    writer = holding("write")
+    try:
+        for shared in (True, True, False):  # readers waiting for the writer, then a second writer
+            with pytest.raises(WorkspaceBusy, match=rf"being written by another run \(pid {writer.pid} "), \
+                    ws.lock("catalog", shared=shared):  # fmt: skip
+                pass
+    finally:
+        writer.kill()
+        writer.wait()
+    reader = holding("read")
+    try:
+        with ws.lock("catalog", shared=True):  # a second reader comes and goes
+            pass
+        with pytest.raises(WorkspaceBusy, match=rf"being read by .* \(pid {reader.pid} on [^;]*\); wait"), \
+                ws.lock("catalog"):  # fmt: skip
+            pass
+    finally:
+        reader.kill()
+        reader.wait()
+    with ws.lock("catalog"):  # both gone: free again
+        pass

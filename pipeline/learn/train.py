@@ -106,8 +106,8 @@ def _await_workers(client: Any, count: int) -> None:
     try:
         client.wait_for_workers(1, timeout=max(1.0, deadline - time.monotonic()))
     except TimeoutError:
-        raise TrainingError("every Dask worker left while training; re-run to resume from the last checkpoint") \
-            from None
+        gone = "every Dask worker left while training; re-run to resume from the last checkpoint"
+        raise TrainingError(gone) from None
 
 
 def _final_from_checkpoint(directory: Path, state: dict[str, Any]) -> None:

@@ -34,6 +34,10 @@ class TrainingProcessError(RuntimeError):
 class WorkerLost(TrainingProcessError):
     """A Dask worker left while its training process ran (killed, out of memory, its job ended)."""
 
+    def __init__(self, message: str, worker: str = ""):
+        super().__init__(message)
+        self.worker = worker
+
 
 def free_port() -> int:
     """A TCP port free on this host now."""
@@ -131,7 +135,8 @@ def run_in_every_worker(
                 stop.set()
                 raise WorkerLost(
                     f"Dask worker {missing[0]} left while training (killed, or out of memory); re-run the same "
-                    "command to resume from the last checkpoint"
+                    "command to resume from the last checkpoint",
+                    worker=missing[0],
                 )
             if all(f.status == "finished" for f in futures):
                 if watch is not None:

@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -103,11 +104,23 @@ class Slurm:
                 "--cluster slurm: sbatch is not on this machine's PATH; run agnsurvey on a SLURM login node (or "
                 "load the slurm module)"
             )
-        cluster = stack.enter_context(self.cluster())
+        cluster = self.cluster()
+        stack.callback(_close, cluster)
         cluster.scale(jobs=self.settings.jobs)
         client = stack.enter_context(Client(cluster))
         wait_for_a_job(client, cluster, self.settings.start_timeout)
         return client
+
+
+def _close(cluster: Any) -> None:
+    """Close the cluster (scancel its jobs); a job that never started makes dask-jobqueue's close
+    raise, which must not replace the error that ends the command."""
+    try:
+        cluster.close()
+    except Exception as exc:  # noqa: BLE001
+        ids = ", ".join(job_ids(cluster)) or "none submitted"
+        print(f"agnsurvey: the Slurm cluster did not close cleanly ({type(exc).__name__}: {exc}); check squeue for "
+              f"its jobs ({ids})", file=sys.stderr)  # fmt: skip
 
 
 def _slurm_cluster_class() -> type:
@@ -134,8 +147,11 @@ def describe_jobs(ids: list[str]) -> str:
     """'job 12 PENDING in partition full (PartitionDown), ...' for the jobs squeue still knows."""
     if not ids:
         return "no job was submitted"
-    done = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i|%P|%T|%r"], capture_output=True,
-                          text=True)  # fmt: skip
+    try:
+        done = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i|%P|%T|%r"], capture_output=True,
+                              text=True, timeout=30)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"jobs {', '.join(ids)} (squeue could not tell their state: {exc})"
     lines = [line.split("|") for line in done.stdout.split() if line.count("|") == 3]
     if not lines:
         return f"jobs {', '.join(ids)} (squeue knows none of them: {done.stderr.strip() or 'they ended'})"
@@ -143,18 +159,39 @@ def describe_jobs(ids: list[str]) -> str:
                      for i, part, state, why in lines)  # fmt: skip
 
 
+SUBMIT_CHECK_S = 5.0  # with no job id by then, sbatch is asked why (dask-jobqueue only logs its refusal)
+
+
 def wait_for_a_job(client: Client, cluster: Any, timeout_s: float) -> None:
     """Return once a worker has joined; after ``timeout_s`` with none, a :class:`ClusterSpecError`
-    that names the jobs, their partition and Slurm's reason (the caller's stack then cancels them)."""
-    deadline = time.monotonic() + timeout_s
+    that names the jobs, their partition and Slurm's reason (the caller's stack then cancels them).
+    A job script that sbatch refuses (no such partition or account) is an error within seconds."""
+    started = time.monotonic()
+    checked = False
     while not client.scheduler_info()["workers"]:
-        if time.monotonic() > deadline:
+        waited = time.monotonic() - started
+        if not checked and waited > SUBMIT_CHECK_S and not job_ids(cluster):
+            checked = True
+            refusal = sbatch_refusal(cluster.job_script())
+            if refusal:
+                raise ClusterSpecError(f"--cluster slurm: sbatch refuses the worker job: {refusal}; fix "
+                                       "[cluster.slurm] (queue, account, cores, memory, walltime)")  # fmt: skip
+        if waited > timeout_s:
             raise ClusterSpecError(
                 f"no Slurm job of this run started within {timeout_s:g} s: {describe_jobs(job_ids(cluster))}; "
                 "the jobs are cancelled. Choose a partition with free nodes ([cluster.slurm] queue), ask for less "
                 "(cores, memory, walltime), or wait longer (cluster.slurm.start_timeout)"
             )
         time.sleep(0.5)
+
+
+def sbatch_refusal(script: str) -> str:
+    """What sbatch says against ``script`` (``sbatch --test-only``: checked, not submitted); '' if nothing."""
+    try:
+        done = subprocess.run(["sbatch", "--test-only"], input=script, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"sbatch could not be asked ({exc})"
+    return " ".join(done.stderr.split()) if done.returncode else ""
 
 
 def _slurm_job_id() -> str:

@@ -231,8 +231,10 @@ def relative_to_file(raw: dict[str, Any], directory: Path) -> dict[str, Any]:
     def anchored(value: Any) -> Any:
         if isinstance(value, list):
             return [anchored(v) for v in value]
-        if not isinstance(value, str) or "://" in value or Path(value).expanduser().is_absolute():
+        if not isinstance(value, str) or "://" in value:
             return value
+        if Path(value).expanduser().is_absolute():  # ~ too: the jobs' log paths reach no shell
+            return str(Path(value).expanduser()) if value.startswith("~") else value
         return str(directory / value)
 
     def replaced(table: Any, tables: tuple[str, ...], key: str) -> Any:

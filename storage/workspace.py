@@ -149,11 +149,11 @@ class Workspace:
                 "since": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
                 "token": uuid.uuid4().hex,
             })  # fmt: skip
-            _edit_holders(path, lambda lines: [*lines, me] if shared else [me])
+            _edit_holders(path, lambda lines: [*filter(_live_reader, lines), me] if shared else [me])
             yield
         except BaseException:
-            _clean_up(functools.partial(_release, path, fd, me))  # once the command's cluster has stopped
-            fd = -1
+            held, fd = fd, -1
+            _clean_up(functools.partial(_release, path, held, me))  # once the command's cluster has stopped
             raise
         finally:
             if fd >= 0:
@@ -162,11 +162,45 @@ class Workspace:
 
 def _edit_holders(path: Path, edit: Callable[[list[str]], list[str]]) -> None:
     """Rewrite the lock file's holder lines (one JSON object per holder) with ``edit``, one process at
-    a time (readers share the lock, so two may edit at once: a second lock file orders them)."""
-    with open(path.with_suffix(".holders-lock"), "a") as guard:
+    a time (readers share the lock, so two may edit at once: a second lock file orders them). Best
+    effort: the flock is the lock, these lines only name its holders in a refusal."""
+    with contextlib.suppress(OSError), open(path.with_suffix(".holders-lock"), "a") as guard:
         fcntl.flock(guard.fileno(), fcntl.LOCK_EX)
-        lines = [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        lines = [line for line in _read_lines(path) if line.strip()]
         path.write_text("".join(f"{line}\n" for line in edit(lines)))
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+
+
+def _holder(line: str) -> dict[str, Any] | None:
+    with contextlib.suppress(ValueError):
+        holder = json.loads(line)
+        return holder if isinstance(holder, dict) else None
+    return None
+
+
+def _live_reader(line: str) -> bool:
+    """A reader's line of a process that may still run (a reader holds the lock: no writer does)."""
+    holder = _holder(line)
+    return holder is not None and holder.get("mode") == "read" and _alive(holder)
+
+
+def _alive(holder: dict[str, Any]) -> bool:
+    """False only for a process of this host that no longer runs."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return True
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it runs
+        pass
+    return True
 
 
 def _release(path: Path, fd: int, me: str) -> None:
@@ -180,27 +214,8 @@ def _release(path: Path, fd: int, me: str) -> None:
 
 def _live_holders(lock_file: Path) -> list[dict[str, Any]]:
     """The lock file's holders, less those known dead (a process of this host that no longer runs)."""
-    holders = []
-    with contextlib.suppress(OSError):
-        for line in lock_file.read_text().splitlines():
-            with contextlib.suppress(ValueError):
-                holder = json.loads(line)
-                if isinstance(holder, dict):
-                    holders.append(holder)
-    here = socket.gethostname()
-
-    def alive(holder: dict[str, Any]) -> bool:
-        if holder.get("host") != here or not isinstance(holder.get("pid"), int):
-            return True
-        try:
-            os.kill(holder["pid"], 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # another user's process: it runs
-            pass
-        return True
-
-    return [h for h in holders if alive(h)]
+    holders = (_holder(line) for line in _read_lines(lock_file))
+    return [h for h in holders if h is not None and _alive(h)]
 
 
 def _busy_message(output: Path, lock_file: Path) -> str:

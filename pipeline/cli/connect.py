@@ -4,6 +4,7 @@ one's workers checked to see the workspace before any work starts."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -34,9 +35,10 @@ def open_cluster(stack: ExitStack, cluster: ClusterConfig, ns: argparse.Namespac
         workers = len(client.scheduler_info().get("workers", {}))
         print(f"dask: {type(kind).__name__.lower()} cluster, {workers} workers, dashboard {link}", file=sys.stderr)
     if isinstance(kind, Slurm) and not ns.quiet:
-        started = ", ".join(sorted(set(worker_jobs(client).values()), key=int))
-        print(f"slurm: jobs {', '.join(job_ids(client.cluster))} submitted, workers running in {started} so far; "
-              "all are scancelled when this command ends", file=sys.stderr)  # fmt: skip
+        with contextlib.suppress(Exception):  # a line of news: a worker leaving just now must not end the run
+            started = ", ".join(sorted({j for j in worker_jobs(client).values() if j.isdigit()}, key=int))
+            print(f"slurm: jobs {', '.join(job_ids(client.cluster))} submitted, workers running in {started} so far; "
+                  "all are scancelled when this command ends", file=sys.stderr)  # fmt: skip
     workspace = getattr(ns, "workspace", None) or raw.get("workspace")
     if kind.remote:
         try:

@@ -94,7 +94,8 @@ def _fit_on_workers(args: TrainArgs, client: Any) -> None:
                 raise TrainingError(f"{exc} ({losses + 1} workers lost in this training)") from None
             _await_workers(client, count)
             _check_data(args, processes=_worker_count(client))  # the batch must split over the workers left
-            print(f"train: {exc}; resuming from epoch {read_state(model_dir(args))['epochs_done'] + 1} on "
+            epoch = read_state(model_dir(args))["epochs_done"] + 1
+            print(f"train: Dask worker {exc.worker} left while training; resuming from epoch {epoch} on "
                   f"{_worker_count(client)} workers", flush=True)  # fmt: skip
 
 

@@ -81,6 +81,14 @@ def test_jobs_that_stay_pending_are_reported_after_the_timeout_and_cancelled(slu
     assert _gone(slurm, ids), slurm.jobs()
 
 
+def test_a_job_sbatch_refuses_is_an_error_within_seconds_with_its_reason(slurm, tmp_path):
+    started = time.monotonic()
+    with pytest.raises(ClusterSpecError, match=r"sbatch refuses the worker job: .*[Ii]nvalid partition"), \
+            connect("slurm", slurm=JOB | {"queue": "no-such-partition", "log_directory": str(tmp_path)}):  # fmt: skip
+        pass
+    assert time.monotonic() - started < 60 and not slurm.jobs()
+
+
 def test_run_on_slurm_goes_end_to_end_and_survives_a_scancel_in_fetch_and_in_score(slurm, tmp_path):
     """Ingest to scores with every worker a Slurm job (training on both: one process per worker);
     a job scancelled mid-fetch and one mid-score cost a retry or a re-run, never a row or an ok image."""

@@ -194,10 +194,6 @@ def sbatch_refusal(script: str) -> str:
     return " ".join(done.stderr.split()) if done.returncode else ""
 
 
-def _slurm_job_id() -> str:
-    return os.environ.get("SLURM_JOB_ID", "")
-
-
 def worker_jobs(client: Client) -> dict[str, str]:
     """Each worker's Slurm job id, as the worker's own environment tells (``''``: not in a job)."""
-    return client.run(_slurm_job_id)
+    return client.run(os.getenv, "SLURM_JOB_ID", "")

@@ -155,7 +155,7 @@ def summary_row(stage: str, work: str, rate: float, unit: str, reference: str, r
     ratio = rate / reference_rate if reference_rate else None
     return {"stage": stage, "work": work, "rate": round(rate, 2), "unit": unit, "reference": reference,
             "reference_rate": round(reference_rate, 2),
-            "ratio": round(ratio, 3) if ratio is not None else None}  # fmt: skip
+            "ratio": float(f"{ratio:.3g}") if ratio is not None else None}  # fmt: skip  (3 figures: 0.0344, not 0.034)
 
 
 def arg_parser(doc: str | None) -> argparse.ArgumentParser:

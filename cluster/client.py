@@ -42,7 +42,9 @@ SPEC_HELP = (
 class QuietWorkers(WorkerPlugin):
     """Unless ``debug``, for workers this process started: a task's error is reported once, by the
     client, not also as the worker's "Compute Failed" block, nor followed by the chatter of workers
-    shutting down mid-task. Memory warnings still show."""
+    shutting down mid-task. Memory warnings still show. And TensorFlow's C++ start-up lines stay
+    out of the terminal, as in the driver (:mod:`pipeline.learn.quiet_import`), also where a site's
+    job environment does not pass ``TF_CPP_MIN_LOG_LEVEL`` on to the workers."""
 
     name = "agnsurvey-quiet-workers"
 
@@ -51,6 +53,7 @@ class QuietWorkers(WorkerPlugin):
 
     def setup(self, worker: Any) -> None:
         if not self.debug:
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
             logging.getLogger("distributed").setLevel(logging.CRITICAL)
             logging.getLogger("distributed.worker.memory").setLevel(logging.WARNING)
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from storage.fence import Fence, set_fence
 from storage.manifest import read_manifest, write_json_atomic
 
 
@@ -31,6 +32,7 @@ class WorkspaceBusy(RuntimeError):
     """Another process is writing the same stage output; the message names it."""
 
 
+_tokens: dict[str, str] = {}  # lock file → fencing token, of the writer's locks this process holds
 _cleaned_last: list[Callable[[], None]] | None = None  # cleanups that wait for clean_up_last() to end
 
 
@@ -130,34 +132,57 @@ class Workspace:
         (``shared``: ``label`` reading the catalog); the one refused gets :class:`WorkspaceBusy`
         naming the holder (pid, host, command, start time). Users reading results take no lock.
         The lock is an ``flock`` on ``WS/.locks/<output>.lock``: the OS releases it when the holder
-        exits, however it exits (a SIGKILL never leaves a workspace locked).
+        exits, however it exits (a SIGKILL never leaves a workspace locked). A writer's lock also
+        sets a fencing token that tasks writing for it check (:meth:`fence`).
         """
-        path = self.root / ".locks" / f"{output}.lock"
+        path = self._lock_file(output)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        me = ""
+        me, token = "", "" if shared else uuid.uuid4().hex
         try:
             try:
                 fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise WorkspaceBusy(_busy_message(self.output_path(output), path)) from None
+            if token:
+                if not set_fence(path.with_suffix(".fence"), token, _FENCE_WAIT_S):
+                    raise WorkspaceBusy(
+                        f"{self.output_path(output)}: a task of an earlier run is still writing it "
+                        f"({_FENCE_WAIT_S:.0f} s waited); wait for that run's workers to stop, then retry"
+                    )
+                _tokens[str(path)] = token
             me = json.dumps({
                 "mode": "read" if shared else "write",
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "",
                 "since": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-                "token": uuid.uuid4().hex,
+                **({"token": token} if token else {}),
             })  # fmt: skip
             _edit_holders(path, lambda lines: [*filter(_live_reader, lines), me] if shared else [me])
             yield
         except BaseException:
             held, fd = fd, -1
-            _clean_up(functools.partial(_release, path, held, me))  # once the command's cluster has stopped
+            _clean_up(functools.partial(_release, path, held, me, token))  # once the command's cluster has stopped
             raise
         finally:
             if fd >= 0:
-                _release(path, fd, me)
+                _release(path, fd, me, token)
+
+    def fence(self, output: str) -> Fence:
+        """The fence a task writing ``output`` for this process's run carries (this process must hold
+        ``output``'s writer's lock): its writes land only while the run still holds it."""
+        path = self._lock_file(output)
+        token = _tokens.get(str(path))
+        if token is None:
+            raise RuntimeError(f"{output}: this process holds no writer's lock of it; write within Workspace.lock")
+        return Fence(str(path.with_suffix(".fence")), token, str(self.output_path(output)))
+
+    def _lock_file(self, output: str) -> Path:
+        return self.root / ".locks" / f"{output}.lock"
+
+
+_FENCE_WAIT_S = 60.0  # seconds a writer waits for an earlier run's task to finish its write
 
 
 def _edit_holders(path: Path, edit: Callable[[list[str]], list[str]]) -> None:
@@ -203,9 +228,14 @@ def _alive(holder: dict[str, Any]) -> bool:
     return True
 
 
-def _release(path: Path, fd: int, me: str) -> None:
-    """Take this holder's line out of the lock file, then release the flock (closing ``fd``)."""
+def _release(path: Path, fd: int, me: str, token: str = "") -> None:
+    """Clear a writer's fencing token (once writes in flight end), take this holder's line out of
+    the lock file, then release the flock (closing ``fd``)."""
     try:
+        if token and _tokens.get(str(path)) == token:  # not a refused second lock's (it set no token)
+            del _tokens[str(path)]
+            with contextlib.suppress(OSError):
+                set_fence(path.with_suffix(".fence"), "", _FENCE_WAIT_S)
         if me:
             _edit_holders(path, lambda lines: [line for line in lines if line != me])
     finally:

@@ -51,6 +51,7 @@ from storage.cube import (
     open_cube,
     status_counts,
 )
+from storage.fence import Fence
 from storage.manifest import Manifest, atomic_file
 from storage.tables import read_labels, read_positions
 from storage.workspace import Workspace
@@ -70,6 +71,7 @@ class ShardJob:
     dec: np.ndarray
     pixscale: np.ndarray  # arcsec/pixel requested, one per row
     source: PixelSource
+    fence: Fence  # the shard is written only while the fetch run still holds the cube's lock
 
 
 @dataclass
@@ -117,7 +119,8 @@ def fetch_shard(job: ShardJob) -> ShardResult:
                  "attempts": outcome.attempts, "http_status": outcome.http_status or 0}
             )  # fmt: skip
     if any(o.status != PENDING for o in outcomes):  # a client stopped before asking leaves nothing to write
-        cube.write_shard(job.shard, images, status, invvar)
+        with job.fence.hold():
+            cube.write_shard(job.shard, images, status, invvar)
     result.seconds = time.monotonic() - start
     return result
 
@@ -224,11 +227,12 @@ def plan_jobs(args: FetchArgs, cube: Cube, labels: pd.DataFrame, parallel: int, 
     settings = client_settings(args, share)
     source = pixel_source(args, settings)
     ra, dec = labels["ra"].to_numpy(), labels["dec"].to_numpy()
+    fence = args.workspace.fence("cube")
     jobs = []
     for shard in shards:
         span = cube.layout.shard_rows(shard)
         rows = np.flatnonzero(todo[span.start : span.stop]) + span.start
-        jobs.append(ShardJob(str(args.workspace.cube), shard, rows, ra[rows], dec[rows], pixscale[rows], source))
+        jobs.append(ShardJob(str(args.workspace.cube), shard, rows, ra[rows], dec[rows], pixscale[rows], source, fence))
     return jobs
 
 
@@ -275,14 +279,16 @@ def fetch(
     ``on_shard(k)`` is called as soon as shard k is written, and ``max_tasks`` caps the fetch tasks
     running at once (scoring streams behind fetching on the worker threads left free).
     """
+    with writing(args.workspace, "cube", "fetch"):
+        return fetch_holding_lock(args, client, on_shard, max_tasks)
+
+
+def fetch_holding_lock(args: FetchArgs, client: Client | None = None, on_shard: Callable[[int], None] | None = None,
+                       max_tasks: int | None = None) -> Manifest:  # fmt: skip
+    """:func:`fetch`, for a caller that holds the cube's writer's lock already (``score``, which
+    fetches what it scores and reads the cube under the same lock)."""
     if args.bricks is None:
         check_cutout_url(args.cutout_url)
-    with writing(args.workspace, "cube", "fetch"):
-        return _fetch(args, client, on_shard, max_tasks)
-
-
-def _fetch(args: FetchArgs, client: Client | None, on_shard: Callable[[int], None] | None,
-           max_tasks: int | None) -> Manifest:  # fmt: skip
     ws = args.workspace
     with locked(ws, "catalog", shared=True), locked(ws, "labels", shared=True):  # not while being replaced
         labels = read_positions(ws)

@@ -18,6 +18,7 @@ from pipeline.errors import ScoreError
 from pipeline.score.args import ScoreArgs
 from pipeline.score.model import ModelInfo, default_batch_size, loaded_model
 from storage.cube import FINAL_STATUSES, STATUS_NAMES, open_cube
+from storage.fence import Fence
 from storage.manifest import atomic_file
 from storage.tables import score_files
 
@@ -39,6 +40,7 @@ class Part:
     batch_size: int
     tta: bool
     fingerprint: dict
+    fence: Fence  # the part is written only while the score run still holds the scores' lock
     cube: str = ""
 
 
@@ -121,7 +123,7 @@ def _write_part(path: Path, rows: pd.DataFrame, p_agn: np.ndarray, status: np.nd
     meta = dict(part.fingerprint, model_name=part.model.name, model_file=part.model.path,
                 threshold_source=part.model.threshold_source, complete=bool(set(status.tolist()) <= FINAL))  # fmt: skip
     table = pa.table(columns).replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()})
-    with atomic_file(path) as tmp:
+    with part.fence.hold(), atomic_file(path) as tmp:
         pq.write_table(table, tmp)
 
 
@@ -159,4 +161,5 @@ def make_part(args: ScoreArgs, model: ModelInfo, fingerprint: dict, key: str, ro
               cube: str = "") -> Part:  # fmt: skip
     out = args.workspace.scores / key
     batch = args.batch_size or default_batch_size()
-    return Part(key, rows.reset_index(drop=True), str(out), model, batch, args.tta, fingerprint, cube)
+    fence = args.workspace.fence("scores")
+    return Part(key, rows.reset_index(drop=True), str(out), model, batch, args.tta, fingerprint, fence, cube)

@@ -42,7 +42,7 @@ import pandas as pd
 from distributed import Client, as_completed
 
 from cluster.client import progress_enabled
-from pipeline.errors import ScoreError
+from pipeline.errors import ScoreError, WorkspaceError
 from pipeline.score.args import ScoreArgs
 from pipeline.score.model import ModelInfo, model_file, resolve_model
 from pipeline.score.parts import (
@@ -124,15 +124,15 @@ def _score(args: ScoreArgs, client: Client | None, report: Report) -> Manifest:
         results, fetched = list(_gather(todo, client)), None
     else:
         source_ws = prepare_source(args, client, report)
-        with locked(source_ws, "catalog", shared=True):
+        with locked(source_ws, "catalog", shared=True):  # no ingest replaces the catalog while it is scored
             frame = cube_catalog(source_ws)
-        settings = scoring_cube_settings(args, source_ws, model)
-        ingested = source_ws.read_manifest("ingest") or {}
-        source = {"catalog": ingested.get("inputs"), "cube": settings,
-                  "partitions": ingested.get("outputs", {}).get("partitioning")}  # fmt: skip
-        fingerprint = make_fingerprint(args, model, source)
-        existing = existing_parts(ws.scores, fingerprint, args.restart)
-        results, fetched = _score_cube(args, source_ws, frame, model, fingerprint, existing, client, report)
+            settings = scoring_cube_settings(args, source_ws, model)
+            ingested = source_ws.read_manifest("ingest") or {}
+            source = {"catalog": ingested.get("inputs"), "cube": settings,
+                      "partitions": ingested.get("outputs", {}).get("partitioning")}  # fmt: skip
+            fingerprint = make_fingerprint(args, model, source)
+            existing = existing_parts(ws.scores, fingerprint, args.restart)
+            results, fetched = _score_cube(args, source_ws, frame, model, fingerprint, existing, client, report)
     seconds = time.monotonic() - started
     return _finish(manifest, args, model, frame, results, existing, fetched, seconds, fingerprint)
 
@@ -146,11 +146,29 @@ def _parameters(args: ScoreArgs, model: ModelInfo) -> dict:
 def _score_cube(args: ScoreArgs, source_ws: Workspace, frame: pd.DataFrame, model: ModelInfo, fingerprint: dict,
                 existing: set[int], client: Client | None, report: Report,
                 ) -> tuple[list[PartResult], Manifest | None]:  # fmt: skip
-    """Fetch what the cube lacks and score shard by shard, each shard as soon as it is written."""
+    """Fetch what the cube lacks and score shard by shard, each shard as soon as it is written: as
+    the cube's writer when some cutouts are missing, else as one of its readers."""
+    writer = _cube_to_read(args, source_ws, fingerprint)[2]
+    with locked(source_ws, "cube", shared=not writer):
+        cube, refetch, need_fetch = _cube_to_read(args, source_ws, fingerprint)
+        if need_fetch and not writer:
+            raise WorkspaceError(f"{source_ws.cube} changed as score began (another run fetched into it); re-run "
+                                 "the same command")  # fmt: skip
+        return _score_shards(args, source_ws, frame, model, fingerprint, existing, client, report, cube, refetch,
+                             need_fetch)  # fmt: skip
+
+
+def _cube_to_read(args: ScoreArgs, source_ws: Workspace, fingerprint: dict) -> tuple[Any, bool, bool]:
+    """(the cube to score, or None; whether it is fetched anew; whether some cutouts must be fetched)."""
     have = cube_have(source_ws)
     refetch = bool(args.restart and args.inputs and have and fingerprint["source"]["cube"] != have)
     cube = open_cube(source_ws.cube, mode="r") if source_ws.cube.exists() and not refetch else None
-    need_fetch = cube is None or bool((status_rank(cube.status_codes()) < 2).any())
+    return cube, refetch, cube is None or bool((status_rank(cube.status_codes()) < 2).any())
+
+
+def _score_shards(args: ScoreArgs, source_ws: Workspace, frame: pd.DataFrame, model: ModelInfo, fingerprint: dict,
+                  existing: set[int], client: Client | None, report: Report, cube: Any, refetch: bool,
+                  need_fetch: bool) -> tuple[list[PartResult], Manifest | None]:  # fmt: skip
     if need_fetch and (args.fetch is None or not (args.fetch.cutout_url or args.fetch.bricks)):
         missing = "has no cube" if cube is None else "lacks some cutouts"
         raise ScoreError(f"{source_ws.root} {missing}: give --cutout-url (the Legacy Surveys viewer's cutout.jpg, or "
@@ -179,11 +197,11 @@ def _score_cube(args: ScoreArgs, source_ws: Workspace, frame: pd.DataFrame, mode
     try:
         if need_fetch:
             fetch_args = dataclasses.replace(args.fetch, workspace=source_ws, rows="all", restart=refetch)
-            from pipeline.images.fetch import fetch
+            from pipeline.images.fetch import fetch_holding_lock
 
-            threads = sum(client.nthreads().values()) if client is not None else 1
-            fetched = fetch(fetch_args, client=client, on_shard=submit if client is not None else None,
-                            max_tasks=max(1, threads - 1))  # a worker thread stays free for scoring  # fmt: skip
+            threads = sum(client.nthreads().values()) if client is not None else 1  # one stays free for scoring
+            fetched = fetch_holding_lock(fetch_args, client=client, on_shard=submit if client is not None else None,
+                                         max_tasks=max(1, threads - 1))  # fmt: skip
             report("fetch", fetched)
         for shard in range(n_shards):
             submit(shard)

@@ -107,3 +107,51 @@ def test_the_lock_keeps_naming_who_holds_it_whoever_else_asks(tmp_path):
         reader.wait()
     with ws.lock("catalog"):  # both gone: free again
         pass
+
+
+def test_a_write_lands_only_while_its_run_holds_the_writers_lock(tmp_path):
+    import threading
+    import time
+
+    from storage.fence import StaleWrite
+
+    ws = Workspace(tmp_path / "ws")
+    with ws.lock("cube"):
+        fence = ws.fence("cube")
+        with fence.hold():
+            pass
+    with pytest.raises(StaleWrite, match=r"not writing .*cube.zarr: .* no longer holds .*\(the run has ended\)"), \
+         fence.hold():  # fmt: skip
+        pass
+    with ws.lock("cube"):  # a later run: the earlier run's fence stays stale
+        with pytest.raises(StaleWrite, match="another run holds it now"), fence.hold():
+            pass
+        with ws.fence("cube").hold():
+            pass
+    with pytest.raises(RuntimeError, match="holds no writer's lock"):
+        ws.fence("cube")
+    with ws.lock("cube"), ws.lock("catalog", shared=True):
+        with pytest.raises(RuntimeError, match="holds no writer's lock"):
+            ws.fence("catalog")  # a reader's lock has no fence
+        with pytest.raises(WorkspaceBusy), ws.lock("cube"):
+            pass
+        ws.fence("cube")  # a refused second lock leaves the first one's token
+
+    # Releasing waits for a write in flight: it never lands after the run gave up its lock.
+    order: list[str] = []
+    entered = threading.Event()
+    with ws.lock("cube"):
+        fenced = ws.fence("cube")
+
+        def write() -> None:
+            with fenced.hold():
+                entered.set()
+                time.sleep(0.3)
+                order.append("written")
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        assert entered.wait(5)
+    order.append("released")
+    writer.join()
+    assert order == ["written", "released"]

@@ -368,17 +368,18 @@ def test_a_failure_never_overwrites_an_ok_row(tmp_path):
     cube = open_cube(tmp_path / "cube.zarr")
     before = cube.images[:]
     cube.status[:] = np.zeros(8, np.int8)  # plan as if nothing were done ...
-    (job,) = plan_jobs(fetch_args(tmp_path, "http://x/c.jpg", retries=0), cube, labels, parallel=1,
-                       wanted=np.ones(8, bool))  # fmt: skip
-    cube.status[:] = np.ones(8, np.int8)  # ... while another run had finished them all
+    args = fetch_args(tmp_path, "http://x/c.jpg", retries=0)
+    with args.workspace.lock("cube"):
+        (job,) = plan_jobs(args, cube, labels, parallel=1, wanted=np.ones(8, bool))
+        cube.status[:] = np.ones(8, np.int8)  # ... while another run had finished them all
 
-    async def failing(request):
-        return web.Response(status=500)
+        async def failing(request):
+            return web.Response(status=500)
 
-    with serve_in_thread(failing) as (url, _):
-        source = dataclasses.replace(job.source, settings=dataclasses.replace(job.source.settings, cutout_url=url))
-        stale = dataclasses.replace(job, source=source)
-        fetch_shard(stale)
+        with serve_in_thread(failing) as (url, _):
+            source = dataclasses.replace(job.source, settings=dataclasses.replace(job.source.settings, cutout_url=url))
+            stale = dataclasses.replace(job, source=source)
+            fetch_shard(stale)
     assert list(read_cube_status(tmp_path)) == ["ok"] * 8
     np.testing.assert_array_equal(open_cube(tmp_path / "cube.zarr").images[:], before)
 
@@ -401,3 +402,50 @@ def test_a_cube_that_fails_while_being_made_leaves_nothing_behind(tmp_path):
     with pytest.raises(ValueError):
         create_cube(tmp_path / "cube.zarr", CubeLayout(4, 8, 4, 2), np.arange(3), np.ones(4), np.zeros(4), {})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cancelled_task_that_writes_late_lands_nothing(tmp_path, cluster_client):
+    """A shard task still running on a worker after its fetch failed (cancelled, but a running task
+    runs on) writes nothing when it finishes: its run no longer holds the cube's lock, another does."""
+    import asyncio
+    import threading
+    import time
+
+    from storage.workspace import Workspace
+
+    n = 16
+    ra = np.linspace(150, 151, n)
+    write_labels(tmp_path, ra, np.full(n, 2.0), np.full(n, 10.0))
+    late_asked, release, answered = threading.Event(), threading.Event(), []
+
+    async def handler(request):
+        size, asked = int(request.query["size"]), float(request.query["ra"])
+        if not ra[0] - 1e-6 <= asked <= ra[-1] + 1e-6:  # the service probe
+            return web.Response(body=jpeg(np.zeros((size, size, 3), np.uint8)), content_type="image/jpeg")
+        late = asked > (ra[7] + ra[8]) / 2  # a row of shard 1
+        wait = release if late else late_asked  # shard 0 finishes only once shard 1's task is running
+        if late:
+            late_asked.set()
+        await asyncio.get_running_loop().run_in_executor(None, wait.wait, 30)
+        answered.append(late)
+        noise = np.random.default_rng(int(asked * 1000)).integers(0, 255, (size, size, 3), np.uint8)
+        return web.Response(body=jpeg(noise), content_type="image/jpeg")
+
+    def stop_after_shard(shard: int) -> None:
+        raise RuntimeError(f"the run stops after shard {shard}")
+
+    def running(dask_worker) -> list[str]:
+        return [str(k) for k, ts in dask_worker.state.tasks.items() if ts.state in ("executing", "cancelled")]
+
+    with serve_in_thread(handler) as (url, _):
+        with pytest.raises(RuntimeError, match="the run stops after shard 0"):
+            fetch(fetch_args(tmp_path, url, retries=0, timeout_s=60), client=cluster_client, on_shard=stop_after_shard)
+        with Workspace(tmp_path).lock("cube"):  # a later run took the cube
+            release.set()
+            deadline = time.monotonic() + 60
+            while any(cluster_client.run(running).values()) and time.monotonic() < deadline:
+                time.sleep(0.1)
+    assert sum(answered) == 8  # shard 1's task ran past the cancel and got all its cutouts ...
+    status = read_cube_status(tmp_path)
+    assert list(status[:8]) == ["ok"] * 8 and list(status[8:]) == ["pending"] * 8  # ... and wrote none
+    assert not zarr.open_group(str(tmp_path / "cube.zarr"), mode="r")["images"][8:].any()

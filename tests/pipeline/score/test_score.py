@@ -1,5 +1,6 @@
 """Score: any catalog (no emission lines) → WS/scores/, on real worker processes, killed workers included."""
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -8,8 +9,10 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import kill_a_worker_running, training_workspace, write_table
+from aiohttp import web
+from conftest import kill_a_worker_running, serve_in_thread, training_workspace, write_table
 from distributed import Client, LocalCluster
+from PIL import Image
 
 from pipeline.cli import main
 from pipeline.errors import CatalogError, ScoreError
@@ -357,3 +360,84 @@ def test_score_reads_a_model_no_training_is_replacing(tmp_path):
             score(args)
         assert not (ws / "scores").exists() or not any((ws / "scores").iterdir())
     assert score(args).rows_out == 64
+
+
+def test_score_reads_its_catalog_and_cube_under_a_readers_lock(tmp_path):
+    """No run replaces the catalog or writes the cube while score reads them: score is refused while
+    another run writes either, and while score fetches and scores, neither can be taken."""
+    from pipeline.errors import WorkspaceError
+    from storage.workspace import Workspace, WorkspaceBusy
+
+    ws = tmp_path / "ws"
+    cube_workspace(ws, n=64, image_size=16)
+    shutil.rmtree(ws / "cube.zarr")  # score fetches the cutouts
+    model = brightness_model(tmp_path / "model", 16)
+    for output in ("cube", "catalog"):
+        busy = rf"ws/{output}\S* is being written by another run"
+        with Workspace(ws).lock(output), pytest.raises(WorkspaceError, match=busy):  # as a fetch or an ingest
+            score(ScoreArgs(workspace=ws, model=str(model)))
+        assert not (ws / "scores").exists() or not any((ws / "scores").iterdir())
+    refused = {}
+
+    def take_them(stage, manifest):  # told once score has fetched, before it scores
+        for output in ("cube", "catalog"):
+            try:
+                with Workspace(ws).lock(output):
+                    refused[output] = False
+            except WorkspaceBusy:
+                refused[output] = True
+
+    async def handler(request):
+        size = int(request.query["size"])
+        noise = np.random.default_rng(0).integers(0, 255, (size, size, 3), np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(noise).save(buf, "JPEG")
+        return web.Response(body=buf.getvalue(), content_type="image/jpeg")
+
+    with serve_in_thread(handler) as (url, _):
+        fetch = FetchArgs(workspace=ws, cutout_url=url, size=32, image_size=16, shard_images=64, inner_images=8)
+        m = score(ScoreArgs(workspace=ws, model=str(model), fetch=fetch), report=take_them)
+    assert refused == {"cube": True, "catalog": True} and m.rows_out == 64 and m.unfinished == ""
+
+
+def test_a_part_whose_run_gave_up_the_scores_lock_is_not_written(tmp_path):
+    """A part task that finishes after its score run ended (cancelled on a remote worker, it ran on)
+    writes no file: parts land only while their run holds WS/scores' writer's lock."""
+    from pipeline.score.model import resolve_model
+    from pipeline.score.parts import make_fingerprint, make_part, score_part
+    from storage.fence import StaleWrite
+    from storage.workspace import Workspace
+
+    ws = tmp_path / "ws"
+    cube_workspace(ws, n=16, image_size=16)
+    args = ScoreArgs(workspace=ws, model=str(brightness_model(tmp_path / "model", 16)))
+    model = resolve_model(args)
+    rows = pd.DataFrame({"objid": np.arange(16), "ra": np.zeros(16), "dec": np.zeros(16), "cube_row": np.arange(16)})
+    with Workspace(ws).lock("scores"):
+        fingerprint = make_fingerprint(args, model, {})
+        part = make_part(args, model, fingerprint, "part-00000.parquet", rows, cube=str(ws / "cube.zarr"))
+        assert score_part(part).images == 16 and (ws / "scores" / "part-00000.parquet").exists()
+        (ws / "scores" / "part-00000.parquet").unlink()
+    with pytest.raises(StaleWrite, match="no longer holds its writer's lock"):
+        score_part(part)
+    assert not any((ws / "scores").iterdir())
+
+
+def test_the_score_workers_keep_tensorflows_start_up_lines_out_of_the_terminal(tmp_path):
+    """Each worker process loads Keras to score; TensorFlow's C++ start-up lines ("oneDNN custom
+    operations are on", "All log messages before absl::InitializeLog()") stay out of stderr."""
+    import os
+    import subprocess
+    import sys
+
+    ws = tmp_path / "ws"
+    cube_workspace(ws, n=64, image_size=16)
+    model = brightness_model(tmp_path / "model", 16)
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "--workers", "2", "score", "--workspace", str(ws),
+                           "--model", str(model)], cwd=Path(__file__).resolve().parents[3],
+                          env=env, capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert len(read_scores(ws)) == 64
+    chatter = [line for line in proc.stderr.splitlines() if "oneDNN" in line or "absl" in line or "I0000" in line]
+    assert not chatter, proc.stderr

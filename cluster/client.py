@@ -42,9 +42,7 @@ SPEC_HELP = (
 class QuietWorkers(WorkerPlugin):
     """Unless ``debug``, for workers this process started: a task's error is reported once, by the
     client, not also as the worker's "Compute Failed" block, nor followed by the chatter of workers
-    shutting down mid-task. Memory warnings still show. And TensorFlow's C++ start-up lines stay
-    out of the terminal, as in the driver (:mod:`pipeline.learn.quiet_import`), also where a site's
-    job environment does not pass ``TF_CPP_MIN_LOG_LEVEL`` on to the workers."""
+    shutting down mid-task. Memory warnings still show."""
 
     name = "agnsurvey-quiet-workers"
 
@@ -53,9 +51,19 @@ class QuietWorkers(WorkerPlugin):
 
     def setup(self, worker: Any) -> None:
         if not self.debug:
-            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
             logging.getLogger("distributed").setLevel(logging.CRITICAL)
             logging.getLogger("distributed.worker.memory").setLevel(logging.WARNING)
+
+
+class QuietTensorFlow(WorkerPlugin):
+    """For workers this process started (embedded, or Slurm jobs): TensorFlow's C++ start-up lines
+    stay out of their output, as in the driver (:mod:`pipeline.learn.quiet_import`), also where the
+    job's environment does not pass ``TF_CPP_MIN_LOG_LEVEL`` on; a worker's own setting is kept."""
+
+    name = "agnsurvey-quiet-tensorflow"
+
+    def setup(self, worker: Any) -> None:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def start_workers_ignoring_ctrl_c() -> None:
@@ -223,7 +231,10 @@ def connect(
     kind = spec if not isinstance(spec, str) else parse_spec(spec, n_workers, threads_per_worker, memory_limit,
                                                              slurm, debug)  # fmt: skip
     with ExitStack() as stack:
-        yield kind.open(stack)
+        client = kind.open(stack)
+        if not debug and not isinstance(kind, Address | SchedulerFile):  # a running cluster's workers are its own
+            client.register_plugin(QuietTensorFlow())  # also applied to workers that join later
+        yield client
 
 
 def scheduler_address(path: str) -> str:

@@ -5,18 +5,19 @@ A task already running on a remote worker is not stopped by ``client.cancel``: i
 write after its run failed, was interrupted, or was replaced by another run. So each writer's lock
 (:meth:`storage.workspace.Workspace.lock`) puts a token of its own in ``WS/.locks/<output>.fence``
 and clears it on release; a task writes under :meth:`Fence.hold`, which refuses a token that is no
-longer there. Holds share an ``flock`` of the fence file and setting or clearing a token takes it
-exclusively, so a run that sets or clears its token waits for writes in flight, and none starts
-meanwhile.
+longer there. A new token replaces the file (a rename), then waits until the writes that hold the
+old file (a shared ``flock``) end; a write that opened the old file after that finds it replaced,
+and writes that start later read the new token, so nothing lands after the change and no stream
+of new writes can hold it off.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,13 +42,17 @@ class Fence:
     @contextmanager
     def hold(self) -> Iterator[None]:
         """The block runs only while this token is the output's current one (else :class:`StaleWrite`),
-        and no run takes or gives up the lock until it ends."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise self._stale("its lock file is gone") from None
-        try:
+        and no token replaces it until the block ends."""
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                raise self._stale("its lock file is gone") from None
             fcntl.flock(fd, fcntl.LOCK_SH)
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)  # replaced since it was opened: read the current one
+        try:
             current = os.pread(fd, 256, 0).decode(errors="replace").strip()
             if current != self.token:
                 raise self._stale("another run holds it now" if current else "the run has ended")
@@ -64,24 +69,50 @@ class Fence:
         return StaleWrite(message)
 
 
-def set_fence(path: Path, token: str, wait_s: float = 60.0) -> bool:
-    """Make ``token`` the current one ("" clears it) once no write holds the fence; False when writes
-    still held it after ``wait_s`` seconds (nothing changed then)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+def _same_file(fd: int, path: str) -> bool:
     try:
-        deadline = time.monotonic() + wait_s
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def current_token(path: Path) -> str:
+    """The token in a fence file ("" when none or no file)."""
+    try:
+        return path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def set_fence(path: Path, token: str, wait_s: float | None = 60.0) -> bool:
+    """Make ``token`` the current one ("" clears it), then wait for the writes that hold the old one
+    to end: False when some still did after ``wait_s`` seconds (None: wait as long as they take,
+    with a warning each minute). Tasks checking the old token are refused from the moment it is
+    replaced."""
+    try:
+        old = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        old = -1
+    try:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+        tmp.write_text(token)
+        os.replace(tmp, path)
+        if old < 0:
+            return True
+        started = warned = time.monotonic()
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                fcntl.flock(old, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
             except BlockingIOError:
-                if time.monotonic() >= deadline:
+                now = time.monotonic()
+                if wait_s is not None and now - started >= wait_s:
                     return False
+                if wait_s is None and now - warned >= 60:
+                    warned = now
+                    log.warning(f"waiting for a task to finish writing before {path.stem} is released "
+                                f"({now - started:.0f} s so far)")  # fmt: skip
                 time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, token.encode(), 0)
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-        return True
     finally:
-        os.close(fd)
+        if old >= 0:
+            os.close(old)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from storage.fence import Fence, set_fence
+from storage.fence import Fence, current_token, set_fence
 from storage.manifest import read_manifest, write_json_atomic
 
 
@@ -32,7 +32,7 @@ class WorkspaceBusy(RuntimeError):
     """Another process is writing the same stage output; the message names it."""
 
 
-_tokens: dict[str, str] = {}  # lock file → fencing token, of the writer's locks this process holds
+_tokens: dict[str, list[str]] = {}  # lock file → [its lock's first token, its current one], of this process's writers
 _cleaned_last: list[Callable[[], None]] | None = None  # cleanups that wait for clean_up_last() to end
 
 
@@ -144,13 +144,15 @@ class Workspace:
                 fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise WorkspaceBusy(_busy_message(self.output_path(output), path)) from None
+            fence = path.with_suffix(".fence")
+            if (token or current_token(fence)) and not set_fence(fence, token, _FENCE_WAIT_S):
+                # a reader clears a token too: it proves no writer holds the lock (one killed left it)
+                raise WorkspaceBusy(
+                    f"{self.output_path(output)}: a task of an earlier run is still writing it "
+                    f"({_FENCE_WAIT_S:.0f} s waited); wait for that run's workers to stop, then retry"
+                )
             if token:
-                if not set_fence(path.with_suffix(".fence"), token, _FENCE_WAIT_S):
-                    raise WorkspaceBusy(
-                        f"{self.output_path(output)}: a task of an earlier run is still writing it "
-                        f"({_FENCE_WAIT_S:.0f} s waited); wait for that run's workers to stop, then retry"
-                    )
-                _tokens[str(path)] = token
+                _tokens[str(path)] = [token, token]
             me = json.dumps({
                 "mode": "read" if shared else "write",
                 "pid": os.getpid(),
@@ -173,10 +175,19 @@ class Workspace:
         """The fence a task writing ``output`` for this process's run carries (this process must hold
         ``output``'s writer's lock): its writes land only while the run still holds it."""
         path = self._lock_file(output)
-        token = _tokens.get(str(path))
-        if token is None:
+        if str(path) not in _tokens:
             raise RuntimeError(f"{output}: this process holds no writer's lock of it; write within Workspace.lock")
-        return Fence(str(path.with_suffix(".fence")), token, str(self.output_path(output)))
+        return Fence(str(path.with_suffix(".fence")), _tokens[str(path)][1], str(self.output_path(output)))
+
+    def renew_fence(self, output: str) -> Fence:
+        """A new :meth:`fence` for ``output``, once the writes holding the current one have ended;
+        tasks carrying an earlier one write nothing from now on (an attempt given up for another)."""
+        path = self._lock_file(output)
+        self.fence(output)  # held?
+        token = uuid.uuid4().hex
+        set_fence(path.with_suffix(".fence"), token, None)
+        _tokens[str(path)][1] = token
+        return self.fence(output)
 
     def _lock_file(self, output: str) -> Path:
         return self.root / ".locks" / f"{output}.lock"
@@ -232,10 +243,10 @@ def _release(path: Path, fd: int, me: str, token: str = "") -> None:
     """Clear a writer's fencing token (once writes in flight end), take this holder's line out of
     the lock file, then release the flock (closing ``fd``)."""
     try:
-        if token and _tokens.get(str(path)) == token:  # not a refused second lock's (it set no token)
+        if token and _tokens.get(str(path), [""])[0] == token:  # not a refused second lock's (it set no token)
             del _tokens[str(path)]
-            with contextlib.suppress(OSError):
-                set_fence(path.with_suffix(".fence"), "", _FENCE_WAIT_S)
+            with contextlib.suppress(OSError):  # waits for this run's writes in flight (a cancel does not stop them)
+                set_fence(path.with_suffix(".fence"), "", None)
         if me:
             _edit_holders(path, lambda lines: [line for line in lines if line != me])
     finally:

@@ -5,6 +5,7 @@ Imported only once the training process has set up its devices (importing Keras 
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import tempfile
 import time
@@ -15,7 +16,14 @@ import keras
 import pandas as pd
 
 from cluster.client import progress_enabled
+from storage.fence import Fence
 from storage.manifest import atomic_file, write_json_atomic
+
+
+def fenced(fence: Fence | None, writer: bool) -> contextlib.AbstractContextManager:
+    """The writer's saves of a training on workers happen under its attempt's fence (a process of
+    an attempt given up, still running, writes nothing); a no-op elsewhere."""
+    return fence.hold() if fence is not None and writer else contextlib.nullcontext()
 
 
 def save_atomic(model: keras.Model, path: Path, writer: bool = True) -> None:
@@ -103,13 +111,18 @@ class Checkpoint(EpochClock):
     checkpoints other than the last ``keep`` and the best (lowest ``val_loss``) are deleted."""
 
     def __init__(self, directory: Path, state: dict[str, Any], images_per_epoch: int, writer: bool = True,
-                 keep: int = 3) -> None:  # fmt: skip
+                 keep: int = 3, fence: Fence | None = None) -> None:  # fmt: skip
         super().__init__(images_per_epoch)
         self.directory, self.history, self.writer, self.keep = directory, list(state["history"]), writer, keep
+        self.fence = fence
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}, **self.times()}
         self.history = [h for h in self.history if h["epoch"] < epoch + 1] + [row]
+        with fenced(self.fence, self.writer):
+            self._save(epoch)
+
+    def _save(self, epoch: int) -> None:
         name = f"checkpoints/epoch-{epoch + 1:04d}.keras"
         if self.writer:
             (self.directory / "checkpoints").mkdir(parents=True, exist_ok=True)

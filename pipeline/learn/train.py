@@ -40,6 +40,7 @@ from pipeline.learn.modeldir import TRAINED_ON, epoch_line, load_model, model_di
 from pipeline.learn.stretch import Stretch
 from pipeline.stage import RunContext, Step, writing
 from storage.cube import Cube
+from storage.fence import Fence
 from storage.manifest import Manifest, atomic_file, write_json_atomic
 
 MIN_ROWS_PER_CLASS = 5  # in each of train and val: fewer cannot train or measure anything
@@ -83,10 +84,13 @@ def _fit_on_workers(args: TrainArgs, client: Any) -> None:
     from cluster.multiworker import WorkerLost, run_in_every_worker
 
     spec = dataclasses.asdict(args) | {"workspace": str(args.workspace.root)}
+    output = f"models/{args.name}"
     for losses in range(WORKER_LOSSES + 1):
         count = _worker_count(client)
+        fence = args.workspace.renew_fence(output) if losses else args.workspace.fence(output)
         try:
-            run_in_every_worker(client, "pipeline.learn.train", spec, model_dir(args),
+            run_in_every_worker(client, "pipeline.learn.train", spec | {"_fence": dataclasses.asdict(fence)},
+                                model_dir(args),
                                 watch=lambda: _print_new_epochs(args))  # fmt: skip
             return
         except WorkerLost as exc:
@@ -217,9 +221,10 @@ def _discard(directory: Path) -> None:
 # --- one training process ------------------------------------------------------------------------
 
 
-def fit(args: TrainArgs, processes: Processes | None = None) -> None:
+def fit(args: TrainArgs, processes: Processes | None = None, fence: Fence | None = None) -> None:
     """Train in this process (process ``processes.index`` of several, or alone), resuming from the
-    model directory's state. Process 0 (or the only one) writes checkpoints and history."""
+    model directory's state. Process 0 (or the only one) writes checkpoints and history (under
+    ``fence``: the attempt's, when several processes train on workers)."""
     from cluster import devices
 
     devices.prepare(args.accelerator, args.devices, processes)
@@ -247,7 +252,7 @@ def fit(args: TrainArgs, processes: Processes | None = None) -> None:
     policy = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy(args.precision)
     try:
-        _fit(args, processes, where, state, splits, train_batches, val_batches)
+        _fit(args, processes, where, state, splits, train_batches, val_batches, fence)
     finally:
         train_batches.close()
         val_batches.close()
@@ -259,11 +264,19 @@ def fit(args: TrainArgs, processes: Processes | None = None) -> None:
 
 
 def _fit(args: TrainArgs, processes: Processes | None, where: Any, state: dict[str, Any], splits: dict,
-         train_batches: Any, val_batches: Any) -> None:  # fmt: skip
+         train_batches: Any, val_batches: Any, fence: Fence | None) -> None:  # fmt: skip
     import keras
 
     from cluster import devices
-    from pipeline.learn.callbacks import Checkpoint, Progress, SetEpoch, ValLoss, save_atomic, val_loss_metric
+    from pipeline.learn.callbacks import (
+        Checkpoint,
+        Progress,
+        SetEpoch,
+        ValLoss,
+        fenced,
+        save_atomic,
+        val_loss_metric,
+    )
     from pipeline.learn.model import build_model
 
     writer = processes is None or processes.index == 0
@@ -284,7 +297,7 @@ def _fit(args: TrainArgs, processes: Processes | None, where: Any, state: dict[s
         callbacks: list[keras.callbacks.Callback] = [
             ValLoss(),  # first: the others see its val_loss, without the padding of the val batches
             SetEpoch(train_batches),
-            Checkpoint(directory, state, images, writer, keep=args.keep_checkpoints),
+            Checkpoint(directory, state, images, writer, keep=args.keep_checkpoints, fence=fence),
         ]
         if writer:
             callbacks.append(Progress(args.epochs, args.batch_size, images))
@@ -294,7 +307,8 @@ def _fit(args: TrainArgs, processes: Processes | None, where: Any, state: dict[s
         # shuffle=False: the reader shuffles; Keras would ask for its batches in a random order
         model.fit(train_batches, validation_data=val_batches, epochs=args.epochs, initial_epoch=state["epochs_done"],
                   callbacks=callbacks, verbose=0, shuffle=False)  # fmt: skip
-        save_atomic(model, directory / "model.keras", writer)
+        with fenced(fence, writer):
+            save_atomic(model, directory / "model.keras", writer)
 
 
 STRETCH_SAMPLE = 512  # training images the flux stretch's softening is measured on
@@ -356,9 +370,10 @@ def _process_main(payload: str) -> int:
 
     die_with_parent(spec.pop("_parent"))
     processes = Processes(**spec.pop("_processes"))
+    fence = Fence(**spec.pop("_fence"))
     try:
         args = TrainArgs(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
-        fit(args, processes)
+        fit(args, processes, fence)
     except (DataError, DeviceError, WorkspaceError, TrainingError) as exc:
         print(f"agnsurvey train (process {processes.index}): error: {exc}", file=sys.stderr, flush=True)
         os._exit(2)

@@ -148,7 +148,11 @@ def _score_cube(args: ScoreArgs, source_ws: Workspace, frame: pd.DataFrame, mode
                 ) -> tuple[list[PartResult], Manifest | None]:  # fmt: skip
     """Fetch what the cube lacks and score shard by shard, each shard as soon as it is written: as
     the cube's writer when some cutouts are missing, else as one of its readers."""
-    writer = _cube_to_read(args, source_ws, fingerprint)[2]
+    peek, _, writer = _cube_to_read(args, source_ws, fingerprint)
+    if writer and (args.fetch is None or not (args.fetch.cutout_url or args.fetch.bricks)):
+        missing = "has no cube" if peek is None else "lacks some cutouts"
+        raise ScoreError(f"{source_ws.root} {missing}: give --cutout-url (the Legacy Surveys viewer's cutout.jpg, or "
+                         "an offline sky server's), or score local files with --images COLUMN")  # fmt: skip
     with locked(source_ws, "cube", shared=not writer):
         cube, refetch, need_fetch = _cube_to_read(args, source_ws, fingerprint)
         if need_fetch and not writer:
@@ -169,10 +173,6 @@ def _cube_to_read(args: ScoreArgs, source_ws: Workspace, fingerprint: dict) -> t
 def _score_shards(args: ScoreArgs, source_ws: Workspace, frame: pd.DataFrame, model: ModelInfo, fingerprint: dict,
                   existing: set[int], client: Client | None, report: Report, cube: Any, refetch: bool,
                   need_fetch: bool) -> tuple[list[PartResult], Manifest | None]:  # fmt: skip
-    if need_fetch and (args.fetch is None or not (args.fetch.cutout_url or args.fetch.bricks)):
-        missing = "has no cube" if cube is None else "lacks some cutouts"
-        raise ScoreError(f"{source_ws.root} {missing}: give --cutout-url (the Legacy Surveys viewer's cutout.jpg, or "
-                         "an offline sky server's), or score local files with --images COLUMN")  # fmt: skip
     submitted: dict[str, Any] = {}
     results: list[PartResult] = []
     shard_images = args.fetch.shard_images if cube is None else cube.layout.shard_images

@@ -113,7 +113,7 @@ def test_a_write_lands_only_while_its_run_holds_the_writers_lock(tmp_path):
     import threading
     import time
 
-    from storage.fence import StaleWrite
+    from storage.fence import Fence, StaleWrite
 
     ws = Workspace(tmp_path / "ws")
     with ws.lock("cube"):
@@ -136,6 +136,16 @@ def test_a_write_lands_only_while_its_run_holds_the_writers_lock(tmp_path):
         with pytest.raises(WorkspaceBusy), ws.lock("cube"):
             pass
         ws.fence("cube")  # a refused second lock leaves the first one's token
+
+    # A writer killed by SIGKILL releases no token: the next lock, a reader's too, ends it.
+    (ws.root / ".locks" / "cube.fence").write_text("killed-run")
+    orphan = Fence(str(ws.root / ".locks" / "cube.fence"), "killed-run", "cube")
+    with orphan.hold():
+        pass
+    with ws.lock("cube", shared=True):
+        pass
+    with pytest.raises(StaleWrite, match="the run has ended"), orphan.hold():
+        pass
 
     # Releasing waits for a write in flight: it never lands after the run gave up its lock.
     order: list[str] = []

@@ -450,3 +450,32 @@ def test_checkpoints_are_pruned_to_the_last_k_and_the_best(tmp_path):
     expected = sorted({3, 4, best})
     assert sorted(int(p.stem[-4:]) for p in (directory / "checkpoints").glob("epoch-*.keras")) == expected
     assert read_state(directory)["checkpoint"] == "checkpoints/epoch-0004.keras"
+
+
+def test_a_given_up_training_attempt_writes_no_checkpoint(tmp_path):
+    """After a worker is lost, train renews its fence and starts a new attempt; a process of the old
+    attempt still running writes no checkpoint, history or state (it would race the new one)."""
+    from pipeline.learn.callbacks import Checkpoint
+    from storage.fence import StaleWrite
+    from storage.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    directory = ws.models / "paper"
+    state = {"history": [], "epochs_done": 0, "checkpoint": None}
+    with ws.lock("models/paper"):
+        first = ws.fence("models/paper")
+        second = ws.renew_fence("models/paper")
+        late, current = Checkpoint(directory, state, 10, fence=first), Checkpoint(directory, state, 10, fence=second)
+        for callback in (late, current):
+            callback.set_model(model)
+            callback.on_epoch_begin(0)
+        with pytest.raises(StaleWrite, match="another run holds it now"):
+            late.on_epoch_end(0, {"loss": 0.5})
+        assert not directory.exists()
+        current.on_epoch_end(0, {"loss": 0.5})
+        assert read_state(directory)["epochs_done"] == 1
+    with pytest.raises(StaleWrite, match="the run has ended"):  # released: the lock's last token is cleared
+        current.on_epoch_end(1, {"loss": 0.4})
+    assert read_state(directory)["epochs_done"] == 1

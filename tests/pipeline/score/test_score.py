@@ -239,11 +239,15 @@ def read_scores_after(manifest, ws: Path) -> pd.DataFrame:
 
 
 def test_own_catalog_without_a_url_needs_a_complete_cube(tmp_path):
+    from storage.workspace import Workspace
+
     ws = tmp_path / "ws"
     cube_workspace(ws, n=64, image_size=16, status=np.where(np.arange(64) < 3, 0, 1))  # 3 rows pending
     model_dir = brightness_model(tmp_path / "model", 16)
     with pytest.raises(ScoreError, match="lacks some cutouts: give --cutout-url"):
         score(ScoreArgs(workspace=ws, model=str(model_dir)))
+    with Workspace(ws).lock("cube", shared=True), pytest.raises(ScoreError, match="give --cutout-url"):
+        score(ScoreArgs(workspace=ws, model=str(model_dir)))  # what to do, though a train reads the cube
     assert not (ws / "scores").exists() or not any((ws / "scores").iterdir())
 
 
@@ -374,8 +378,9 @@ def test_score_reads_its_catalog_and_cube_under_a_readers_lock(tmp_path):
     model = brightness_model(tmp_path / "model", 16)
     for output in ("cube", "catalog"):
         busy = rf"ws/{output}\S* is being written by another run"
+        unused = FetchArgs(workspace=ws, cutout_url="http://127.0.0.1:9/cutout.jpg", image_size=16)  # never asked
         with Workspace(ws).lock(output), pytest.raises(WorkspaceError, match=busy):  # as a fetch or an ingest
-            score(ScoreArgs(workspace=ws, model=str(model)))
+            score(ScoreArgs(workspace=ws, model=str(model), fetch=unused))
         assert not (ws / "scores").exists() or not any((ws / "scores").iterdir())
     refused = {}
 
@@ -398,6 +403,8 @@ def test_score_reads_its_catalog_and_cube_under_a_readers_lock(tmp_path):
         fetch = FetchArgs(workspace=ws, cutout_url=url, size=32, image_size=16, shard_images=64, inner_images=8)
         m = score(ScoreArgs(workspace=ws, model=str(model), fetch=fetch), report=take_them)
     assert refused == {"cube": True, "catalog": True} and m.rows_out == 64 and m.unfinished == ""
+    with Workspace(ws).lock("cube", shared=True):  # a train reading the cube: scoring a whole cube reads it too
+        assert score(ScoreArgs(workspace=ws, model=str(model), restart=True)).rows_out == 64
 
 
 def test_a_part_whose_run_gave_up_the_scores_lock_is_not_written(tmp_path):

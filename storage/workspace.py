@@ -174,23 +174,27 @@ class Workspace:
     def fence(self, output: str) -> Fence:
         """The fence a task writing ``output`` for this process's run carries (this process must hold
         ``output``'s writer's lock): its writes land only while the run still holds it."""
-        path = self._lock_file(output)
-        if str(path) not in _tokens:
-            raise RuntimeError(f"{output}: this process holds no writer's lock of it; write within Workspace.lock")
-        return Fence(str(path.with_suffix(".fence")), _tokens[str(path)][1], str(self.output_path(output)))
+        return Fence(str(self._lock_file(output).with_suffix(".fence")), self._held(output)[1],
+                     str(self.output_path(output)))  # fmt: skip
 
     def renew_fence(self, output: str) -> Fence:
         """A new :meth:`fence` for ``output``, once the writes holding the current one have ended;
         tasks carrying an earlier one write nothing from now on (an attempt given up for another)."""
-        path = self._lock_file(output)
-        self.fence(output)  # held?
+        held = self._held(output)
         token = uuid.uuid4().hex
-        set_fence(path.with_suffix(".fence"), token, None)
-        _tokens[str(path)][1] = token
+        set_fence(self._lock_file(output).with_suffix(".fence"), token, None)
+        held[1] = token
         return self.fence(output)
 
     def _lock_file(self, output: str) -> Path:
         return self.root / ".locks" / f"{output}.lock"
+
+    def _held(self, output: str) -> list[str]:
+        """[first token, current token] of ``output``'s writer's lock, which this process must hold."""
+        held = _tokens.get(str(self._lock_file(output)))
+        if held is None:
+            raise RuntimeError(f"{output}: this process holds no writer's lock of it; write within Workspace.lock")
+        return held
 
 
 _FENCE_WAIT_S = 60.0  # seconds a writer waits for an earlier run's task to finish its write

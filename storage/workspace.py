@@ -159,7 +159,7 @@ class Workspace:
                 "host": socket.gethostname(),
                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "",
                 "since": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-                **({"token": token} if token else {}),
+                "id": uuid.uuid4().hex,  # one line per holder: nested readers of one process differ
             })  # fmt: skip
             _edit_holders(path, lambda lines: [*filter(_live_reader, lines), me] if shared else [me])
             yield

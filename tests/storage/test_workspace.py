@@ -52,6 +52,11 @@ def test_one_writer_per_output_and_the_os_releases_a_killed_holder(tmp_path):
         holder.wait()
     with ws.lock("cube"), pytest.raises(WorkspaceBusy, match=rf"pid {os.getpid()} .*`"), ws.lock("cube"):
         pass  # SIGKILL never leaves a workspace locked; and a second writer in this process is refused too
+    with ws.lock("catalog", shared=True):  # score reading its catalog, and the fetch it runs reading it too
+        with ws.lock("catalog", shared=True):
+            pass
+        with pytest.raises(WorkspaceBusy, match=rf"being read by .* \(pid {os.getpid()} on "), ws.lock("catalog"):
+            pass  # the outer reader is still named
 
 
 def test_a_failed_writers_temporary_directory_is_removed_after_the_late_writes(tmp_path):
